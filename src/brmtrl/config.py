@@ -1,0 +1,344 @@
+"""Run configuration: declared parameter constraints, TOML files and ``KEY=VALUE`` overrides.
+
+Every key a run understands is declared once in :data:`SCHEMA` with its default and its constraint
+(in the manner of scikit-learn's ``_param_validation``). The same declarations produce the error a
+user reads ("config key 'train.lr' must be a float in the range (0, inf). Got -1 instead.") and the
+negative tests that check them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "SCHEMA",
+    "Config",
+    "ConfigError",
+    "Interval",
+    "Options",
+    "load_config",
+    "parse_override",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line (CLI exit code 2)."""
+
+
+# --------------------------------------------------------------------------- constraints
+@dataclass(frozen=True)
+class Interval:
+    """A number of ``kind`` (int or float) in ``[low, high]``; ``closed`` says which ends are included."""
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"  # "both", "left", "right", "neither"
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise TypeError
+        if self.kind is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int):
+                raise TypeError
+        else:
+            if not isinstance(value, (int, float)):
+                raise TypeError
+            value = float(value)
+            if not math.isfinite(value):
+                raise TypeError
+        lo_ok = self.low is None or (
+            value >= self.low if self.closed in ("both", "left") else value > self.low
+        )
+        hi_ok = self.high is None or (
+            value <= self.high if self.closed in ("both", "right") else value < self.high
+        )
+        if not (lo_ok and hi_ok):
+            raise TypeError
+        return value
+
+    def describe(self) -> str:
+        lo = "-inf" if self.low is None else _fmt(self.low)
+        hi = "inf" if self.high is None else _fmt(self.high)
+        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        return f"{'an int' if self.kind is int else 'a float'} in the range {left}{lo}, {hi}{right}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of strings."""
+
+    values: tuple[str, ...]
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, str) or value not in self.values:
+            raise TypeError
+        return value
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class Boolean:
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+
+    def describe(self) -> str:
+        return "a boolean (true or false)"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string; ``pattern`` (a regex) restricts it, ``empty_ok`` allows "" (meaning unset)."""
+
+    pattern: str | None = None
+    what: str = "a string"
+    empty_ok: bool = True
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise TypeError
+        if value == "" and self.empty_ok:
+            return value
+        if value == "" or (self.pattern and not re.fullmatch(self.pattern, value)):
+            raise TypeError
+        return value
+
+    def describe(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """Satisfies one of several constraints (``aggregator.f``: an int >= 0 or "auto")."""
+
+    choices: tuple[Any, ...]
+
+    def check(self, value: Any) -> Any:
+        for c in self.choices:
+            try:
+                return c.check(value)
+            except TypeError:
+                continue
+        raise TypeError
+
+    def describe(self) -> str:
+        return " or ".join(c.describe() for c in self.choices)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+# --------------------------------------------------------------------------- the schema
+DATASETS = ("synthetic_classification", "synthetic_linear", "cifar10", "femnist")
+MODELS = ("auto", "cnn_cifar", "cnn_femnist", "mlp", "linear")
+ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedper", "lg_fedavg", "local")
+AGGREGATORS = ("mean", "geometric_median", "krum", "multi_krum", "median", "trimmed_mean")
+ATTACKS = ("none", "gaussian", "sign_flip", "label_flip", "random")
+
+POS_INT = Interval(int, 1, None)
+NONNEG_INT = Interval(int, 0, None)
+POS_FLOAT = Interval(float, 0, None, "neither")
+NONNEG_FLOAT = Interval(float, 0, None, "left")
+
+#: key -> (default, constraint, help)
+SCHEMA: dict[str, tuple[Any, Any, str]] = {
+    "seed": (0, NONNEG_INT, "seed for data, partition, model, sampling and attacks"),
+    "device": ("auto", Text(r"auto|cpu|cuda|cuda:\d+|mps", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", False),
+               "torch device; 'auto' takes CUDA when present"),
+    # data
+    "dataset.name": ("synthetic_classification", Options(DATASETS), "dataset"),
+    "dataset.root": ("", Text(), "local copy of the data; empty means the online source"),
+    "dataset.num_clients": (100, POS_INT, "number of clients (FEMNIST: first N writers)"),
+    "dataset.partition": ("pathological", Options(("pathological", "dirichlet", "natural", "iid")),
+                          "how samples are split among clients"),
+    "dataset.classes_per_client": (2, POS_INT, "pathological partition: classes per client"),
+    "dataset.dirichlet_alpha": (0.5, POS_FLOAT, "Dirichlet partition concentration"),
+    "dataset.augment": (False, Boolean(), "random crop + horizontal flip on training batches (images)"),
+    "dataset.samples_per_client": (100, POS_INT, "synthetic: training samples per client"),
+    "dataset.test_samples_per_client": (200, POS_INT, "synthetic: test samples per client"),
+    "dataset.dim": (50, POS_INT, "synthetic: input dimension d"),
+    "dataset.rank": (4, POS_INT, "synthetic: rank k of the shared representation B*"),
+    "dataset.num_classes": (5, Interval(int, 2, None), "synthetic classification: classes"),
+    "dataset.noise": (0.1, NONNEG_FLOAT, "synthetic: label / target noise"),
+    "dataset.test_fraction": (0.1, Interval(float, 0, 1, "neither"),
+                              "FEMNIST from the hub: held-out fraction per writer"),
+    # model
+    "model.name": ("auto", Options(MODELS), "model; 'auto' picks the dataset's default"),
+    "model.hidden": (64, POS_INT, "MLP hidden width"),
+    "model.rep_dim": (0, NONNEG_INT, "width of φ's output; 0 means the dataset's rank or the model default"),
+    # algorithm
+    "algorithm.name": ("brmtrl", Options(ALGORITHMS), "local update rule"),
+    # training
+    "train.rounds": (50, POS_INT, "communication rounds"),
+    "train.participation": (0.1, Interval(float, 0, 1, "right"), "fraction of clients sampled per round"),
+    "train.head_epochs": (10, NONNEG_INT, "brmtrl: epochs on the head with φ frozen"),
+    "train.rep_epochs": (1, NONNEG_INT, "brmtrl: epochs on φ with the head frozen"),
+    "train.local_epochs": (1, POS_INT, "baselines: epochs on the whole model"),
+    "train.lr": (0.01, POS_FLOAT, "SGD learning rate"),
+    "train.momentum": (0.5, Interval(float, 0, 1, "left"), "SGD momentum"),
+    "train.weight_decay": (1e-4, NONNEG_FLOAT, "SGD weight decay"),
+    "train.batch_size": (10, POS_INT, "mini-batch size"),
+    "train.eval_every": (1, POS_INT, "evaluate every k rounds (and after the last)"),
+    "train.checkpoint_every": (10, NONNEG_INT, "checkpoint every k rounds; 0 disables"),
+    # aggregation
+    "aggregator.name": ("geometric_median", Options(AGGREGATORS), "robust rule combining the clients' φ"),
+    "aggregator.f": ("auto", AnyOf((NONNEG_INT, Options(("auto",)))),
+                     "Byzantine rows assumed per round; 'auto' = expected Byzantine among the sampled"),
+    "aggregator.m": (0, NONNEG_INT, "multi_krum: rows averaged; 0 means n - f"),
+    "aggregator.tol": (1e-8, POS_FLOAT, "geometric_median: relative tolerance"),
+    "aggregator.max_iter": (1000, POS_INT, "geometric_median: iteration cap"),
+    "aggregator.eps": (1e-8, POS_FLOAT, "geometric_median: smoothing ν of the Weiszfeld weights"),
+    # attack
+    "attack.name": ("none", Options(ATTACKS), "what Byzantine clients do"),
+    "attack.byzantine_fraction": (0.0, Interval(float, 0, 1, "left"), "fraction of clients that are Byzantine"),
+    "attack.sigma": (1.0, NONNEG_FLOAT, "gaussian: noise std added to the update"),
+    "attack.scale": (5.0, POS_FLOAT, "sign_flip: the update sent is -scale x the honest one"),
+    "attack.magnitude": (1000.0, POS_FLOAT, "random: values uniform in [-magnitude, magnitude]"),
+}
+
+SECTIONS = sorted({k.split(".")[0] for k in SCHEMA if "." in k})
+
+
+# --------------------------------------------------------------------------- Config
+class Config(Mapping[str, Any]):
+    """A validated, fully resolved configuration; read with ``cfg["train.lr"]``."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def nested(self) -> dict[str, Any]:
+        """The configuration as nested tables (``{"dataset": {"num_clients": 100}}``)."""
+        out: dict[str, Any] = {}
+        for key, value in self._values.items():
+            node = out
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return out
+
+    def replace(self, **changes: Any) -> "Config":
+        values = dict(self._values)
+        values.update({k.replace("__", "."): v for k, v in changes.items()})
+        return validate(values)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def _check_key(key: str, source: str) -> None:
+    if key not in SCHEMA:
+        close = [k for k in SCHEMA if k.split(".")[-1] == key.split(".")[-1]]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r} in {source}{hint}; see `brmtrl keys` for the allowed keys")
+
+
+def validate(values: Mapping[str, Any], source: str = "config") -> Config:
+    """Fill defaults, check every value against its declared constraint and the cross-key rules."""
+    resolved: dict[str, Any] = {}
+    for key in values:
+        _check_key(key, source)
+    for key, (default, constraint, _help) in SCHEMA.items():
+        value = values.get(key, default)
+        try:
+            resolved[key] = constraint.check(value)
+        except TypeError:
+            raise ConfigError(
+                f"config key {key!r} must be {constraint.describe()}. Got {value!r} instead."
+            ) from None
+    _cross_checks(resolved)
+    return Config(resolved)
+
+
+def _cross_checks(c: dict[str, Any]) -> None:
+    if c["dataset.partition"] == "natural" and c["dataset.name"] != "femnist":
+        raise ConfigError(
+            "config key 'dataset.partition' = 'natural' needs a dataset with natural clients "
+            f"(femnist); dataset.name is {c['dataset.name']!r}"
+        )
+    if c["dataset.name"] == "synthetic_linear" and c["attack.name"] == "label_flip":
+        raise ConfigError("config key 'attack.name' = 'label_flip' needs a classification dataset; "
+                          "synthetic_linear is a regression task")
+    if c["dataset.name"].startswith("synthetic") and c["dataset.rank"] > c["dataset.dim"]:
+        raise ConfigError(f"config key 'dataset.rank' must be <= dataset.dim ({c['dataset.dim']}). "
+                          f"Got {c['dataset.rank']} instead.")
+    if c["algorithm.name"] in ("brmtrl", "fedrep") and c["train.head_epochs"] + c["train.rep_epochs"] == 0:
+        raise ConfigError("config keys 'train.head_epochs' and 'train.rep_epochs' are both 0: nothing would be trained")
+    model, data = c["model.name"], c["dataset.name"]
+    if model == "cnn_cifar" and data != "cifar10":
+        raise ConfigError(f"config key 'model.name' = 'cnn_cifar' needs dataset.name = 'cifar10', not {data!r}")
+    if model == "cnn_femnist" and data != "femnist":
+        raise ConfigError(f"config key 'model.name' = 'cnn_femnist' needs dataset.name = 'femnist', not {data!r}")
+
+
+# --------------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.05"`` -> ``("train.lr", 0.05)``; values are read as TOML, else as plain strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like KEY=VALUE (for example train.rounds=5)")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key; it must look like KEY=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a TOML file (optional), apply ``KEY=VALUE`` overrides, validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            with p.open("rb") as fh:
+                table = tomllib.load(fh)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+        values = _flatten(table)
+        for key in values:
+            _check_key(key, repr(str(p)))
+    for text in overrides:
+        key, value = parse_override(text)
+        _check_key(key, f"--set {text!r}")
+        values[key] = value
+    return validate(values, source=repr(str(path)) if path else "config")

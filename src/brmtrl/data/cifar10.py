@@ -1,0 +1,129 @@
+"""CIFAR-10 from parquet files in the ``uoft-cs/cifar10`` schema (offline) or from the hub (online).
+
+Decoded arrays are cached as ``.npy`` beside nothing of the user's: under ``$BRMTRL_CACHE`` (default
+``~/.cache/brmtrl``), keyed by the parquet files' size and modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .federated import DataError
+from .hub import load_hub
+
+__all__ = ["HUB_ID", "load_cifar10", "CIFAR_MEAN", "CIFAR_STD"]
+
+HUB_ID = "uoft-cs/cifar10"
+CIFAR_MEAN = (0.5, 0.5, 0.5)  # FedRep's normalisation
+CIFAR_STD = (0.5, 0.5, 0.5)
+SPLITS = ("train", "test")
+EXPECTED_ROWS = {"train": 50_000, "test": 10_000}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BRMTRL_CACHE", Path.home() / ".cache" / "brmtrl"))
+
+
+def _decode(images: Iterable[Any], where: str) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for k, img in enumerate(images):
+        try:
+            if isinstance(img, dict):
+                img = Image.open(io.BytesIO(img["bytes"]))
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except Exception as exc:
+            raise DataError(f"{where}: image {k} cannot be decoded ({exc}); expected JPEG/PNG bytes") from None
+        if arr.shape != (32, 32, 3):
+            raise DataError(f"{where}: image {k} has shape {arr.shape}; expected 32x32 RGB")
+        out.append(arr)
+    return np.stack(out)
+
+
+def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 file {str(path)!r} not found; expected train.parquet and test.parquet "
+                        f"in the {HUB_ID} schema (columns img, label) under dataset.root")
+    try:
+        table = pq.read_table(path, columns=["img", "label"])
+    except Exception as exc:
+        raise DataError(f"CIFAR-10 file {str(path)!r} cannot be read as parquet with columns img, label "
+                        f"({type(exc).__name__}: {exc})") from None
+    labels = np.asarray(table.column("label").to_numpy(), dtype=np.int64)
+    images = table.column("img").combine_chunks().field("bytes").to_pylist()
+    x = _decode(({"bytes": b} for b in images), f"CIFAR-10 file {str(path)!r}")
+    return x, labels
+
+
+def _check(x: np.ndarray, y: np.ndarray, where: str, split: str) -> None:
+    if len(y) != EXPECTED_ROWS[split]:
+        raise DataError(f"{where}: {len(y)} rows; the CIFAR-10 {split} split has {EXPECTED_ROWS[split]} "
+                        "(file truncated?)")
+    if y.min() < 0 or y.max() > 9:
+        raise DataError(f"{where}: labels outside 0..9")
+
+
+def _to_tensor(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return (t - mean) / std
+
+
+def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if not root.is_dir():
+        raise DataError(f"dataset.root {str(root)!r} is not a directory; expected a folder holding "
+                        "CIFAR-10's train.parquet and test.parquet")
+    out = {}
+    for split in SPLITS:
+        path = root / f"{split}.parquet"
+        if not path.is_file():
+            raise DataError(f"CIFAR-10 file {str(path)!r} not found; expected train.parquet and test.parquet "
+                            f"in the {HUB_ID} schema under dataset.root")
+        st = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        cached = cache_dir() / f"cifar10-{split}-{key}.npz"
+        if cached.is_file():
+            try:
+                with np.load(cached) as z:
+                    out[split] = (z["x"], z["y"])
+                continue
+            except Exception:
+                pass  # a broken cache is rebuilt
+        x, y = _read_parquet(path)
+        _check(x, y, f"CIFAR-10 file {str(path)!r}", split)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp.npz")
+            np.savez(tmp, x=x, y=y)
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # caching is an optimisation only
+        out[split] = (x, y)
+    return out
+
+
+def _load_online() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    ds = load_hub(HUB_ID, "CIFAR-10", "../shared/data/cifar10")
+    out = {}
+    for split in SPLITS:
+        part = ds[split]
+        out[split] = (_decode(part["img"], f"{HUB_ID}[{split}]"), np.asarray(part["label"], dtype=np.int64))
+    return out
+
+
+def load_cifar10(root: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x, train_y, test_x, test_y), images normalised to [-1, 1], shape (N, 3, 32, 32)."""
+    arrays = _load_local(Path(root)) if root else _load_online()
+    (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
+    return _to_tensor(xtr), torch.from_numpy(ytr), _to_tensor(xte), torch.from_numpy(yte)

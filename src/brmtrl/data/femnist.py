@@ -1,0 +1,101 @@
+"""FEMNIST: a LEAF JSON directory (``train/*.json``, ``test/*.json``) offline, or ``flwrlabs/femnist``
+from the hub online. One client per writer; pixels are inverted so the background is 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .federated import DataError
+from .hub import load_hub
+
+__all__ = ["HUB_ID", "load_femnist"]
+
+HUB_ID = "flwrlabs/femnist"
+NUM_CLASSES = 62
+
+Writers = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _read_leaf_dir(folder: Path) -> Writers:
+    if not folder.is_dir():
+        raise DataError(f"FEMNIST folder {str(folder)!r} not found; dataset.root must hold LEAF's "
+                        "train/ and test/ folders of *.json files")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise DataError(f"FEMNIST folder {str(folder)!r} holds no *.json files (LEAF format expected)")
+    writers: Writers = {}
+    for f in files:
+        try:
+            blob = json.loads(f.read_text())
+            users, data = blob["users"], blob["user_data"]
+            for u in users:
+                x = np.asarray(data[u]["x"], dtype=np.float32)
+                y = np.asarray(data[u]["y"], dtype=np.int64)
+                if x.ndim != 2 or x.shape[1] != 784 or len(x) != len(y):
+                    raise ValueError(f"writer {u}: x has shape {x.shape}, y has {len(y)} labels; "
+                                     "expected (n, 784) and n labels")
+                writers[u] = (x, y)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"FEMNIST file {str(f)!r} is not valid JSON ({exc}); file truncated or corrupted?") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"FEMNIST file {str(f)!r} is not in LEAF's format "
+                            f"({{users, num_samples, user_data: {{user: {{x, y}}}}}}): {exc}") from None
+    return writers
+
+
+def _load_local(root: Path) -> tuple[Writers, Writers]:
+    train, test = _read_leaf_dir(root / "train"), _read_leaf_dir(root / "test")
+    missing = sorted(set(train) - set(test))
+    if missing:
+        raise DataError(f"FEMNIST under {str(root)!r}: writers {missing[:3]} have training data but no test data")
+    return train, test
+
+
+def _load_online(test_fraction: float, seed: int) -> tuple[Writers, Writers]:
+    ds = load_hub(HUB_ID, "FEMNIST", "../shared/data/femnist", split="train")
+    writer_ids = np.asarray(ds["writer_id"])
+    labels = np.asarray(ds["character"], dtype=np.int64)
+    images = np.stack([np.asarray(im.convert("L"), dtype=np.float32).reshape(-1) / 255.0 for im in ds["image"]])
+    rng = np.random.default_rng(seed)
+    train: Writers = {}
+    test: Writers = {}
+    for w in np.unique(writer_ids):
+        idx = rng.permutation(np.flatnonzero(writer_ids == w))
+        n_test = max(1, int(round(test_fraction * len(idx))))
+        test[str(w)] = (images[idx[:n_test]], labels[idx[:n_test]])
+        train[str(w)] = (images[idx[n_test:]], labels[idx[n_test:]])
+    return train, test
+
+
+def load_femnist(root: str | None, num_clients: int | None, test_fraction: float = 0.1, seed: int = 0):
+    """Returns (train_x, train_y, test_x, test_y, train_idx, test_idx, writer_names) for the first
+    ``num_clients`` writers in sorted order (all writers when None); images (N, 1, 28, 28) with background 0."""
+    train, test = _load_local(Path(root)) if root else _load_online(test_fraction, seed)
+    names = sorted(train)
+    num_clients = len(names) if num_clients is None else num_clients
+    if num_clients > len(names):
+        raise DataError(f"dataset.num_clients = {num_clients} but FEMNIST "
+                        f"{'under ' + repr(root) if root else 'online'} has only {len(names)} writers")
+    names = names[:num_clients]
+
+    def pool(source: Writers):
+        xs, ys, idx, start = [], [], [], 0
+        for n in names:
+            x, y = source[n]
+            xs.append(x)
+            ys.append(y)
+            idx.append(np.arange(start, start + len(y)))
+            start += len(y)
+        x = 1.0 - torch.from_numpy(np.concatenate(xs)).view(-1, 1, 28, 28)
+        y = torch.from_numpy(np.concatenate(ys))
+        if y.min() < 0 or y.max() >= NUM_CLASSES:
+            raise DataError(f"FEMNIST labels outside 0..{NUM_CLASSES - 1}")
+        return x, y, idx
+
+    trx, try_, tri = pool(train)
+    tex, tey, tei = pool(test)
+    return trx, try_, tex, tey, tri, tei, names

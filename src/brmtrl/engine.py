@@ -1,0 +1,316 @@
+"""The built-in simulation engine: a template-method round loop over sampled clients.
+
+One round is ``sample_clients → local_updates → attack → screen → aggregate → evaluate → checkpoint``;
+each step is a method a subclass may override. All randomness of round r comes from generators
+seeded by ``(seed, r, client)``, so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import aggregators as agg_mod
+from . import attacks as attack_mod
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, ConfigError
+from .data import FederatedData, load_data, principal_angle_distance, random_crop_flip
+from .local_update import RULES, LocalRule, SGDSettings, evaluate, train_phases
+from .models import SplitModel, build_model
+from .split import get_flat, part_size, set_flat
+
+__all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
+
+log = logging.getLogger("brmtrl")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when present, then Apple's MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' = {name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("config key 'device' = 'mps' but MPS is not available on this machine; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def client_generator(seed: int, round_: int, client: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one client in one round, independent of every other (seed, round, client)."""
+    state = np.random.SeedSequence([seed, round_, client, stream]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    sampled: list[int]
+    byzantine_sampled: list[int]
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    aggregator_info: dict[str, Any] = field(default_factory=dict)
+
+
+class Simulation:
+    """A federation simulated in one process. ``run()`` returns the ``results.json`` dictionary."""
+
+    def __init__(self, cfg: Config, data: FederatedData | None = None, out_dir: str | Path | None = None,
+                 progress: bool = False):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.device = resolve_device(cfg["device"])
+        self.rule: LocalRule = RULES[cfg["algorithm.name"]]
+        self.sgd = SGDSettings.from_config(cfg)
+        self.data = (data if data is not None else load_data(cfg)).to(self.device)
+        torch.manual_seed(cfg["seed"])
+        self.model: SplitModel = build_model(
+            cfg["model.name"], input_shape=self.data.input_shape, out_dim=self.data.out_dim,
+            hidden=cfg["model.hidden"], rep_dim=cfg["model.rep_dim"] or self.data.extras.get("rank", 0),
+            default=self.data.default_model,
+        ).to(self.device)
+        n = self.data.num_clients
+        self.num_sampled = max(1, int(round(cfg["train.participation"] * n)))
+        self.byzantine = self._byzantine_set()
+        self.f = self._resolve_f()
+        self.augment = random_crop_flip if (cfg["dataset.augment"] and self.data.train_x.dim() == 4) else None
+        # state: the server's shared vector and every client's private vector
+        self.shared = get_flat(self.model, self.rule.shared).to(self.device)
+        init_private = get_flat(self.model, self.rule.private).to(self.device)
+        self.private = init_private.unsqueeze(0).repeat(n, 1)
+        self.history: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.start_round = 1
+        self.elapsed = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
+
+    # ------------------------------------------------------------------ setup helpers
+    def _byzantine_set(self) -> list[int]:
+        n = self.data.num_clients
+        k = int(round(self.cfg["attack.byzantine_fraction"] * n))
+        if self.cfg["attack.name"] == "none":
+            k = 0
+        rng = np.random.default_rng([self.cfg["seed"], 11])
+        return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
+
+    def _resolve_f(self) -> int:
+        name, m = self.cfg["aggregator.name"], self.num_sampled
+        need = {"krum": 3, "multi_krum": 3, "trimmed_mean": 1}.get(name)
+        f = self.cfg["aggregator.f"]
+        if f == "auto":
+            f = math.ceil(self.cfg["attack.byzantine_fraction"] * m) if self.byzantine else 0
+            if need is not None:
+                f = max(0, min(f, (m - need) // 2))
+            return int(f)
+        if need is not None and m < 2 * f + need:
+            raise ConfigError(
+                f"config key 'aggregator.f' = {f} is too large for {name} with {m} clients sampled per round "
+                f"(needs {2 * f + need} or more); lower aggregator.f or raise train.participation"
+            )
+        return int(f)
+
+    @property
+    def honest(self) -> list[int]:
+        byz = set(self.byzantine)
+        return [i for i in range(self.data.num_clients) if i not in byz]
+
+    # ------------------------------------------------------------------ the round loop
+    def run(self) -> dict[str, Any]:
+        rounds = self.cfg["train.rounds"]
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=rounds, initial=self.start_round - 1, desc="rounds", unit="round", dynamic_ncols=True)
+        t_start = time.perf_counter()
+        for r in range(self.start_round, rounds + 1):
+            t0 = time.perf_counter()
+            record = self.round(r)
+            t1 = time.perf_counter()
+            self.elapsed["train_s"] += t1 - t0
+            self.elapsed["rounds"] += 1
+            if r % self.cfg["train.eval_every"] == 0 or r == rounds:
+                metrics = self.evaluate(r)
+                metrics.update(round_s=round(t1 - t0, 6), byzantine_sampled=len(record.byzantine_sampled),
+                               rejected=len(record.rejected), **record.aggregator_info)
+                self.history.append(metrics)
+                if bar is not None:
+                    bar.set_postfix(acc=f"{metrics['honest_acc_mean']:.4f}")
+            self.elapsed["eval_s"] += time.perf_counter() - t1
+            every = self.cfg["train.checkpoint_every"]
+            if self.out_dir is not None and every and (r % every == 0 or r == rounds):
+                self.checkpoint(r)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.elapsed["wall_s"] = time.perf_counter() - t_start
+        return self.results()
+
+    def round(self, r: int) -> RoundRecord:
+        sampled = self.sample_clients(r)
+        byz = set(self.byzantine)
+        record = RoundRecord(r, sampled, [c for c in sampled if c in byz])
+        if self.rule.shared == "none":
+            for c in sampled:
+                self.local_update(c, r)
+            return record
+        deltas = torch.stack([self.local_update(c, r) for c in sampled])
+        deltas = self.attack(deltas, sampled, r)
+        kept, deltas = self.screen(deltas, sampled, record)
+        if kept:
+            step, info = self.aggregate(deltas)
+            self.shared = self.shared + step.to(self.shared.dtype)
+            record.aggregator_info = info
+        return record
+
+    def sample_clients(self, r: int) -> list[int]:
+        rng = np.random.default_rng([self.cfg["seed"], r, 1])
+        n = self.data.num_clients
+        return sorted(int(i) for i in rng.choice(n, size=self.num_sampled, replace=False))
+
+    def local_update(self, client: int, r: int) -> torch.Tensor:
+        """Train ``client`` from the server's shared part and its own private part; keep the private
+        part, return the change of the shared part (its delta)."""
+        set_flat(self.model, self.rule.shared, self.shared)
+        set_flat(self.model, self.rule.private, self.private[client])
+        x, y = self.data.client_train(client)
+        if client in self.byzantine and self.cfg["attack.name"] == "label_flip":
+            y = attack_mod.flip_labels(y, self.data.num_classes)
+        gen = client_generator(self.cfg["seed"], r, client)
+        train_phases(self.model, x, y, self.rule.phases(self.cfg), self.sgd, gen, self.augment)
+        self.private[client] = get_flat(self.model, self.rule.private).to(self.device)
+        return get_flat(self.model, self.rule.shared).to(self.device) - self.shared
+
+    def attack(self, deltas: torch.Tensor, sampled: list[int], r: int) -> torch.Tensor:
+        byz = set(self.byzantine)
+        mask = torch.tensor([c in byz for c in sampled], device=deltas.device)
+        if not bool(mask.any()):
+            return deltas
+        fn, keys = attack_mod.ATTACKS[self.cfg["attack.name"]]
+        kwargs = {k: self.cfg[f"attack.{k}"] for k in keys}
+        gen = client_generator(self.cfg["seed"], r, 0, stream=2)
+        out = deltas.clone()
+        out[mask] = fn(deltas[mask], deltas[~mask], generator=gen, **kwargs).to(out.dtype)
+        return out
+
+    def screen(self, deltas: torch.Tensor, sampled: list[int], record: RoundRecord) -> tuple[list[int], torch.Tensor]:
+        """Reject updates that are not finite or not of φ's size; log them, keep the rest."""
+        ok = torch.isfinite(deltas).all(dim=1) if deltas.dim() == 2 else torch.zeros(len(sampled), dtype=torch.bool)
+        kept = []
+        for i, c in enumerate(sampled):
+            if bool(ok[i]):
+                kept.append(i)
+            else:
+                entry = {"round": record.round, "client": c, "reason": "update has non-finite values"}
+                record.rejected.append(entry)
+                self.rejected.append(entry)
+                log.warning("round %d: rejected the update of client %d (%s)", record.round, c, entry["reason"])
+        return kept, deltas[kept]
+
+    def aggregate(self, deltas: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        name = self.cfg["aggregator.name"]
+        x = deltas.to(torch.float64)
+        if name == "geometric_median":
+            res = agg_mod.geometric_median_result(x, tol=self.cfg["aggregator.tol"],
+                                                  max_iter=self.cfg["aggregator.max_iter"],
+                                                  eps=self.cfg["aggregator.eps"])
+            return res.point, {"gm_iterations": res.iterations, "gm_converged": res.converged}
+        fn, keys = agg_mod.AGGREGATORS[name]
+        kwargs: dict[str, Any] = {}
+        n = x.shape[0]
+        if "f" in keys:
+            need = 3 if name in ("krum", "multi_krum") else 1
+            kwargs["f"] = max(0, min(self.f, (n - need) // 2))  # rows may have been rejected
+        if "m" in keys:
+            kwargs["m"] = min(self.cfg["aggregator.m"], n) or None
+        return fn(x, **kwargs), {}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, r: int) -> dict[str, Any]:
+        """Each honest client's test accuracy with its own head (and φ as the rule gives it)."""
+        accs, losses = [], []
+        shared_rep = self.rule.shared in ("rep", "all")
+        set_flat(self.model, self.rule.shared, self.shared)
+        feats = None
+        if shared_rep:
+            self.model.eval()
+            feats = torch.cat([self.model.rep(self.data.test_x[i:i + 4096])
+                               for i in range(0, len(self.data.test_x), 4096)])
+        for c in self.honest:
+            set_flat(self.model, self.rule.private, self.private[c])
+            idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
+            y = self.data.test_y[idx]
+            if feats is not None:
+                acc, loss = evaluate(self.model.head, feats[idx], y)
+            else:
+                acc, loss = evaluate(self.model, self.data.test_x[idx], y)
+            accs.append(acc)
+            losses.append(loss)
+        a, lo = np.array(accs), np.array(losses)
+        out: dict[str, Any] = {"round": r}
+        if self.data.task == "classification":
+            out.update(honest_acc_mean=float(a.mean()), honest_acc_std=float(a.std()), honest_acc_min=float(a.min()))
+        else:
+            out.update(honest_acc_mean=None, honest_acc_std=None, honest_acc_min=None)
+        out["honest_loss_mean"] = float(lo.mean())
+        if "B_star" in self.data.extras and self.cfg["model.name"] in ("linear", "auto") and self.data.default_model == "linear":
+            w = self.model.rep[-1].weight.detach().cpu().double().numpy()
+            if self.rule.shared in ("rep", "all"):
+                out["subspace_distance"] = principal_angle_distance(w.T, self.data.extras["B_star"])
+        return out
+
+    # ------------------------------------------------------------------ results and checkpoints
+    def results(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        final = {k: last.get(k) for k in ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean")}
+        if "subspace_distance" in last:
+            final["subspace_distance"] = last["subspace_distance"]
+        final["byzantine_clients"] = list(self.byzantine)
+        if self.data.client_names:
+            final["byzantine_client_names"] = [self.data.client_names[i] for i in self.byzantine]
+        final["rounds"] = last.get("round", 0)
+        rounds = max(self.elapsed["rounds"], 1)
+        return {
+            "config": self.cfg.nested(),
+            "data": self.data.summary(),
+            "history": self.history,
+            "final": final,
+            "rejected_updates": self.rejected,
+            "timing": {
+                "total_s": round(self.elapsed.get("wall_s", 0.0), 4),
+                "per_round_s": round(self.elapsed["train_s"] / rounds, 4),
+                "eval_total_s": round(self.elapsed["eval_s"], 4),
+                "rounds_timed": self.elapsed["rounds"],
+                "device": str(self.device),
+                "torch_threads": torch.get_num_threads(),
+            },
+        }
+
+    def state(self, r: int) -> dict[str, Any]:
+        return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(),
+                "history": self.history, "rejected": self.rejected, "elapsed": dict(self.elapsed)}
+
+    def checkpoint(self, r: int) -> Path:
+        assert self.out_dir is not None
+        return save_checkpoint(self.out_dir, self.state(r))
+
+    def restore(self, run_dir: str | Path) -> None:
+        st = load_checkpoint(run_dir)
+        self.shared = st["shared"].to(self.device)
+        self.private = st["private"].to(self.device)
+        self.history = list(st["history"])
+        self.rejected = list(st["rejected"])
+        self.elapsed = dict(st["elapsed"])
+        self.start_round = int(st["round"]) + 1

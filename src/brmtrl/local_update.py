@@ -1,0 +1,155 @@
+"""Local update rules: what a client trains, in which order, and what it sends.
+
+A rule is data: the part of the model shared with the server and a list of phases ``(part, epochs)``
+run one after another, each with the other parts frozen. BR-MTRL (and FedRep, which is BR-MTRL with
+the mean) runs ``head_epochs`` on the head, then ``rep_epochs`` on φ, and shares φ; the baselines
+are other rows of the same table.
+
+Training itself is :func:`train_phases`: plain mini-batch SGD. While φ is frozen, a head phase
+computes φ's features once per epoch (once in all when there is no augmentation) in no-grad batches
+and runs the head's SGD on them: the same arithmetic as pushing every mini-batch through the frozen
+φ, without doing φ's forward pass ``head_epochs`` times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .split import Part, freeze_all_but
+
+__all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "evaluate", "loss_fn", "train_phases"]
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LocalRule:
+    """``shared``: the part exchanged with the server; ``phases(cfg)``: [(part, epochs), ...]."""
+
+    name: str
+    shared: Part
+    phases: Callable[[Mapping[str, Any]], list[tuple[Part, int]]]
+    description: str
+
+    @property
+    def private(self) -> Part:
+        return complement(self.shared)
+
+
+def complement(part: Part) -> Part:
+    return {"rep": "head", "head": "rep", "all": "none", "none": "all"}[part]  # type: ignore[return-value]
+
+
+def _alternating(cfg: Mapping[str, Any]) -> list[tuple[Part, int]]:
+    return [("head", cfg["train.head_epochs"]), ("rep", cfg["train.rep_epochs"])]
+
+
+def _whole(cfg: Mapping[str, Any]) -> list[tuple[Part, int]]:
+    return [("all", cfg["train.local_epochs"])]
+
+
+RULES: dict[str, LocalRule] = {
+    "brmtrl": LocalRule("brmtrl", "rep", _alternating,
+                        "alternating GD: head epochs with φ frozen, then φ epochs with the head frozen; sends φ"),
+    "fedrep": LocalRule("fedrep", "rep", _alternating, "FedRep (Collins et al. 2021): same local rule as brmtrl"),
+    "fedavg": LocalRule("fedavg", "all", _whole, "FedAvg: trains and sends the whole model"),
+    "fedper": LocalRule("fedper", "rep", _whole, "FedPer (Arivazhagan et al. 2019): trains all jointly, sends φ"),
+    "lg_fedavg": LocalRule("lg_fedavg", "head", _whole,
+                           "LG-FedAvg (Liang et al. 2020): local representation, shared last layer"),
+    "local": LocalRule("local", "none", _whole, "Local-only: no communication"),
+}
+
+
+@dataclass(frozen=True)
+class SGDSettings:
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "SGDSettings":
+        return cls(cfg["train.lr"], cfg["train.momentum"], cfg["train.weight_decay"], cfg["train.batch_size"])
+
+    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.SGD:
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class labels, mean squared error for real targets."""
+    if y.is_floating_point():
+        return F.mse_loss(out.squeeze(-1), y)
+    return F.cross_entropy(out, y)
+
+
+@torch.no_grad()
+def _features(rep: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    return torch.cat([rep(x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x
+
+
+def _epoch_data(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                augment: Augment | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch's samples in the order they are visited (and augmented, if asked)."""
+    perm = torch.randperm(len(y), generator=generator).to(y.device)
+    xe, ye = x[perm], y[perm]
+    if augment is not None:
+        xe = augment(xe, generator)
+    return xe, ye
+
+
+def _sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
+                epochs: int, sgd: SGDSettings, generator: torch.Generator, augment: Augment | None,
+                inputs: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    opt = sgd.optimizer(params)
+    bs = sgd.batch_size
+    for _ in range(epochs):
+        xe, ye = _epoch_data(x, y, generator, augment)
+        if inputs is not None:
+            xe = inputs(xe)
+        for start in range(0, len(ye), bs):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(module(xe[start:start + bs]), ye[start:start + bs]).backward()
+            opt.step()
+
+
+def train_phases(model: nn.Module, x: torch.Tensor, y: torch.Tensor, phases: list[tuple[Part, int]],
+                 sgd: SGDSettings, generator: torch.Generator, augment: Augment | None = None,
+                 reuse_features: bool = True) -> None:
+    """Run the phases in order on (x, y). ``reuse_features=False`` pushes every head mini-batch
+    through the frozen φ (the straightforward reference; same result to float tolerance)."""
+    if len(y) == 0:
+        return
+    model.train()
+    for part, epochs in phases:
+        if epochs == 0 or part == "none":
+            continue
+        params = freeze_all_but(model, part)
+        if part == "head" and reuse_features and hasattr(model, "rep"):
+            if augment is None:
+                feats = _features(model.rep, x)
+                # visiting order must match the reference: permute features instead of inputs
+                _sgd_epochs(model.head, params, feats, y, epochs, sgd, generator, None)
+            else:
+                _sgd_epochs(model.head, params, x, y, epochs, sgd, generator, augment,
+                            inputs=lambda xe: _features(model.rep, xe))
+        else:
+            _sgd_epochs(model, params, x, y, epochs, sgd, generator, augment)
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """(accuracy, mean loss) on (x, y); accuracy is NaN for regression targets."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    outs = torch.cat([model(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    loss = float(loss_fn(outs, y))
+    acc = float("nan") if y.is_floating_point() else float((outs.argmax(1) == y).float().mean())
+    return acc, loss

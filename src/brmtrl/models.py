@@ -1,0 +1,88 @@
+"""Built-in models, each split into a shared representation ``rep`` (φ) and a private ``head``.
+
+A :class:`SplitModel` names its head by construction: every parameter under ``head.`` is private,
+every parameter under ``rep.`` is the representation shared through the server.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["SplitModel", "build_model", "cnn_cifar", "cnn_femnist", "mlp", "linear"]
+
+
+class SplitModel(nn.Module):
+    """``head(rep(x))``: ``rep`` is every layer but the last, ``head`` is the last layer."""
+
+    def __init__(self, rep: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.rep = rep
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rep(x))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    @property
+    def out_dim(self) -> int:
+        return self.head.out_features
+
+
+def cnn_cifar(num_classes: int = 10) -> SplitModel:
+    """FedRep's CIFAR-10 CNN: conv 3→64 5×5, pool, conv 64→64 5×5, pool, fc 1600→120→64, head 64→C."""
+    rep = nn.Sequential(
+        nn.Conv2d(3, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 5 * 5, 120), nn.ReLU(),
+        nn.Linear(120, 64), nn.ReLU(),
+    )
+    return SplitModel(rep, nn.Linear(64, num_classes))
+
+
+def cnn_femnist(num_classes: int = 62) -> SplitModel:
+    """A LeNet-style FEMNIST CNN on 1×28×28: conv 1→32 5×5, pool, conv 32→64 5×5, pool, fc 1024→256→128, head 128→C."""
+    rep = nn.Sequential(
+        nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 256), nn.ReLU(),
+        nn.Linear(256, 128), nn.ReLU(),
+    )
+    return SplitModel(rep, nn.Linear(128, num_classes))
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int = 64, rep_dim: int = 32) -> SplitModel:
+    """Two hidden layers as φ (in→hidden→rep_dim), a linear head rep_dim→out."""
+    rep = nn.Sequential(
+        nn.Flatten(), nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, rep_dim), nn.ReLU()
+    )
+    return SplitModel(rep, nn.Linear(rep_dim, out_dim))
+
+
+def linear(in_dim: int, out_dim: int, rep_dim: int) -> SplitModel:
+    """The linear MTRL model: φ(x) = Bᵀx with B ∈ R^{d×k} (no bias), head w_i ∈ R^{k×out}."""
+    rep = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, rep_dim, bias=False))
+    return SplitModel(rep, nn.Linear(rep_dim, out_dim, bias=False))
+
+
+def build_model(name: str, *, input_shape: tuple[int, ...], out_dim: int, hidden: int = 64,
+                rep_dim: int = 0, default: str = "mlp") -> SplitModel:
+    """Build a model by config name; ``auto`` takes the dataset's ``default``."""
+    name = default if name == "auto" else name
+    in_dim = 1
+    for s in input_shape:
+        in_dim *= s
+    if name == "cnn_cifar":
+        return cnn_cifar(out_dim)
+    if name == "cnn_femnist":
+        return cnn_femnist(out_dim)
+    if name == "mlp":
+        return mlp(in_dim, out_dim, hidden, rep_dim or 32)
+    if name == "linear":
+        return linear(in_dim, out_dim, rep_dim or 4)
+    raise ValueError(f"unknown model {name!r}")

@@ -1,0 +1,80 @@
+"""Run outputs: ``results.json``, ``metrics.csv`` and an accuracy-vs-round plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_outputs", "write_json", "plot_history"]
+
+
+def _clean(obj: Any) -> Any:
+    """JSON without NaN: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for row in history:
+            w.writerow(_clean(row))
+
+
+def plot_history(path: Path, history: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history]
+    acc = [h.get("honest_acc_mean") for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if all(a is not None for a in acc):
+        lo = [h["honest_acc_min"] for h in history]
+        ax.plot(rounds, acc, marker=".", label="honest mean")
+        ax.plot(rounds, lo, linestyle="--", label="honest min")
+        ax.set_ylabel("test accuracy (honest clients)")
+        ax.set_ylim(0, 1)
+    else:
+        ax.plot(rounds, [h["honest_loss_mean"] for h in history], marker=".", label="honest mean loss")
+        ax.set_ylabel("test loss (honest clients)")
+        ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out_dir: str | Path, results: dict[str, Any]) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    write_metrics_csv(out / "metrics.csv", results["history"])
+    c = results["config"]
+    title = (f"{c['dataset']['name']} · {c['algorithm']['name']} + {c['aggregator']['name']} · "
+             f"{c['attack']['name']} {c['attack']['byzantine_fraction']:.0%}")
+    if results["history"]:
+        plot_history(out / "accuracy.png", results["history"], title)
