@@ -74,7 +74,7 @@ def _check(x: np.ndarray, y: np.ndarray, where: str, split: str) -> None:
 
 
 def _to_tensor(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
+    t = torch.from_numpy(np.ascontiguousarray(x).copy()).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     return (t - mean) / std
@@ -126,4 +126,4 @@ def load_cifar10(root: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     """(train_x, train_y, test_x, test_y), images normalised to [-1, 1], shape (N, 3, 32, 32)."""
     arrays = _load_local(Path(root)) if root else _load_online()
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
-    return _to_tensor(xtr), torch.from_numpy(ytr), _to_tensor(xte), torch.from_numpy(yte)
+    return _to_tensor(xtr), torch.from_numpy(ytr.copy()), _to_tensor(xte), torch.from_numpy(yte.copy())

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CIFAR = SHARED / "cifar10"
+FEMNIST = SHARED / "femnist"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def need(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"shared data {path} not present")
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A seconds-long synthetic configuration, as overrides."""
+    from brmtrl.config import load_config
+
+    def make(*overrides: str):
+        base = [
+            "dataset.name=synthetic_classification", "dataset.num_clients=20", "dataset.samples_per_client=30",
+            "dataset.test_samples_per_client=50", "dataset.dim=20", "dataset.rank=3", "dataset.num_classes=4",
+            "model.name=linear", "train.rounds=4", "train.participation=0.5", "train.head_epochs=2",
+            "train.rep_epochs=1", "train.lr=0.05", "train.batch_size=10", "device=cpu",
+        ]
+        return load_config(None, base + list(overrides))
+
+    return make
