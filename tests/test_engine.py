@@ -66,8 +66,8 @@ def test_linear_mtrl_recovers_the_subspace():
 
 def test_bad_updates_are_rejected_logged_and_the_run_goes_on(tiny_cfg, caplog):
     class Faulty(Simulation):
-        def local_update(self, client, r):
-            delta = super().local_update(client, r)
+        def local_update(self, client, r, **kwargs):
+            delta = super().local_update(client, r, **kwargs)
             return delta * float("nan") if client == self.sample_clients(r)[0] else delta
 
     with caplog.at_level(logging.WARNING, logger="brmtrl"):

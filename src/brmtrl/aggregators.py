@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -57,10 +58,21 @@ def _check_f(rule: str, f: int, n: int, need: int) -> None:
 
 
 def _gram_centred(x: torch.Tensor) -> torch.Tensor:
-    """G = (X − x̄)(X − x̄)ᵀ in float64; centring first keeps the distances free of cancellation."""
-    x64 = x.to(torch.float64)
-    centred = x64 - x64.mean(dim=0, keepdim=True)
-    return centred @ centred.T
+    """G = (X − x̄)(X − x̄)ᵀ, (n, n) float64, in one pass over X.
+
+    Columns are centred chunk by chunk (each chunk stays in cache for its GEMM), in the input's
+    precision, and the chunk Grams are summed in float64: centring first keeps the distances
+    ‖x_i − x_j‖² = G_ii + G_jj − 2G_ij free of the cancellation that the raw XXᵀ would suffer
+    when the rows sit far from the origin, and no float64 copy of X is made.
+    """
+    n, d = x.shape
+    g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    step = max(4096, (1 << 21) // max(n, 1))
+    for start in range(0, d, step):
+        c = x[:, start:start + step]
+        c = c - c.mean(dim=0, keepdim=True)
+        g += (c @ c.T).to(torch.float64)
+    return g
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
@@ -127,24 +139,33 @@ def geometric_median_result(x: torch.Tensor, *, tol: float = 1e-8, max_iter: int
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"geometric_median: eps must be a float > 0. Got {eps!r} instead.")
     n = x.shape[0]
-    g = _gram_centred(x)
-    diag = g.diagonal()
+    g = _gram_centred(x).cpu().numpy()  # the O(n²) iterations run on the host, in float64
+    alpha, it, converged = _weiszfeld_affine(g, tol, max_iter, eps)
+    diag = np.diagonal(g)
+    dist = np.sqrt(np.clip(diag - 2.0 * (g @ alpha) + alpha @ g @ alpha, 0.0, None))
+    weights = torch.from_numpy(alpha).to(x.device)
+    point = weights.to(x.dtype) @ x if x.dtype != torch.float64 else weights @ x
+    return GeometricMedianResult(point, weights, it, converged, float(dist.sum()))
+
+
+def _weiszfeld_affine(g: np.ndarray, tol: float, max_iter: int, eps: float) -> tuple[np.ndarray, int, bool]:
+    """Weiszfeld on the affine weights α, given the Gram matrix G of the centred rows."""
+    n = g.shape[0]
+    diag = np.diagonal(g)
     scale = math.sqrt(max(float(diag.mean()), 0.0))
-    alpha = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
+    alpha = np.full(n, 1.0 / n)
     converged, it = n == 1 or scale == 0.0, 0
+    limit = (tol * scale) ** 2
     while not converged and it < max_iter:
         it += 1
         galpha = g @ alpha
-        dist = (diag - 2.0 * galpha + alpha @ galpha).clamp_min(0.0).sqrt()
-        beta = 1.0 / dist.clamp_min(eps)
+        dist = np.sqrt(np.maximum(diag - 2.0 * galpha + alpha @ galpha, 0.0))
+        beta = 1.0 / np.maximum(dist, eps)
         new = beta / beta.sum()
         step = new - alpha
         alpha = new
-        converged = math.sqrt(max(float(step @ (g @ step)), 0.0)) <= tol * scale
-    galpha = g @ alpha
-    dist = (diag - 2.0 * galpha + alpha @ galpha).clamp_min(0.0).sqrt()
-    point = (alpha.to(torch.float64) @ x.to(torch.float64)).to(x.dtype)
-    return GeometricMedianResult(point, alpha, it, bool(converged), float(dist.sum()))
+        converged = float(step @ g @ step) <= limit
+    return alpha, it, bool(converged)
 
 
 def geometric_median(x: torch.Tensor, *, tol: float = 1e-8, max_iter: int = 1000,

@@ -23,7 +23,7 @@ from . import attacks as attack_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError
 from .data import FederatedData, load_data, principal_angle_distance, random_crop_flip
-from .local_update import RULES, LocalRule, SGDSettings, evaluate, train_phases
+from .local_update import RULES, LocalRule, SGDSettings, evaluate, train_heads_together, train_phases
 from .models import SplitModel, build_model
 from .split import get_flat, part_size, set_flat
 
@@ -165,7 +165,7 @@ class Simulation:
             for c in sampled:
                 self.local_update(c, r)
             return record
-        deltas = torch.stack([self.local_update(c, r) for c in sampled])
+        deltas = self.local_updates(sampled, r)
         deltas = self.attack(deltas, sampled, r)
         kept, deltas = self.screen(deltas, sampled, record)
         if kept:
@@ -179,16 +179,42 @@ class Simulation:
         n = self.data.num_clients
         return sorted(int(i) for i in rng.choice(n, size=self.num_sampled, replace=False))
 
-    def local_update(self, client: int, r: int) -> torch.Tensor:
-        """Train ``client`` from the server's shared part and its own private part; keep the private
-        part, return the change of the shared part (its delta)."""
-        set_flat(self.model, self.rule.shared, self.shared)
-        set_flat(self.model, self.rule.private, self.private[client])
+    def local_updates(self, clients: list[int], r: int) -> torch.Tensor:
+        """Every sampled client's delta of the shared part, stacked (one row per client).
+
+        When the rule starts with head epochs on a shared φ (BR-MTRL, FedRep), that phase runs for
+        all clients together (:func:`train_heads_together`); the remaining phases run per client.
+        """
+        phases = self.rule.phases(self.cfg)
+        if not (self.rule.shared == "rep" and phases and phases[0][0] == "head" and phases[0][1] > 0):
+            return torch.stack([self.local_update(c, r) for c in clients])
+        gens = [client_generator(self.cfg["seed"], r, c) for c in clients]
+        data = [self.client_data(c) for c in clients]
+        set_flat(self.model, "rep", self.shared)
+        heads = train_heads_together(self.model, data, self.private[clients], phases[0][1], self.sgd, gens,
+                                     self.augment)
+        return torch.stack([self.local_update(c, r, gen=g, head=h, phases=phases[1:], data=d)
+                            for c, g, h, d in zip(clients, gens, heads, data)])
+
+    def client_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client's training data as it trains on it (label-flipping clients permute labels)."""
         x, y = self.data.client_train(client)
         if client in self.byzantine and self.cfg["attack.name"] == "label_flip":
             y = attack_mod.flip_labels(y, self.data.num_classes)
-        gen = client_generator(self.cfg["seed"], r, client)
-        train_phases(self.model, x, y, self.rule.phases(self.cfg), self.sgd, gen, self.augment)
+        return x, y
+
+    def local_update(self, client: int, r: int, *, gen: torch.Generator | None = None,
+                     head: torch.Tensor | None = None, phases: list | None = None,
+                     data: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Train ``client`` from the server's shared part and its own private part; keep the private
+        part, return the change of the shared part (its delta). The keyword arguments continue a
+        local update whose first phases already ran (with that generator, giving that head)."""
+        set_flat(self.model, self.rule.shared, self.shared)
+        set_flat(self.model, self.rule.private, self.private[client] if head is None else head)
+        x, y = data if data is not None else self.client_data(client)
+        gen = gen if gen is not None else client_generator(self.cfg["seed"], r, client)
+        phases = phases if phases is not None else self.rule.phases(self.cfg)
+        train_phases(self.model, x, y, phases, self.sgd, gen, self.augment)
         self.private[client] = get_flat(self.model, self.rule.private).to(self.device)
         return get_flat(self.model, self.rule.shared).to(self.device) - self.shared
 

@@ -14,15 +14,17 @@ and runs the head's SGD on them: the same arithmetic as pushing every mini-batch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .head_sgd import EpochData, head_sgd_batched
 from .split import Part, freeze_all_but
 
-__all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "evaluate", "loss_fn", "train_phases"]
+__all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "evaluate", "loss_fn", "train_heads_together",
+           "train_phases"]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -141,6 +143,40 @@ def train_phases(model: nn.Module, x: torch.Tensor, y: torch.Tensor, phases: lis
             _sgd_epochs(model, params, x, y, epochs, sgd, generator, augment)
     for p in model.parameters():
         p.requires_grad_(True)
+
+
+def _head_epochs(rep: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], generators: list[torch.Generator],
+                 epochs: int, augment: Augment | None) -> Iterator[EpochData]:
+    """Each epoch's features and targets per client, in visiting order. The draws from each client's
+    generator (permutation, then augmentation) are those of :func:`train_phases`."""
+    sizes = [len(y) for _, y in data]
+    if augment is None:
+        feats = _features(rep, torch.cat([x for x, _ in data])).split(sizes)
+    for _ in range(epochs):
+        perms = [torch.randperm(n, generator=g).to(y.device) for n, g, (_, y) in zip(sizes, generators, data)]
+        if augment is None:
+            yield [f[p] for f, p in zip(feats, perms)], [y[p] for p, (_, y) in zip(perms, data)]
+        else:
+            xe = torch.cat([augment(x[p], g) for p, g, (x, _) in zip(perms, generators, data)])
+            yield list(_features(rep, xe).split(sizes)), [y[p] for p, (_, y) in zip(perms, data)]
+
+
+def train_heads_together(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], heads: torch.Tensor,
+                         epochs: int, sgd: SGDSettings, generators: list[torch.Generator],
+                         augment: Augment | None = None) -> torch.Tensor:
+    """The head phase of several clients at once, with φ frozen: φ's features are computed in large
+    no-grad batches (once, or once per epoch with augmentation) and every head steps together
+    (:func:`brmtrl.head_sgd.head_sgd_batched`). ``heads`` holds one flat head per row, as
+    :func:`brmtrl.split.get_flat` lays it out (weight, then bias); the trained heads are returned."""
+    head = model.head
+    c, k = head.out_features, head.in_features
+    weight = heads[:, :c * k].reshape(-1, c, k).clone()
+    bias = heads[:, c * k:].clone() if head.bias is not None else None
+    model.eval()
+    head_sgd_batched(_head_epochs(model.rep, data, generators, epochs, augment), weight, bias,
+                     lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay, batch_size=sgd.batch_size)
+    parts = [weight.reshape(len(heads), -1)] + ([bias] if bias is not None else [])
+    return torch.cat(parts, dim=1)
 
 
 @torch.no_grad()
