@@ -183,6 +183,8 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     # model
     "model.name": ("auto", Options(MODELS), "model; 'auto' picks the dataset's default"),
     "model.hidden": (64, POS_INT, "MLP hidden width"),
+    "model.memory_format": ("auto", Options(("auto", "channels_last", "contiguous")),
+                            "layout of image batches and conv weights; 'auto' = channels_last for CNNs"),
     "model.rep_dim": (0, NONNEG_INT, "width of φ's output; 0 means the dataset's rank or the model default"),
     # algorithm
     "algorithm.name": ("brmtrl", Options(ALGORITHMS), "local update rule"),

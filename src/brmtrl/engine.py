@@ -23,7 +23,8 @@ from . import attacks as attack_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError
 from .data import FederatedData, load_data, principal_angle_distance, random_crop_flip
-from .local_update import RULES, LocalRule, SGDSettings, evaluate, train_heads_together, train_phases
+from .local_update import (RULES, LocalRule, SGDSettings, compute_features, evaluate, train_heads_together,
+                           train_phases)
 from .models import SplitModel, build_model
 from .split import get_flat, part_size, set_flat
 
@@ -80,6 +81,8 @@ class Simulation:
             hidden=cfg["model.hidden"], rep_dim=cfg["model.rep_dim"] or self.data.extras.get("rank", 0),
             default=self.data.default_model,
         ).to(self.device)
+        if self.data.train_x.dim() == 4 and cfg["model.memory_format"] in ("auto", "channels_last"):
+            self.model.use_channels_last()
         n = self.data.num_clients
         self.num_sampled = max(1, int(round(cfg["train.participation"] * n)))
         self.byzantine = self._byzantine_set()
@@ -272,8 +275,7 @@ class Simulation:
         feats = None
         if shared_rep:
             self.model.eval()
-            feats = torch.cat([self.model.rep(self.data.test_x[i:i + 4096])
-                               for i in range(0, len(self.data.test_x), 4096)])
+            feats = compute_features(self.model, self.data.test_x)
         for c in self.honest:
             set_flat(self.model, self.rule.private, self.private[c])
             idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)

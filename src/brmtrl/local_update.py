@@ -23,7 +23,8 @@ from torch import nn
 from .head_sgd import EpochData, head_sgd_batched
 from .split import Part, freeze_all_but
 
-__all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "evaluate", "loss_fn", "train_heads_together",
+__all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "compute_features", "evaluate", "loss_fn",
+           "train_heads_together",
            "train_phases"]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -90,8 +91,11 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _features(rep: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    return torch.cat([rep(x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x
+def compute_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """φ(x) without gradients, in chunks (small on CPUs, where ~100-sample batches run fastest)."""
+    chunk = 128 if x.device.type == "cpu" else 4096
+    phi = model.features if hasattr(model, "features") else model.rep
+    return torch.cat([phi(x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x
 
 
 def _epoch_data(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
@@ -133,32 +137,32 @@ def train_phases(model: nn.Module, x: torch.Tensor, y: torch.Tensor, phases: lis
         params = freeze_all_but(model, part)
         if part == "head" and reuse_features and hasattr(model, "rep"):
             if augment is None:
-                feats = _features(model.rep, x)
+                feats = compute_features(model, x)
                 # visiting order must match the reference: permute features instead of inputs
                 _sgd_epochs(model.head, params, feats, y, epochs, sgd, generator, None)
             else:
                 _sgd_epochs(model.head, params, x, y, epochs, sgd, generator, augment,
-                            inputs=lambda xe: _features(model.rep, xe))
+                            inputs=lambda xe: compute_features(model, xe))
         else:
             _sgd_epochs(model, params, x, y, epochs, sgd, generator, augment)
     for p in model.parameters():
         p.requires_grad_(True)
 
 
-def _head_epochs(rep: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], generators: list[torch.Generator],
+def _head_epochs(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], generators: list[torch.Generator],
                  epochs: int, augment: Augment | None) -> Iterator[EpochData]:
     """Each epoch's features and targets per client, in visiting order. The draws from each client's
     generator (permutation, then augmentation) are those of :func:`train_phases`."""
     sizes = [len(y) for _, y in data]
     if augment is None:
-        feats = _features(rep, torch.cat([x for x, _ in data])).split(sizes)
+        feats = compute_features(model, torch.cat([x for x, _ in data])).split(sizes)
     for _ in range(epochs):
         perms = [torch.randperm(n, generator=g).to(y.device) for n, g, (_, y) in zip(sizes, generators, data)]
         if augment is None:
             yield [f[p] for f, p in zip(feats, perms)], [y[p] for p, (_, y) in zip(perms, data)]
         else:
             xe = torch.cat([augment(x[p], g) for p, g, (x, _) in zip(perms, generators, data)])
-            yield list(_features(rep, xe).split(sizes)), [y[p] for p, (_, y) in zip(perms, data)]
+            yield list(compute_features(model, xe).split(sizes)), [y[p] for p, (_, y) in zip(perms, data)]
 
 
 def train_heads_together(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], heads: torch.Tensor,
@@ -173,7 +177,7 @@ def train_heads_together(model: nn.Module, data: list[tuple[torch.Tensor, torch.
     weight = heads[:, :c * k].reshape(-1, c, k).clone()
     bias = heads[:, c * k:].clone() if head.bias is not None else None
     model.eval()
-    head_sgd_batched(_head_epochs(model.rep, data, generators, epochs, augment), weight, bias,
+    head_sgd_batched(_head_epochs(model, data, generators, epochs, augment), weight, bias,
                      lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay, batch_size=sgd.batch_size)
     parts = [weight.reshape(len(heads), -1)] + ([bias] if bias is not None else [])
     return torch.cat(parts, dim=1)
