@@ -29,7 +29,8 @@ cfg = load_config(sys.argv[5], [f"dataset.root={root}", f"dataset.num_clients={n
 sim = Simulation(cfg)
 res = sim.run()
 print(json.dumps({"per_round_s": res["timing"]["per_round_s"], "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "sampled": sim.num_sampled, "train_per_client": res["data"]["train_per_client_max"]}))
+                  "sampled": sim.num_sampled, "train_per_client": res["data"]["train_samples"] / n,
+                  "trained_per_round": sum(len(sim.data.train_idx[c]) for c in sim.sample_clients(1))}))
 """
 
 
@@ -39,14 +40,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     print(f"command: python benchmarks/scale.py --root {args.root} --rounds {args.rounds}\n")
-    print("| clients N | sampled per round | samples per client | round time (s) | peak RSS (MiB) |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("| clients N | sampled per round | mean samples per client | samples trained in round 1 | round time (s) | peak RSS (MiB) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in (100, 300, 1000):
         for sampled in sorted({10, n // 10}):
             out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(sampled), str(args.rounds), args.root,
                                   str(ROOT / "configs" / "cifar10.toml")], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {n} | {r['sampled']} | {r['train_per_client']} | {r['per_round_s']:.2f} | {r['peak_mib']:.0f} |",
+            print(f"| {n} | {r['sampled']} | {r['train_per_client']:.0f} | {r['trained_per_round']} | {r['per_round_s']:.2f} | "
+                  f"{r['peak_mib']:.0f} |",
                   flush=True)
 
 

@@ -93,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"brmtrl: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `brmtrl keys | head`
+        return 0
     except KeyboardInterrupt:
         print("brmtrl: interrupted; continue with `brmtrl run --resume DIR`", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ from .config import Config, ConfigError
 from .data import FederatedData, load_data, principal_angle_distance, random_crop_flip
 from .local_update import (RULES, LocalRule, SGDSettings, compute_features, evaluate, train_heads_together,
                            train_phases)
-from .models import SplitModel, build_model
+from .models import SplitModel, build_model, linear_representation
 from .split import get_flat, part_size, set_flat
 
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
@@ -293,10 +293,9 @@ class Simulation:
         else:
             out.update(honest_acc_mean=None, honest_acc_std=None, honest_acc_min=None)
         out["honest_loss_mean"] = float(lo.mean())
-        if "B_star" in self.data.extras and self.cfg["model.name"] in ("linear", "auto") and self.data.default_model == "linear":
-            w = self.model.rep[-1].weight.detach().cpu().double().numpy()
-            if self.rule.shared in ("rep", "all"):
-                out["subspace_distance"] = principal_angle_distance(w.T, self.data.extras["B_star"])
+        b = linear_representation(self.model)
+        if "B_star" in self.data.extras and shared_rep and b is not None:
+            out["subspace_distance"] = principal_angle_distance(b.cpu().double().numpy(), self.data.extras["B_star"])
         return out
 
     # ------------------------------------------------------------------ results and checkpoints

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SplitModel", "build_model", "cnn_cifar", "cnn_femnist", "mlp", "linear"]
+__all__ = ["SplitModel", "build_model", "cnn_cifar", "cnn_femnist", "linear", "linear_representation", "mlp"]
 
 
 class SplitModel(nn.Module):
@@ -82,6 +82,14 @@ def linear(in_dim: int, out_dim: int, rep_dim: int) -> SplitModel:
     """The linear MTRL model: φ(x) = Bᵀx with B ∈ R^{d×k} (no bias), head w_i ∈ R^{k×out}."""
     rep = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, rep_dim, bias=False))
     return SplitModel(rep, nn.Linear(rep_dim, out_dim, bias=False))
+
+
+def linear_representation(model: SplitModel) -> torch.Tensor | None:
+    """B ∈ R^{d×k} when φ is linear (φ(x) = Bᵀx, the linear MTRL model), else None."""
+    layers = [m for m in model.rep if not isinstance(m, nn.Flatten)]
+    if len(layers) == 1 and isinstance(layers[0], nn.Linear) and layers[0].bias is None:
+        return layers[0].weight.detach().T
+    return None
 
 
 def build_model(name: str, *, input_shape: tuple[int, ...], out_dim: int, hidden: int = 64,
