@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from brmtrl.losses import loss_fn
 
 
 def reference_local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, head_epochs: int, rep_epochs: int,
@@ -33,10 +34,7 @@ def reference_local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
                 xe = augment(xe, generator)
             for s in range(0, len(ye), batch_size):
                 opt.zero_grad(set_to_none=True)
-                out = model(xe[s:s + batch_size])
-                loss = F.mse_loss(out.squeeze(-1), ye[s:s + batch_size]) if ye.is_floating_point() \
-                    else F.cross_entropy(out, ye[s:s + batch_size])
-                loss.backward()
+                loss_fn(model(xe[s:s + batch_size]), ye[s:s + batch_size]).backward()
                 opt.step()
     for p in model.parameters():
         p.requires_grad_(True)

@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .losses import loss_fn
 
 __all__ = ["EpochData", "head_sgd_batched", "head_sgd_reference"]
 
@@ -45,10 +46,7 @@ def head_sgd_reference(epochs: Iterable[EpochData], weight: torch.Tensor, bias: 
         for (lin, opt), f, y in zip(heads, feats, targets):
             for s in range(0, len(y), batch_size):
                 opt.zero_grad(set_to_none=True)
-                out = lin(f[s:s + batch_size])
-                loss = F.mse_loss(out.squeeze(-1), y[s:s + batch_size]) if y.is_floating_point() \
-                    else F.cross_entropy(out, y[s:s + batch_size])
-                loss.backward()
+                loss_fn(lin(f[s:s + batch_size]), y[s:s + batch_size]).backward()
                 opt.step()
     with torch.no_grad():
         for i, (lin, _) in enumerate(heads):

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .head_sgd import EpochData, head_sgd_batched
+from .losses import loss_fn
 from .split import Part, freeze_all_but
 
 __all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "compute_features", "evaluate", "loss_fn",
@@ -81,13 +81,6 @@ class SGDSettings:
 
     def optimizer(self, params: list[nn.Parameter]) -> torch.optim.SGD:
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-
-
-def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for class labels, mean squared error for real targets."""
-    if y.is_floating_point():
-        return F.mse_loss(out.squeeze(-1), y)
-    return F.cross_entropy(out, y)
 
 
 @torch.no_grad()

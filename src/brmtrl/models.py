@@ -46,28 +46,27 @@ class SplitModel(nn.Module):
         return self.head.out_features
 
 
+def _lenet(in_channels: int, width: tuple[int, int], spatial: int, hidden: tuple[int, int], num_classes: int) -> SplitModel:
+    """conv in→w1 5×5, ReLU, pool 2, conv w1→w2 5×5, ReLU, pool 2, fc →h1→h2 (ReLU each) as φ; head h2→C."""
+    side = ((spatial - 4) // 2 - 4) // 2
+    rep = nn.Sequential(
+        nn.Conv2d(in_channels, width[0], 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width[0], width[1], 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(width[1] * side * side, hidden[0]), nn.ReLU(),
+        nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
+    )
+    return SplitModel(rep, nn.Linear(hidden[1], num_classes))
+
+
 def cnn_cifar(num_classes: int = 10) -> SplitModel:
     """FedRep's CIFAR-10 CNN: conv 3→64 5×5, pool, conv 64→64 5×5, pool, fc 1600→120→64, head 64→C."""
-    rep = nn.Sequential(
-        nn.Conv2d(3, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * 5 * 5, 120), nn.ReLU(),
-        nn.Linear(120, 64), nn.ReLU(),
-    )
-    return SplitModel(rep, nn.Linear(64, num_classes))
+    return _lenet(3, (64, 64), 32, (120, 64), num_classes)
 
 
 def cnn_femnist(num_classes: int = 62) -> SplitModel:
     """A LeNet-style FEMNIST CNN on 1×28×28: conv 1→32 5×5, pool, conv 32→64 5×5, pool, fc 1024→256→128, head 128→C."""
-    rep = nn.Sequential(
-        nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * 4 * 4, 256), nn.ReLU(),
-        nn.Linear(256, 128), nn.ReLU(),
-    )
-    return SplitModel(rep, nn.Linear(128, num_classes))
+    return _lenet(1, (32, 64), 28, (256, 128), num_classes)
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int = 64, rep_dim: int = 32) -> SplitModel:
