@@ -48,9 +48,8 @@ def test_bounded_when_minority_is_moved_far_away(rule):
     n, d, f = 11, 20, 4
     x = rows(n, d, 3)
     x[:f] += 1e6
-    fn, keys = AGGREGATORS[rule]
-    kwargs = {"f": f} if "f" in keys else {}
-    out = fn(x, **kwargs)
+    entry = AGGREGATORS[rule]
+    out = entry.fn(x, **({"f": f} if "f" in entry.params else {}))
     honest = x[f:]
     assert float((out - honest.mean(0)).norm()) < 3 * float((honest - honest.mean(0)).norm(dim=1).max())
     assert float(mean(x).norm()) > 1e5  # the mean is not robust
@@ -74,9 +73,21 @@ def test_krum_known_answer():
 def test_permutation_invariance(rule):
     x = rows(9, 6, 7)
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(1))
-    fn, keys = AGGREGATORS[rule]
-    kwargs = {"f": 2} if "f" in keys else {}
-    torch.testing.assert_close(fn(x, **kwargs), fn(x[perm], **kwargs), atol=1e-10, rtol=0)
+    entry = AGGREGATORS[rule]
+    kwargs = {"f": 2} if "f" in entry.params else {}
+    torch.testing.assert_close(entry.fn(x, **kwargs), entry.fn(x[perm], **kwargs), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("rule", sorted(AGGREGATORS))
+def test_largest_f_is_what_the_rule_accepts(rule):
+    entry = AGGREGATORS[rule]
+    if "f" not in entry.params:
+        return
+    for n in (3, 4, 7, 10):
+        f = entry.largest_f(n)
+        entry.fn(rows(n, 3), f=f)
+        with pytest.raises(ValueError, match="cannot tolerate"):
+            entry.fn(rows(n, 3), f=f + 1)
 
 
 def test_known_answers_for_coordinate_rules():

@@ -47,6 +47,7 @@ def test_run_writes_the_results_contract(tmp_path):
     (["--set", "attack.byzantine_fraction=1.5"], "'attack.byzantine_fraction' must be a float in the range [0, 1)"),
     (["--set", "noequals"], "must look like KEY=VALUE"),
     (["--set", "aggregator.name=krum", "--set", "aggregator.f=9"], "'aggregator.f' = 9 is too large for krum"),
+    (["--set", "aggregator.name=krum", "--set", "train.participation=0.02"], "'aggregator.name' = 'krum' needs at least 3"),
     (["--set", "dataset.name=cifar10", "--set", "dataset.root=/nonexistent/cifar"], "/nonexistent/cifar"),
     (["--set", "device=cuda:0"] if not __import__("torch").cuda.is_available() else ["--set", "device=tpu"], "'device'"),
 ])

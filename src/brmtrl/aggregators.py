@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "AGGREGATORS",
     "GeometricMedianResult",
+    "Rule",
     "geometric_median",
     "geometric_median_result",
     "krum",
@@ -226,12 +227,31 @@ def multi_krum(x: torch.Tensor, *, f: int, m: int | None = None) -> torch.Tensor
 
 
 # --------------------------------------------------------------------------- registry
-#: config name -> (callable, the config keys ``aggregator.*`` it takes)
-AGGREGATORS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
-    "mean": (mean, ()),
-    "median": (median, ()),
-    "trimmed_mean": (trimmed_mean, ("f",)),
-    "geometric_median": (geometric_median, ("tol", "max_iter", "eps")),
-    "krum": (krum, ("f",)),
-    "multi_krum": (multi_krum, ("f", "m")),
+@dataclass(frozen=True)
+class Rule:
+    """A registry entry: the callable, the ``aggregator.*`` config keys it takes as keyword
+    arguments, and the fewest rows it needs for a given f (None: any number)."""
+
+    fn: Callable[..., torch.Tensor]
+    params: tuple[str, ...] = ()
+    min_rows: Callable[[int], int] | None = None
+
+    def largest_f(self, n: int) -> int:
+        """The largest f this rule tolerates among n rows."""
+        if self.min_rows is None:
+            return n
+        f = 0
+        while self.min_rows(f + 1) <= n:
+            f += 1
+        return f
+
+
+#: config name -> rule
+AGGREGATORS: dict[str, Rule] = {
+    "mean": Rule(mean),
+    "median": Rule(median),
+    "trimmed_mean": Rule(trimmed_mean, ("f",), lambda f: 2 * f + 1),
+    "geometric_median": Rule(geometric_median, ("tol", "max_iter", "eps")),
+    "krum": Rule(krum, ("f",), lambda f: 2 * f + 3),
+    "multi_krum": Rule(multi_krum, ("f", "m"), lambda f: 2 * f + 3),
 }

@@ -107,18 +107,21 @@ class Simulation:
         return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
 
     def _resolve_f(self) -> int:
+        """``aggregator.f``: 'auto' is the expected number of Byzantine clients among the sampled,
+        lowered to what the rule tolerates; an explicit value it cannot tolerate is a config error."""
         name, m = self.cfg["aggregator.name"], self.num_sampled
-        need = {"krum": 3, "multi_krum": 3, "trimmed_mean": 1}.get(name)
+        rule = agg_mod.AGGREGATORS[name]
         f = self.cfg["aggregator.f"]
+        if rule.min_rows is not None and m < rule.min_rows(0):
+            raise ConfigError(f"config key 'aggregator.name' = {name!r} needs at least {rule.min_rows(0)} clients "
+                              f"per round, but train.participation samples {m}; raise train.participation")
         if f == "auto":
             f = math.ceil(self.cfg["attack.byzantine_fraction"] * m) if self.byzantine else 0
-            if need is not None:
-                f = max(0, min(f, (m - need) // 2))
-            return int(f)
-        if need is not None and m < 2 * f + need:
+            return min(int(f), rule.largest_f(m))
+        if rule.min_rows is not None and m < rule.min_rows(f):
             raise ConfigError(
                 f"config key 'aggregator.f' = {f} is too large for {name} with {m} clients sampled per round "
-                f"(needs {2 * f + need} or more); lower aggregator.f or raise train.participation"
+                f"(needs {rule.min_rows(f)} or more); lower aggregator.f or raise train.participation"
             )
         return int(f)
 
@@ -171,7 +174,11 @@ class Simulation:
         deltas = self.local_updates(sampled, r)
         deltas = self.attack(deltas, sampled, r)
         kept, deltas = self.screen(deltas, sampled, record)
-        if kept:
+        rule = agg_mod.AGGREGATORS[self.cfg["aggregator.name"]]
+        if rule.min_rows is not None and len(kept) < rule.min_rows(0):
+            log.warning("round %d: only %d valid updates, fewer than %s needs; φ is left unchanged this round",
+                        r, len(kept), self.cfg["aggregator.name"])
+        elif kept:
             step, info = self.aggregate(deltas)
             self.shared = self.shared + step.to(self.shared.dtype)
             record.aggregator_info = info
@@ -255,15 +262,14 @@ class Simulation:
                                                   max_iter=self.cfg["aggregator.max_iter"],
                                                   eps=self.cfg["aggregator.eps"])
             return res.point, {"gm_iterations": res.iterations, "gm_converged": res.converged}
-        fn, keys = agg_mod.AGGREGATORS[name]
+        rule = agg_mod.AGGREGATORS[name]
         kwargs: dict[str, Any] = {}
         n = x.shape[0]
-        if "f" in keys:
-            need = 3 if name in ("krum", "multi_krum") else 1
-            kwargs["f"] = max(0, min(self.f, (n - need) // 2))  # rows may have been rejected
-        if "m" in keys:
+        if "f" in rule.params:
+            kwargs["f"] = min(self.f, rule.largest_f(n))  # rows may have been rejected
+        if "m" in rule.params:
             kwargs["m"] = min(self.cfg["aggregator.m"], n) or None
-        return fn(x, **kwargs), {}
+        return rule.fn(x, **kwargs), {}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
