@@ -103,7 +103,7 @@ def toml_literal(v):
         return "true" if v else "false"
     if isinstance(v, float):
         return {float("inf"): "inf", float("-inf"): "-inf"}.get(v, "nan" if v != v else repr(v))
-    return json.dumps(v)
+    return json.dumps(v, ensure_ascii=False)
 
 
 KEYS = [k for k, (_, c, _) in SCHEMA.items() if not (hasattr(c, "pattern") and c.pattern is None)]
@@ -131,6 +131,21 @@ def test_unknown_keys_always_end_in_a_clean_error(key, capsys):
     code = main(["run", "--config", str(CONFIGS / "quick.toml"), "--set", f"{key}=1", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown config key" in err and len(err.strip().splitlines()) == 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_invalid_config_files_always_end_in_a_clean_error(data, tmp_path, capsys):
+    key = data.draw(st.sampled_from([k for k in KEYS if "." in k]))
+    value = data.draw(bad_value(SCHEMA[key][1]).filter(lambda v: not isinstance(v, dict)))
+    section, leaf = key.split(".", 1)
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{leaf} = {toml_literal(value)}\n")
+    code = main(["run", "--config", str(path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, (path.read_text(), err)
+    assert err.startswith("brmtrl: error: ") and len(err.strip().splitlines()) == 1
+    assert key in err or ("not valid TOML" in err and str(path) in err)
 
 
 def test_every_shipped_config_is_valid():
