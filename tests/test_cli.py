@@ -126,7 +126,8 @@ def test_invalid_overrides_always_end_in_a_clean_error(data, capsys):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=st.text(min_size=1, max_size=20).filter(lambda k: k.strip() and k.strip() not in SCHEMA and "=" not in k))
+@given(key=st.text(min_size=1, max_size=20).filter(
+    lambda k: k.strip() and k.strip() not in SCHEMA and "=" not in k and not k.startswith("-")))
 def test_unknown_keys_always_end_in_a_clean_error(key, capsys):
     code = main(["run", "--config", str(CONFIGS / "quick.toml"), "--set", f"{key}=1", "--quiet"])
     err = capsys.readouterr().err
