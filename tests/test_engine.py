@@ -91,3 +91,10 @@ def test_femnist_config_runs_one_round():
                                                   "train.participation=0.05", "train.head_epochs=1", "device=cpu"])
     res = Simulation(cfg).run()
     assert res["data"]["num_clients"] == 105 and len(res["final"]["byzantine_client_names"]) == 21
+
+
+def test_progress_bar_for_classification_and_regression(tiny_cfg, capsys):
+    Simulation(tiny_cfg("train.rounds=2"), progress=True).run()
+    Simulation(tiny_cfg("dataset.name=synthetic_linear", "train.rounds=2"), progress=True).run()
+    err = capsys.readouterr().err
+    assert "acc=" in err and "loss=" in err

@@ -151,7 +151,9 @@ class Simulation:
                                rejected=len(record.rejected), **record.aggregator_info)
                 self.history.append(metrics)
                 if bar is not None:
-                    bar.set_postfix(acc=f"{metrics['honest_acc_mean']:.4f}")
+                    acc = metrics["honest_acc_mean"]
+                    bar.set_postfix(acc=f"{acc:.4f}") if acc is not None \
+                        else bar.set_postfix(loss=f"{metrics['honest_loss_mean']:.4g}")
             self.elapsed["eval_s"] += time.perf_counter() - t1
             every = self.cfg["train.checkpoint_every"]
             if self.out_dir is not None and every and (r % every == 0 or r == rounds):
