@@ -121,3 +121,11 @@ def test_public_import_contract():
     x = rows(7, 4)
     for out in (mean(x), geometric_median(x), krum(x, f=1), multi_krum(x, f=1, m=3)):
         assert out.dim() == 1 and out.shape[0] == 4
+
+
+def test_docstring_examples():
+    import doctest
+
+    import brmtrl.aggregators as module
+
+    assert doctest.testmod(module).failed == 0

@@ -6,9 +6,13 @@ the centred rows, so that ``d = 10⁶`` costs one GEMM and the rest is O(n²). N
 counts: a Byzantine client could report any count.
 
 >>> import torch
->>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+>>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.2, 0.2], [100.0, 100.0]])
 >>> krum(x, f=1)
-tensor([0., 0.])
+tensor([0.2000, 0.2000])
+>>> mean(x)
+tensor([20.2400, 20.2400])
+>>> geometric_median(x).round(decimals=2)
+tensor([0.2000, 0.2000])
 """
 
 from __future__ import annotations
@@ -198,7 +202,7 @@ def krum_scores(x: torch.Tensor, *, f: int) -> torch.Tensor:
     d2 = pairwise_sq_distances(x)
     d2.fill_diagonal_(float("inf"))
     k = n - f - 2
-    return d2.topk(k, dim=1, largest=False).values.sum(dim=1) if k > 0 else torch.zeros(n, dtype=d2.dtype)
+    return d2.topk(k, dim=1, largest=False).values.sum(dim=1) if k > 0 else torch.zeros(n, dtype=d2.dtype, device=d2.device)
 
 
 def krum(x: torch.Tensor, *, f: int) -> torch.Tensor:
