@@ -2,7 +2,7 @@
 
 Every rule takes the rows as a 2-D tensor and returns a 1-D tensor of length ``d`` in the input's
 dtype; hyperparameters are keyword-only. Distances are computed in float64 from the Gram matrix of
-the centred rows, so that ``d = 10⁶`` costs one GEMM and the rest is O(n²). No rule takes sample
+the centred rows (accumulated in float64), so that ``d = 10⁶`` costs one GEMM and the rest is O(n²). No rule takes sample
 counts: a Byzantine client could report any count.
 
 >>> import torch
@@ -12,7 +12,7 @@ tensor([0.2000, 0.2000])
 >>> mean(x)
 tensor([20.2400, 20.2400])
 >>> geometric_median(x).round(decimals=2)
-tensor([0.2000, 0.2000])
+tensor([0.2100, 0.2100])
 """
 
 from __future__ import annotations
