@@ -21,6 +21,7 @@ from torch import nn
 
 from .head_sgd import EpochData, head_sgd_batched
 from .losses import loss_fn
+from .models import SplitModel
 from .split import Part, freeze_all_but
 
 __all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "compute_features", "evaluate", "loss_fn",
@@ -84,11 +85,10 @@ class SGDSettings:
 
 
 @torch.no_grad()
-def compute_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def compute_features(model: SplitModel, x: torch.Tensor) -> torch.Tensor:
     """φ(x) without gradients, in chunks (small on CPUs, where ~100-sample batches run fastest)."""
     chunk = 128 if x.device.type == "cpu" else 4096
-    phi = model.features if hasattr(model, "features") else model.rep
-    return torch.cat([phi(x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x
+    return torch.cat([model.features(x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x
 
 
 def _epoch_data(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
@@ -116,7 +116,7 @@ def _sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor, 
             opt.step()
 
 
-def train_phases(model: nn.Module, x: torch.Tensor, y: torch.Tensor, phases: list[tuple[Part, int]],
+def train_phases(model: SplitModel, x: torch.Tensor, y: torch.Tensor, phases: list[tuple[Part, int]],
                  sgd: SGDSettings, generator: torch.Generator, augment: Augment | None = None,
                  reuse_features: bool = True) -> None:
     """Run the phases in order on (x, y). ``reuse_features=False`` pushes every head mini-batch
@@ -128,7 +128,7 @@ def train_phases(model: nn.Module, x: torch.Tensor, y: torch.Tensor, phases: lis
         if epochs == 0 or part == "none":
             continue
         params = freeze_all_but(model, part)
-        if part == "head" and reuse_features and hasattr(model, "rep"):
+        if part == "head" and reuse_features:
             if augment is None:
                 feats = compute_features(model, x)
                 # visiting order must match the reference: permute features instead of inputs
@@ -142,7 +142,7 @@ def train_phases(model: nn.Module, x: torch.Tensor, y: torch.Tensor, phases: lis
         p.requires_grad_(True)
 
 
-def _head_epochs(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], generators: list[torch.Generator],
+def _head_epochs(model: SplitModel, data: list[tuple[torch.Tensor, torch.Tensor]], generators: list[torch.Generator],
                  epochs: int, augment: Augment | None) -> Iterator[EpochData]:
     """Each epoch's features and targets per client, in visiting order. The draws from each client's
     generator (permutation, then augmentation) are those of :func:`train_phases`."""
@@ -158,7 +158,7 @@ def _head_epochs(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
             yield list(compute_features(model, xe).split(sizes)), [y[p] for p, (_, y) in zip(perms, data)]
 
 
-def train_heads_together(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], heads: torch.Tensor,
+def train_heads_together(model: SplitModel, data: list[tuple[torch.Tensor, torch.Tensor]], heads: torch.Tensor,
                          epochs: int, sgd: SGDSettings, generators: list[torch.Generator],
                          augment: Augment | None = None) -> torch.Tensor:
     """The head phase of several clients at once, with φ frozen: φ's features are computed in large

@@ -25,7 +25,7 @@ class SplitModel(nn.Module):
         """Keep convolution weights and image batches in NHWC layout (``torch.channels_last``):
         on CPUs (oneDNN) and recent GPUs the same convolutions run markedly faster."""
         self.channels_last = flag
-        self.to(memory_format=torch.channels_last if flag else torch.contiguous_format)
+        self.to(memory_format=torch.channels_last if flag else torch.contiguous_format)  # type: ignore[call-overload]
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ def linear(in_dim: int, out_dim: int, rep_dim: int) -> SplitModel:
 
 def linear_representation(model: SplitModel) -> torch.Tensor | None:
     """B ∈ R^{d×k} when φ is linear (φ(x) = Bᵀx, the linear MTRL model), else None."""
-    layers = [m for m in model.rep if not isinstance(m, nn.Flatten)]
+    layers = [m for m in model.rep.children() if not isinstance(m, nn.Flatten)]
     if len(layers) == 1 and isinstance(layers[0], nn.Linear) and layers[0].bias is None:
         return layers[0].weight.detach().T
     return None

@@ -47,10 +47,10 @@ def plot_history(path: Path, history: list[dict[str, Any]], title: str) -> None:
     import matplotlib.pyplot as plt
 
     rounds = [h["round"] for h in history]
-    acc = [h.get("honest_acc_mean") for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    if all(a is not None for a in acc):
-        lo = [h["honest_acc_min"] for h in history]
+    if all(isinstance(h.get("honest_acc_mean"), float) for h in history):
+        acc = [float(h["honest_acc_mean"]) for h in history]
+        lo = [float(h["honest_acc_min"]) for h in history]
         ax.plot(rounds, acc, marker=".", label="honest mean")
         ax.plot(rounds, lo, linestyle="--", label="honest min")
         ax.set_ylabel("test accuracy (honest clients)")

@@ -90,11 +90,11 @@ def load_femnist(root: str | None, num_clients: int | None, test_fraction: float
             ys.append(y)
             idx.append(np.arange(start, start + len(y)))
             start += len(y)
-        x = 1.0 - torch.from_numpy(np.concatenate(xs)).view(-1, 1, 28, 28)
-        y = torch.from_numpy(np.concatenate(ys))
-        if y.min() < 0 or y.max() >= NUM_CLASSES:
+        images = 1.0 - torch.from_numpy(np.concatenate(xs)).view(-1, 1, 28, 28)
+        labels = torch.from_numpy(np.concatenate(ys))
+        if labels.min() < 0 or labels.max() >= NUM_CLASSES:
             raise DataError(f"FEMNIST labels outside 0..{NUM_CLASSES - 1}")
-        return x, y, idx
+        return images, labels, idx
 
     trx, try_, tri = pool(train)
     tex, tey, tei = pool(test)
