@@ -3,6 +3,11 @@
 The file is written to a temporary name in the run directory, flushed to disk and renamed over
 ``checkpoint.pt``, so a run killed at any instant leaves either the previous checkpoint or the new
 one, never half of one.
+
+What a checkpoint holds: the round, φ (the server's shared vector), every client's private vector
+(its head), the history and rejected updates so far, and the elapsed time. No RNG state is needed:
+every random draw of round r comes from generators seeded by (seed, r, client), and the local
+optimizers are created afresh in every local update (as in FedRep), so there is no optimizer state.
 """
 
 from __future__ import annotations
