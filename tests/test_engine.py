@@ -98,3 +98,15 @@ def test_progress_bar_for_classification_and_regression(tiny_cfg, capsys):
     Simulation(tiny_cfg("dataset.name=synthetic_linear", "train.rounds=2"), progress=True).run()
     err = capsys.readouterr().err
     assert "acc=" in err and "loss=" in err
+
+
+def test_new_clients_transfer_with_the_learned_representation(tiny_cfg):
+    cfg = ["transfer.clients=4", "transfer.samples=10", "transfer.epochs=20", "train.rounds=15",
+           "train.eval_every=5", "dataset.samples_per_client=40"]
+    sim = Simulation(tiny_cfg(*cfg))
+    assert len(sim.holdout) == 4 and set(sim.holdout).isdisjoint(sim.honest)
+    assert all(set(sim.sample_clients(r)).isdisjoint(sim.holdout) for r in range(1, 16))
+    res = sim.run()
+    first, last = res["history"][0]["transfer_acc_mean"], res["final"]["transfer_acc_mean"]
+    assert res["final"]["transfer_clients"] == sim.holdout
+    assert last > 0.4 and last > first  # 4 classes: chance is 0.25

@@ -208,6 +208,10 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "aggregator.tol": (1e-8, POS_FLOAT, "geometric_median: relative tolerance"),
     "aggregator.max_iter": (1000, POS_INT, "geometric_median: iteration cap"),
     "aggregator.eps": (1e-8, POS_FLOAT, "geometric_median: smoothing ν of the Weiszfeld weights"),
+    # transfer to new clients
+    "transfer.clients": (0, NONNEG_INT, "clients held out of training; at each evaluation they fit only a head on φ"),
+    "transfer.samples": (10, POS_INT, "training samples a held-out client fits its head on"),
+    "transfer.epochs": (10, POS_INT, "head epochs of a held-out client"),
     # attack
     "attack.name": ("none", Options(ATTACKS), "what Byzantine clients do"),
     "attack.byzantine_fraction": (0.0, Interval(float, 0, 1, "left"), "fraction of clients that are Byzantine"),
@@ -301,6 +305,9 @@ def _cross_checks(c: dict[str, Any]) -> None:
                           f"Got {c['dataset.rank']} instead.")
     if c["algorithm.name"] in ("brmtrl", "fedrep") and c["train.head_epochs"] + c["train.rep_epochs"] == 0:
         raise ConfigError("config keys 'train.head_epochs' and 'train.rep_epochs' are both 0: nothing would be trained")
+    if c["transfer.clients"] >= c["dataset.num_clients"]:
+        raise ConfigError(f"config key 'transfer.clients' must be < dataset.num_clients ({c['dataset.num_clients']}). "
+                          f"Got {c['transfer.clients']} instead.")
     model, data = c["model.name"], c["dataset.name"]
     if model == "cnn_cifar" and data != "cifar10":
         raise ConfigError(f"config key 'model.name' = 'cnn_cifar' needs dataset.name = 'cifar10', not {data!r}")

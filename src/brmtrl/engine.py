@@ -84,27 +84,39 @@ class Simulation:
         if self.data.train_x.dim() == 4 and cfg["model.memory_format"] in ("auto", "channels_last"):
             self.model.use_channels_last()
         n = self.data.num_clients
-        self.num_sampled = max(1, int(round(cfg["train.participation"] * n)))
+        if cfg["transfer.clients"] >= n:
+            raise ConfigError(f"config key 'transfer.clients' = {cfg['transfer.clients']} leaves no training clients "
+                              f"among the {n} of {self.data.name}")
+        self.holdout = self._holdout_set()
+        held = set(self.holdout)
+        self.training_clients = [i for i in range(n) if i not in held]
+        self.num_sampled = max(1, int(round(cfg["train.participation"] * len(self.training_clients))))
         self.byzantine = self._byzantine_set()
         self.f = self._resolve_f()
         self.augment = random_crop_flip if (cfg["dataset.augment"] and self.data.train_x.dim() == 4) else None
         # state: the server's shared vector and every client's private vector
         self.shared = get_flat(self.model, self.rule.shared).to(self.device)
-        init_private = get_flat(self.model, self.rule.private).to(self.device)
-        self.private = init_private.unsqueeze(0).repeat(n, 1)
+        self.initial_private = get_flat(self.model, self.rule.private).to(self.device)
+        self.private = self.initial_private.unsqueeze(0).repeat(n, 1)
         self.history: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
         self.start_round = 1
         self.elapsed = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
 
     # ------------------------------------------------------------------ setup helpers
+    def _holdout_set(self) -> list[int]:
+        """New clients for the transfer test: never sampled in training, never Byzantine."""
+        k = self.cfg["transfer.clients"]
+        rng = np.random.default_rng([self.cfg["seed"], 13])
+        return sorted(int(i) for i in rng.choice(self.data.num_clients, size=k, replace=False)) if k else []
+
     def _byzantine_set(self) -> list[int]:
-        n = self.data.num_clients
-        k = int(round(self.cfg["attack.byzantine_fraction"] * n))
+        pool = np.asarray(self.training_clients)
+        k = int(round(self.cfg["attack.byzantine_fraction"] * len(pool)))
         if self.cfg["attack.name"] == "none":
             k = 0
         rng = np.random.default_rng([self.cfg["seed"], 11])
-        return sorted(int(i) for i in rng.choice(n, size=k, replace=False)) if k else []
+        return sorted(int(i) for i in rng.choice(pool, size=k, replace=False)) if k else []
 
     def _resolve_f(self) -> int:
         """``aggregator.f``: 'auto' is the expected number of Byzantine clients among the sampled,
@@ -127,8 +139,9 @@ class Simulation:
 
     @property
     def honest(self) -> list[int]:
+        """Training clients that are not Byzantine: the clients every metric is over."""
         byz = set(self.byzantine)
-        return [i for i in range(self.data.num_clients) if i not in byz]
+        return [i for i in self.training_clients if i not in byz]
 
     # ------------------------------------------------------------------ the round loop
     def run(self) -> dict[str, Any]:
@@ -188,8 +201,8 @@ class Simulation:
 
     def sample_clients(self, r: int) -> list[int]:
         rng = np.random.default_rng([self.cfg["seed"], r, 1])
-        n = self.data.num_clients
-        return sorted(int(i) for i in rng.choice(n, size=self.num_sampled, replace=False))
+        pool = np.asarray(self.training_clients)
+        return sorted(int(i) for i in rng.choice(pool, size=self.num_sampled, replace=False))
 
     def local_updates(self, clients: list[int], r: int) -> torch.Tensor:
         """Every sampled client's delta of the shared part, stacked (one row per client).
@@ -301,15 +314,40 @@ class Simulation:
         else:
             out.update(honest_acc_mean=None, honest_acc_std=None, honest_acc_min=None)
         out["honest_loss_mean"] = float(lo.mean())
+        if self.holdout and self.rule.private == "head" and self.data.task == "classification":
+            out["transfer_acc_mean"] = self.transfer_accuracy(r)
         b = linear_representation(self.model)
         if "B_star" in self.data.extras and shared_rep and b is not None:
             out["subspace_distance"] = principal_angle_distance(b.cpu().double().numpy(), self.data.extras["B_star"])
         return out
 
+    @torch.no_grad()
+    def transfer_accuracy(self, r: int) -> float:
+        """Mean test accuracy of the held-out clients after each fits a fresh head (the initial one)
+        on ``transfer.samples`` of its training samples, with the current φ frozen."""
+        gens = [client_generator(self.cfg["seed"], r, c, stream=3) for c in self.holdout]
+        data = []
+        for c, g in zip(self.holdout, gens):
+            x, y = self.data.client_train(c)
+            keep = torch.randperm(len(y), generator=g)[:self.cfg["transfer.samples"]].to(y.device)
+            data.append((x[keep], y[keep]))
+        set_flat(self.model, "rep", self.shared)
+        fresh = self.initial_private.unsqueeze(0).repeat(len(self.holdout), 1)
+        heads = train_heads_together(self.model, data, fresh, self.cfg["transfer.epochs"], self.sgd, gens)
+        accs = []
+        for c, h in zip(self.holdout, heads):
+            set_flat(self.model, "head", h)
+            x, y = self.data.client_test(c)
+            accs.append(evaluate(self.model, x, y)[0])
+        return float(np.mean(accs))
+
     # ------------------------------------------------------------------ results and checkpoints
     def results(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         final = {k: last.get(k) for k in ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean")}
+        if self.holdout:
+            final["transfer_acc_mean"] = last.get("transfer_acc_mean")
+            final["transfer_clients"] = list(self.holdout)
         if "subspace_distance" in last:
             final["subspace_distance"] = last["subspace_distance"]
         final["byzantine_clients"] = list(self.byzantine)
