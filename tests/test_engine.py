@@ -110,3 +110,12 @@ def test_new_clients_transfer_with_the_learned_representation(tiny_cfg):
     first, last = res["history"][0]["transfer_acc_mean"], res["final"]["transfer_acc_mean"]
     assert res["final"]["transfer_clients"] == sim.holdout
     assert last > 0.4 and last > first  # 4 classes: chance is 0.25
+
+
+def test_threads_setting(tiny_cfg):
+    before = torch.get_num_threads()
+    try:
+        Simulation(tiny_cfg("threads=1", "train.rounds=1"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -163,6 +163,8 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "seed": (0, NONNEG_INT, "seed for data, partition, model, sampling and attacks"),
     "device": ("auto", Text(r"auto|cpu|cuda|cuda:\d+|mps", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", False),
                "torch device; 'auto' takes CUDA when present"),
+    "threads": (0, NONNEG_INT, "CPU threads for torch; 0 keeps torch's default (all cores). "
+                "Use 1 for small models or when several runs share a machine"),
     # data
     "dataset.name": ("synthetic_classification", Options(DATASETS), "dataset"),
     "dataset.root": ("", Text(), "local copy of the data; empty means the online source"),

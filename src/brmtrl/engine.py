@@ -72,6 +72,8 @@ class Simulation:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.device = resolve_device(cfg["device"])
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
         self.rule: LocalRule = RULES[cfg["algorithm.name"]]
         self.sgd = SGDSettings.from_config(cfg)
         self.data = (data if data is not None else load_data(cfg)).to(self.device)
