@@ -27,7 +27,6 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
-import math
 import os
 import platform
 import shlex

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -41,7 +40,6 @@ def main() -> None:
         for agg in args.aggregators:
             cfg = base.replace(algorithm__name=algo, aggregator__name=agg)
             out = Path(args.out) / f"{algo}-{agg}"
-            t = time.perf_counter()
             res = Simulation(cfg, data=data, out_dir=out).run()
             write_outputs(out, res)
             f = res["final"]

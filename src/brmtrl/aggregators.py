@@ -143,7 +143,6 @@ def geometric_median_result(x: torch.Tensor, *, tol: float = 1e-8, max_iter: int
         raise ValueError(f"geometric_median: max_iter must be an int >= 1. Got {max_iter!r} instead.")
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"geometric_median: eps must be a float > 0. Got {eps!r} instead.")
-    n = x.shape[0]
     g = _gram_centred(x).cpu().numpy()  # the O(n²) iterations run on the host, in float64
     alpha, it, converged = _weiszfeld_affine(g, tol, max_iter, eps)
     diag = np.diagonal(g)

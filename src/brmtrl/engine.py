@@ -26,7 +26,7 @@ from .data import FederatedData, load_data, principal_angle_distance, random_cro
 from .local_update import (RULES, LocalRule, SGDSettings, compute_features, evaluate, train_heads_together,
                            train_phases)
 from .models import SplitModel, build_model, linear_representation
-from .split import get_flat, part_size, set_flat
+from .split import get_flat, set_flat
 
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
 
@@ -86,9 +86,6 @@ class Simulation:
         if self.data.train_x.dim() == 4 and cfg["model.memory_format"] in ("auto", "channels_last"):
             self.model.use_channels_last()
         n = self.data.num_clients
-        if cfg["transfer.clients"] >= n:
-            raise ConfigError(f"config key 'transfer.clients' = {cfg['transfer.clients']} leaves no training clients "
-                              f"among the {n} of {self.data.name}")
         self.holdout = self._holdout_set()
         held = set(self.holdout)
         self.training_clients = [i for i in range(n) if i not in held]
@@ -259,7 +256,7 @@ class Simulation:
 
     def screen(self, deltas: torch.Tensor, sampled: list[int], record: RoundRecord) -> tuple[list[int], torch.Tensor]:
         """Reject updates that are not finite or not of φ's size; log them, keep the rest."""
-        ok = torch.isfinite(deltas).all(dim=1) if deltas.dim() == 2 else torch.zeros(len(sampled), dtype=torch.bool)
+        ok = torch.isfinite(deltas).all(dim=1)
         kept = []
         for i, c in enumerate(sampled):
             if bool(ok[i]):
@@ -316,17 +313,18 @@ class Simulation:
         else:
             out.update(honest_acc_mean=None, honest_acc_std=None, honest_acc_min=None)
         out["honest_loss_mean"] = float(lo.mean())
-        if self.holdout and self.rule.private == "head" and self.data.task == "classification":
-            out["transfer_acc_mean"] = self.transfer_accuracy(r)
+        if self.holdout and feats is not None and self.rule.private == "head" and self.data.task == "classification":
+            out["transfer_acc_mean"] = self.transfer_accuracy(r, feats)
         b = linear_representation(self.model)
         if "B_star" in self.data.extras and shared_rep and b is not None:
             out["subspace_distance"] = principal_angle_distance(b.cpu().double().numpy(), self.data.extras["B_star"])
         return out
 
     @torch.no_grad()
-    def transfer_accuracy(self, r: int) -> float:
+    def transfer_accuracy(self, r: int, test_features: torch.Tensor) -> float:
         """Mean test accuracy of the held-out clients after each fits a fresh head (the initial one)
-        on ``transfer.samples`` of its training samples, with the current φ frozen."""
+        on ``transfer.samples`` of its training samples, with the current φ frozen; their test
+        samples are scored on ``test_features`` (φ of the pooled test set, already computed)."""
         gens = [client_generator(self.cfg["seed"], r, c, stream=3) for c in self.holdout]
         data = []
         for c, g in zip(self.holdout, gens):
@@ -339,8 +337,8 @@ class Simulation:
         accs = []
         for c, h in zip(self.holdout, heads):
             set_flat(self.model, "head", h)
-            x, y = self.data.client_test(c)
-            accs.append(evaluate(self.model, x, y)[0])
+            idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
+            accs.append(evaluate(self.model.head, test_features[idx], self.data.test_y[idx])[0])
         return float(np.mean(accs))
 
     # ------------------------------------------------------------------ results and checkpoints
