@@ -31,7 +31,14 @@ def test_metrics_cover_honest_clients_only(tiny_cfg):
     assert set(sim.honest).isdisjoint(sim.byzantine) and len(sim.honest) == 15
     res = sim.run()
     assert res["final"]["byzantine_clients"] == sim.byzantine
-    assert 0.0 <= res["final"]["honest_acc_min"] <= res["final"]["honest_acc_mean"] <= 1.0
+    before = sim.evaluate(99)
+    assert before["clients_scored"] == 15
+    # wrecking every Byzantine client's head changes nothing: they are not scored
+    sim.private[sim.byzantine] = 1e3 * torch.randn(len(sim.byzantine), sim.private.shape[1])
+    assert sim.evaluate(99) == before
+    # wrecking one honest client's head does
+    sim.private[sim.honest[0]] = 1e3 * torch.randn(sim.private.shape[1])
+    assert sim.evaluate(99)["honest_acc_mean"] != before["honest_acc_mean"]
 
 
 @pytest.mark.parametrize("algo", ["brmtrl", "fedavg", "fedper", "lg_fedavg", "local"])
@@ -47,11 +54,27 @@ def test_every_rule_learns(tiny_cfg, algo):
 
 
 @pytest.mark.parametrize("attack", ["gaussian", "random", "sign_flip", "label_flip"])
-@pytest.mark.parametrize("agg", ["krum", "multi_krum", "median", "trimmed_mean"])
+@pytest.mark.parametrize("agg", ["krum", "multi_krum", "median", "trimmed_mean", "geometric_median"])
 def test_attack_and_aggregator_grid_runs(tiny_cfg, attack, agg):
-    res = Simulation(tiny_cfg(f"attack.name={attack}", "attack.byzantine_fraction=0.2",
-                              f"aggregator.name={agg}", "train.rounds=2")).run()
-    assert res["final"]["honest_acc_mean"] is not None
+    cfg = tiny_cfg(f"attack.name={attack}", "attack.byzantine_fraction=0.2", f"aggregator.name={agg}",
+                   "train.rounds=8", "attack.magnitude=1e12", "attack.sigma=100")
+    res = Simulation(cfg).run()
+    hist = res["history"]
+    assert [h["round"] for h in hist] == list(range(1, 9))
+    assert all(h["aggregator"] == agg and h["updates_accepted"] == 10 for h in hist)  # 50 % of 20 sampled
+    assert all(h["byzantine_accepted"] <= res["final"]["aggregator_f"] for h in hist if "f_used" in h)
+    assert sum(h["byzantine_sampled"] for h in hist) > 0  # the attack took part
+    # the robust rule keeps the honest clients near the attack-free run (accuracy 0.39, loss 1.315 after
+    # 8 rounds with any rule): above chance (0.25), loss never diverging
+    assert res["final"]["honest_acc_mean"] > 0.3, res["final"]
+    assert all(h["honest_loss_mean"] < 2.0 for h in hist), [h["honest_loss_mean"] for h in hist]
+
+
+def test_mean_is_steered_where_robust_rules_hold(tiny_cfg):
+    loss = {agg: Simulation(tiny_cfg("attack.name=random", "attack.byzantine_fraction=0.2", "attack.magnitude=1e12",
+                                     f"aggregator.name={agg}", "train.rounds=8")).run()["final"]["honest_loss_mean"]
+            for agg in ("mean", "geometric_median")}
+    assert loss["geometric_median"] < 2.0 and loss["mean"] > 100.0, loss
 
 
 def test_linear_mtrl_recovers_the_subspace():
@@ -64,17 +87,123 @@ def test_linear_mtrl_recovers_the_subspace():
     assert res["final"]["honest_acc_mean"] is None and res["final"]["honest_loss_mean"] < 1.0
 
 
+BAD = [lambda d: d * float("nan"), lambda d: d[:-1], lambda d: d.to(torch.int64), lambda d: d.tolist(),
+       lambda d: torch.full((d.numel(),), 1e300, dtype=torch.float64)]
+
+
 def test_bad_updates_are_rejected_logged_and_the_run_goes_on(tiny_cfg, caplog):
     class Faulty(Simulation):
-        def local_update(self, client, r, **kwargs):
-            delta = super().local_update(client, r, **kwargs)
-            return delta * float("nan") if client == self.sample_clients(r)[0] else delta
+        def attack(self, delta, client, r):
+            return BAD[r - 1](delta) if client == self.sample_clients(r)[0] else delta
 
     with caplog.at_level(logging.WARNING, logger="brmtrl"):
-        res = Faulty(tiny_cfg("aggregator.name=geometric_median")).run()
-    assert len(res["rejected_updates"]) == 4  # one per round
+        res = Faulty(tiny_cfg("aggregator.name=geometric_median", "train.rounds=5")).run()
+    reasons = [e["reason"] for e in res["rejected_updates"]]
+    assert len(reasons) == 5  # one per round, each named
+    assert "non-finite" in reasons[0] and "shape" in reasons[1] and "dtype" in reasons[2]
+    assert "not a tensor" in reasons[3] and "overflows" in reasons[4]
+    assert all(h["updates_accepted"] == 9 and h["rejected"] == 1 for h in res["history"])
     assert "rejected the update of client" in caplog.text
     assert np.isfinite(res["final"]["honest_acc_mean"])
+
+
+def test_every_training_client_byzantine_is_a_one_line_error(tiny_cfg, tmp_path, capsys):
+    from brmtrl.cli import main
+    from brmtrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no honest client"):
+        Simulation(tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.98"))  # round(19.6) = 20
+    code = main(["run", "--config", str(CONFIGS / "quick.toml"), "--set", "attack.byzantine_fraction=0.995",
+                 "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "attack.byzantine_fraction" in err
+
+
+def test_clients_without_test_samples_are_not_scored(tiny_cfg):
+    from brmtrl.data import load_data
+
+    cfg = tiny_cfg("train.rounds=2")
+    data = load_data(cfg)
+    empty = [2, 5]  # as a Dirichlet partition with a small alpha can leave them
+    for c in empty:
+        data.test_idx[c] = data.test_idx[c][:0]
+    sim = Simulation(cfg, data=data)
+    res = sim.run()
+    assert np.isfinite(res["final"]["honest_acc_mean"])
+    assert res["history"][-1]["clients_scored"] == len(sim.honest) - len(empty)
+
+
+def test_clients_without_training_data_send_nothing(tiny_cfg):
+    from brmtrl.data import load_data
+
+    cfg = tiny_cfg("train.participation=1.0", "train.rounds=1", "aggregator.name=mean")
+    data = load_data(cfg)
+    data.train_idx[3] = data.train_idx[3][:0]
+    sim = Simulation(cfg, data=data)
+    head3 = sim.private[3].clone()
+    res = sim.run()
+    h = res["history"][0]
+    assert h["no_update"] == 1 and h["updates_received"] == 19 and h["updates_accepted"] == 19
+    assert torch.equal(sim.private[3], head3)
+
+
+def test_auto_f_records_true_and_assumed_byzantine_counts(tiny_cfg, caplog):
+    cfg = tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.2", "aggregator.name=krum",
+                   "train.participation=0.5", "train.rounds=12", "aggregator.f=1")
+    with caplog.at_level(logging.WARNING, logger="brmtrl"):
+        sim = Simulation(cfg)
+        res = sim.run()
+    assert sim.f == 1
+    hist = res["history"]
+    assert all(h["f_assumed"] == 1 for h in hist)
+    exceeded = [h["round"] for h in hist if h["byzantine_accepted"] > h["f_assumed"]]
+    assert exceeded and res["final"]["rounds_byzantine_exceeded_f"] == exceeded
+    assert "more than aggregator.f = 1 assumes" in caplog.text
+
+
+def test_auto_f_is_the_95th_percentile_of_the_byzantine_count(tiny_cfg):
+    from scipy.stats import hypergeom
+
+    from brmtrl.server import hypergeometric_quantile
+
+    for pool, marked, draws in [(20, 4, 10), (50, 10, 20), (100, 20, 10), (90, 18, 9)]:
+        assert hypergeometric_quantile(0.95, pool, marked, draws) == int(hypergeom(pool, marked, draws).ppf(0.95))
+    sim = Simulation(tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.2", "aggregator.name=krum",
+                              "train.participation=0.5"))
+    assert sim.f == int(hypergeom(20, 4, 10).ppf(0.95))
+
+
+def test_auto_f_lowered_to_what_the_rule_tolerates_warns(tiny_cfg, caplog):
+    cfg = tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.45", "aggregator.name=krum",
+                   "train.participation=0.5", "train.rounds=1")
+    with caplog.at_level(logging.WARNING, logger="brmtrl"):
+        sim = Simulation(cfg)
+    assert sim.f == 3  # auto gives 6 of the 9 Byzantine, krum tolerates 3 among 10 (n >= 2f + 3)
+    assert "it assumes f=3" in caplog.text
+
+
+def test_fedrep_means_the_mean_unless_set(tiny_cfg):
+    assert tiny_cfg("algorithm.name=fedrep")["aggregator.name"] == "mean"
+    assert tiny_cfg("algorithm.name=brmtrl")["aggregator.name"] == "geometric_median"
+    assert tiny_cfg("algorithm.name=fedavg")["aggregator.name"] == "mean"
+    assert tiny_cfg("algorithm.name=fedrep", "aggregator.name=krum")["aggregator.name"] == "krum"
+
+
+def test_fedrep_protocol_weights_by_test_size_and_refits_heads(tiny_cfg):
+    from brmtrl.client import EvalResult
+    from brmtrl.evaluation import summarize
+
+    res = [EvalResult(1.0, 0.1, 30), EvalResult(0.0, 2.0, 10), EvalResult(float("nan"), float("nan"), 0)]
+    assert summarize(res)["honest_acc_mean"] == 0.5 and summarize(res)["clients_scored"] == 2
+    assert summarize(res, weighted=True)["honest_acc_mean"] == 0.75
+    cfg = tiny_cfg("dataset.partition=dirichlet", "dataset.dirichlet_alpha=0.3", "train.rounds=3")
+    ours = Simulation(cfg)
+    ours.run()
+    theirs = Simulation(cfg.replace(eval__protocol="fedrep"))
+    theirs.run()
+    assert torch.equal(ours.shared, theirs.shared)  # the protocol changes the scoring, not the training
+    a, b = ours.evaluate(3), theirs.evaluate(3)
+    assert a["honest_acc_mean"] != b["honest_acc_mean"] and 0.0 <= b["honest_acc_mean"] <= 1.0
 
 
 def test_cifar10_paper_config_runs_one_round():

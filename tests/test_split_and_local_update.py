@@ -73,3 +73,48 @@ def test_random_crop_flip_shapes_and_content():
         for c in range(3):
             vals = set(out[b, c].flatten().tolist()) - {0.0}
             assert vals <= set(x[b, c].flatten().tolist())
+
+
+def _round_of(algo: str, *overrides: str):
+    from brmtrl.config import load_config
+    from brmtrl.engine import Simulation
+
+    cfg = load_config(None, ["dataset.name=synthetic_classification", "dataset.num_clients=6", "model.name=mlp",
+                             "dataset.samples_per_client=20", "dataset.dim=10", "dataset.rank=2", "device=cpu",
+                             "train.participation=1.0", "train.rounds=1", "train.local_epochs=1",
+                             f"algorithm.name={algo}", "aggregator.name=mean", *overrides])
+    sim = Simulation(cfg)
+    before_shared, before_private = sim.shared.clone(), sim.private.clone()
+    sim.run()
+    return sim, before_shared, before_private
+
+
+def test_fedavg_shares_the_whole_model():
+    sim, shared0, private0 = _round_of("fedavg")
+    assert sim.shared.numel() == sum(p.numel() for p in sim.model.parameters()) and sim.private.shape[1] == 0
+    assert not torch.equal(sim.shared, shared0)
+
+
+def test_fedrep_and_fedper_share_phi_and_keep_heads():
+    for algo in ("fedrep", "fedper"):
+        sim, shared0, private0 = _round_of(algo)
+        assert sim.shared.numel() == part_size(sim.model, "rep") and sim.private.shape[1] == part_size(sim.model, "head")
+        assert all(not torch.equal(sim.private[c], sim.private[0]) for c in range(1, 6))  # heads stay personal
+
+
+def test_lg_fedavg_shares_the_top_two_layers_as_fedreps_code():
+    m = cnn_cifar(10)
+    names = {id(p): n for n, p in m.named_parameters()}
+    from brmtrl.split import part_parameters
+
+    # FedRep's code shares fc2 and fc3 of its CIFAR-10 CNN for LG-FedAvg; here fc2 is rep.9, fc3 the head
+    assert [names[id(p)] for p in part_parameters(m, "top")] == ["rep.9.weight", "rep.9.bias", "head.weight", "head.bias"]
+    assert [names[id(p)] for p in part_parameters(m, "bottom")][:2] == ["rep.0.weight", "rep.0.bias"]
+    sim, shared0, private0 = _round_of("lg_fedavg")
+    layers = [m for m in sim.model.modules() if isinstance(m, torch.nn.Linear)]
+    top = sum(p.numel() for l in layers[-2:] for p in l.parameters())
+    assert sim.shared.numel() == top and sim.private.shape[1] == part_size(sim.model, "all") - top
+    # the lower layers stay on each client and differ between clients after local training
+    assert not torch.equal(sim.private[0], sim.private[1]) and not torch.equal(sim.private[0], private0[0])
+    one = _round_of("lg_fedavg", "algorithm.lg_shared_layers=1")[0]
+    assert one.shared.numel() == part_size(one.model, "head")

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["ATTACKS", "flip_labels", "gaussian", "label_flip", "none", "random", "sign_flip"]
+__all__ = ["ATTACKS", "OMNISCIENT", "flip_labels", "is_omniscient", "gaussian", "label_flip", "none", "random", "sign_flip"]
 
 
 def none(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
@@ -56,3 +56,11 @@ ATTACKS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
     "random": (random, ("magnitude",)),
     "label_flip": (label_flip, ()),
 }
+
+#: attacks that need the honest updates of the round (applied in the server step, in simulation only)
+OMNISCIENT: frozenset[str] = frozenset()
+
+
+def is_omniscient(name: str) -> bool:
+    """Whether attack ``name`` reads the honest clients' updates of the round."""
+    return name in OMNISCIENT

@@ -150,7 +150,7 @@ def _fmt(x: float) -> str:
 DATASETS = ("synthetic_classification", "synthetic_linear", "cifar10", "femnist")
 MODELS = ("auto", "cnn_cifar", "cnn_femnist", "mlp", "linear")
 ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedper", "lg_fedavg", "local")
-AGGREGATORS = ("mean", "geometric_median", "krum", "multi_krum", "median", "trimmed_mean")
+AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "median", "trimmed_mean")
 ATTACKS = ("none", "gaussian", "sign_flip", "label_flip", "random")
 
 POS_INT = Interval(int, 1, None)
@@ -190,6 +190,8 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "model.rep_dim": (0, NONNEG_INT, "width of φ's output; 0 means the dataset's rank or the model default"),
     # algorithm
     "algorithm.name": ("brmtrl", Options(ALGORITHMS), "local update rule"),
+    "algorithm.lg_shared_layers": (2, POS_INT, "lg_fedavg: top layers shared (head included); 2 = fc2 and fc3 of "
+                                   "the CIFAR-10 CNN, as FedRep's code shares them"),
     # training
     "train.rounds": (50, POS_INT, "communication rounds"),
     "train.participation": (0.1, Interval(float, 0, 1, "right"), "fraction of clients sampled per round"),
@@ -203,13 +205,20 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "train.eval_every": (1, POS_INT, "evaluate every k rounds (and after the last)"),
     "train.checkpoint_every": (10, NONNEG_INT, "checkpoint every k rounds; 0 disables"),
     # aggregation
-    "aggregator.name": ("geometric_median", Options(AGGREGATORS), "robust rule combining the clients' φ"),
+    "aggregator.name": ("auto", Options(AGGREGATORS), "rule combining the clients' updates; 'auto' = "
+                        "geometric_median for brmtrl, mean for every other algorithm (fedrep is FedRep: the mean)"),
     "aggregator.f": ("auto", AnyOf((NONNEG_INT, Options(("auto",)))),
-                     "Byzantine rows assumed per round; 'auto' = expected Byzantine among the sampled"),
+                     "Byzantine rows assumed per round; 'auto' = the 95th percentile of the Byzantine count among the sampled"),
     "aggregator.m": (0, NONNEG_INT, "multi_krum: rows averaged; 0 means n - f"),
     "aggregator.tol": (1e-8, POS_FLOAT, "geometric_median: relative tolerance"),
     "aggregator.max_iter": (1000, POS_INT, "geometric_median: iteration cap"),
     "aggregator.eps": (1e-8, POS_FLOAT, "geometric_median: smoothing ν of the Weiszfeld weights"),
+    "aggregator.max_norm": (0.0, NONNEG_FLOAT, "reject updates whose L2 norm exceeds this (0: no limit; "
+                            "non-finite values and overflowing norms are always rejected)"),
+    # evaluation
+    "eval.protocol": ("brmtrl", Options(("brmtrl", "fedrep")),
+                      "'brmtrl': unweighted mean over honest clients, each with the head it holds; 'fedrep': "
+                      "FedRep's protocol, test-size-weighted mean, each head first refitted on the current φ"),
     # transfer to new clients
     "transfer.clients": (0, NONNEG_INT, "clients held out of training; at each evaluation they fit only a head on φ"),
     "transfer.samples": (10, POS_INT, "training samples a held-out client fits its head on"),
@@ -290,6 +299,8 @@ def validate(values: Mapping[str, Any], source: str = "config") -> Config:
                 f"config key {key!r} must be {constraint.describe()}. Got {value!r} instead."
             ) from None
     _cross_checks(resolved)
+    if resolved["aggregator.name"] == "auto":
+        resolved["aggregator.name"] = "geometric_median" if resolved["algorithm.name"] == "brmtrl" else "mean"
     return Config(resolved)
 
 

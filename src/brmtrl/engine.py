@@ -1,9 +1,10 @@
 """The built-in simulation engine: a template-method round loop over sampled clients.
 
-One round is ``sample_clients → local_updates → attack → screen → aggregate → evaluate → checkpoint``;
-each step is a method a subclass may override. All randomness of round r comes from generators
-seeded by ``(seed, r, client)``, so a run resumed from a checkpoint continues exactly as the
-uninterrupted run would have.
+One round is ``sample_clients → local_updates → attack → server_step → evaluate → checkpoint``; each
+step is a method a subclass may override. What a client does and what the server does are not written
+here: :mod:`brmtrl.client` and :mod:`brmtrl.server` hold them, and the Flower apps call the same
+functions. All randomness of round r comes from generators seeded by ``(seed, r, client)``, so a run
+resumed from a checkpoint continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from . import attacks as attack_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError
 from .data import FederatedData, load_data, principal_angle_distance, random_crop_flip
-from .local_update import (RULES, LocalRule, SGDSettings, compute_features, evaluate, train_heads_together,
-                           train_phases)
+from .client import (ClientResult, EvalResult, attack_update, client_generator, evaluate_client, features_of,
+                     fit_heads, train_client, train_clients)
+from .evaluation import summarize
+from .local_update import RULES, LocalRule, SGDSettings
 from .models import SplitModel, build_model, linear_representation
-from .split import get_flat, set_flat
+from .server import Aggregation, StepResult, server_step
+from .split import get_flat
 
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
 
@@ -48,12 +52,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def client_generator(seed: int, round_: int, client: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator for one client in one round, independent of every other (seed, round, client)."""
-    state = np.random.SeedSequence([seed, round_, client, stream]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-
-
 @dataclass
 class RoundRecord:
     round: int
@@ -61,6 +59,7 @@ class RoundRecord:
     byzantine_sampled: list[int]
     rejected: list[dict[str, Any]] = field(default_factory=list)
     aggregator_info: dict[str, Any] = field(default_factory=dict)
+    no_update: list[int] = field(default_factory=list)  # sampled clients with no training data
 
 
 class Simulation:
@@ -85,13 +84,20 @@ class Simulation:
         ).to(self.device)
         if self.data.train_x.dim() == 4 and cfg["model.memory_format"] in ("auto", "channels_last"):
             self.model.use_channels_last()
+        self.model.top_layers = cfg["algorithm.lg_shared_layers"]
         n = self.data.num_clients
         self.holdout = self._holdout_set()
         held = set(self.holdout)
         self.training_clients = [i for i in range(n) if i not in held]
         self.num_sampled = max(1, int(round(cfg["train.participation"] * len(self.training_clients))))
         self.byzantine = self._byzantine_set()
-        self.f = self._resolve_f()
+        if not self.honest:
+            raise ConfigError(f"config key 'attack.byzantine_fraction' = {cfg['attack.byzantine_fraction']} makes "
+                              f"every one of the {len(self.training_clients)} training clients Byzantine; no honest "
+                              "client is left to evaluate")
+        self.agg = Aggregation.from_config(cfg, self.num_sampled, len(self.byzantine), len(self.training_clients))
+        self.agg_rule = agg_mod.AGGREGATORS[self.agg.name]
+        self.f_exceeded_rounds: list[int] = []
         self.augment = random_crop_flip if (cfg["dataset.augment"] and self.data.train_x.dim() == 4) else None
         # state: the server's shared vector and every client's private vector
         self.shared = get_flat(self.model, self.rule.shared).to(self.device)
@@ -117,24 +123,10 @@ class Simulation:
         rng = np.random.default_rng([self.cfg["seed"], 11])
         return sorted(int(i) for i in rng.choice(pool, size=k, replace=False)) if k else []
 
-    def _resolve_f(self) -> int:
-        """``aggregator.f``: 'auto' is the expected number of Byzantine clients among the sampled,
-        lowered to what the rule tolerates; an explicit value it cannot tolerate is a config error."""
-        name, m = self.cfg["aggregator.name"], self.num_sampled
-        rule = agg_mod.AGGREGATORS[name]
-        f = self.cfg["aggregator.f"]
-        if rule.min_rows is not None and m < rule.min_rows(0):
-            raise ConfigError(f"config key 'aggregator.name' = {name!r} needs at least {rule.min_rows(0)} clients "
-                              f"per round, but train.participation samples {m}; raise train.participation")
-        if f == "auto":
-            f = math.ceil(self.cfg["attack.byzantine_fraction"] * m) if self.byzantine else 0
-            return min(int(f), rule.largest_f(m))
-        if rule.min_rows is not None and m < rule.min_rows(f):
-            raise ConfigError(
-                f"config key 'aggregator.f' = {f} is too large for {name} with {m} clients sampled per round "
-                f"(needs {rule.min_rows(f)} or more); lower aggregator.f or raise train.participation"
-            )
-        return int(f)
+    @property
+    def f(self) -> int:
+        """The number of Byzantine rows the aggregator assumes per round."""
+        return self.agg.f
 
     @property
     def honest(self) -> list[int]:
@@ -160,7 +152,8 @@ class Simulation:
             if r % self.cfg["train.eval_every"] == 0 or r == rounds:
                 metrics = self.evaluate(r)
                 metrics.update(round_s=round(t1 - t0, 6), byzantine_sampled=len(record.byzantine_sampled),
-                               rejected=len(record.rejected), **record.aggregator_info)
+                               rejected=len(record.rejected), no_update=len(record.no_update),
+                               **record.aggregator_info)
                 self.history.append(metrics)
                 if bar is not None:
                     acc = metrics["honest_acc_mean"]
@@ -181,21 +174,30 @@ class Simulation:
         sampled = self.sample_clients(r)
         byz = set(self.byzantine)
         record = RoundRecord(r, sampled, [c for c in sampled if c in byz])
+        results = self.local_updates(sampled, r)
+        for c, res in zip(sampled, results):
+            self.private[c] = res.private
         if self.rule.shared == "none":
-            for c in sampled:
-                self.local_update(c, r)
             return record
-        deltas = self.local_updates(sampled, r)
-        deltas = self.attack(deltas, sampled, r)
-        kept, deltas = self.screen(deltas, sampled, record)
-        rule = agg_mod.AGGREGATORS[self.cfg["aggregator.name"]]
-        if rule.min_rows is not None and len(kept) < rule.min_rows(0):
-            log.warning("round %d: only %d valid updates, fewer than %s needs; φ is left unchanged this round",
-                        r, len(kept), self.cfg["aggregator.name"])
-        elif kept:
-            step, info = self.aggregate(deltas)
-            self.shared = self.shared + step.to(self.shared.dtype)
-            record.aggregator_info = info
+        senders = [c for c, res in zip(sampled, results) if res.delta is not None]
+        record.no_update = [c for c, res in zip(sampled, results) if res.delta is None]
+        updates = [self.attack(res.delta, c, r) for c, res in zip(sampled, results) if res.delta is not None]
+        step = self.server_step(updates, senders, r)
+        for entry in step.rejected:
+            entry = {"round": r, **entry}
+            record.rejected.append(entry)
+            self.rejected.append(entry)
+        record.aggregator_info = dict(step.info)
+        true_byz = sum(c in byz for c in step.accepted)
+        record.aggregator_info["byzantine_accepted"] = true_byz
+        if true_byz > self.f and "f" in self.agg_rule.params:
+            if not self.f_exceeded_rounds:
+                log.warning("round %d: %d Byzantine updates accepted, more than aggregator.f = %d assumes "
+                            "(the sampled count varies by round); such rounds are listed in results.json",
+                            r, true_byz, self.f)
+            self.f_exceeded_rounds.append(r)
+        if step.step is not None:
+            self.shared = self.shared + step.step.to(self.shared.dtype)
         return record
 
     def sample_clients(self, r: int) -> list[int]:
@@ -203,22 +205,19 @@ class Simulation:
         pool = np.asarray(self.training_clients)
         return sorted(int(i) for i in rng.choice(pool, size=self.num_sampled, replace=False))
 
-    def local_updates(self, clients: list[int], r: int) -> torch.Tensor:
-        """Every sampled client's delta of the shared part, stacked (one row per client).
-
-        When the rule starts with head epochs on a shared φ (BR-MTRL, FedRep), that phase runs for
-        all clients together (:func:`train_heads_together`); the remaining phases run per client.
-        """
-        phases = self.rule.phases(self.cfg)
-        if not (self.rule.shared == "rep" and phases and phases[0][0] == "head" and phases[0][1] > 0):
-            return torch.stack([self.local_update(c, r) for c in clients])
+    def local_updates(self, clients: list[int], r: int) -> list[ClientResult]:
+        """Every sampled client's local update (:func:`brmtrl.client.train_clients`: the head phase of
+        all of them at once)."""
         gens = [client_generator(self.cfg["seed"], r, c) for c in clients]
-        data = [self.client_data(c) for c in clients]
-        set_flat(self.model, "rep", self.shared)
-        heads = train_heads_together(self.model, data, self.private[clients], phases[0][1], self.sgd, gens,
-                                     self.augment)
-        return torch.stack([self.local_update(c, r, gen=g, head=h, phases=phases[1:], data=d)
-                            for c, g, h, d in zip(clients, gens, heads, data)])
+        return train_clients(self.model, self.rule, self.rule.phases(self.cfg), self.sgd, self.shared,
+                             [self.private[c] for c in clients], [self.client_data(c) for c in clients], gens,
+                             self.augment)
+
+    def local_update(self, client: int, r: int) -> ClientResult:
+        """One client's local update alone (:func:`brmtrl.client.train_client`, what a Flower node runs)."""
+        return train_client(self.model, self.rule, self.rule.phases(self.cfg), self.sgd, self.shared,
+                            self.private[client], self.client_data(client),
+                            client_generator(self.cfg["seed"], r, client), self.augment)
 
     def client_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's training data as it trains on it (label-flipping clients permute labels)."""
@@ -227,98 +226,69 @@ class Simulation:
             y = attack_mod.flip_labels(y, self.data.num_classes)
         return x, y
 
-    def local_update(self, client: int, r: int, *, gen: torch.Generator | None = None,
-                     head: torch.Tensor | None = None, phases: list | None = None,
-                     data: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Train ``client`` from the server's shared part and its own private part; keep the private
-        part, return the change of the shared part (its delta). The keyword arguments continue a
-        local update whose first phases already ran (with that generator, giving that head)."""
-        set_flat(self.model, self.rule.shared, self.shared)
-        set_flat(self.model, self.rule.private, self.private[client] if head is None else head)
-        x, y = data if data is not None else self.client_data(client)
-        gen = gen if gen is not None else client_generator(self.cfg["seed"], r, client)
-        phases = phases if phases is not None else self.rule.phases(self.cfg)
-        train_phases(self.model, x, y, phases, self.sgd, gen, self.augment)
-        self.private[client] = get_flat(self.model, self.rule.private).to(self.device)
-        return get_flat(self.model, self.rule.shared).to(self.device) - self.shared
+    def attack(self, delta: torch.Tensor, client: int, r: int) -> torch.Tensor:
+        """What ``client`` sends: its delta, or for a Byzantine client what its attack makes of it
+        (attacks that read only the client's own update run client-side, as a real node would)."""
+        name = self.cfg["attack.name"]
+        if client not in self.byzantine or name == "none" or attack_mod.is_omniscient(name):
+            return delta
+        params = {k: self.cfg[f"attack.{k}"] for k in attack_mod.ATTACKS[name][1]}
+        return attack_update(delta, name, params, client_generator(self.cfg["seed"], r, client, stream=2))
 
-    def attack(self, deltas: torch.Tensor, sampled: list[int], r: int) -> torch.Tensor:
+    def server_step(self, updates: list[torch.Tensor], senders: list[int], r: int) -> StepResult:
+        """:func:`brmtrl.server.server_step`; omniscient attacks (simulation only) run inside it."""
+        name = self.cfg["attack.name"]
+        attack = None
+        if attack_mod.is_omniscient(name):
+            fn, keys = attack_mod.ATTACKS[name]
+            kwargs = {k: self.cfg[f"attack.{k}"] for k in keys}
+            gen = client_generator(self.cfg["seed"], r, 0, stream=2)
+
+            def attack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                out = x.clone()
+                out[mask] = fn(x[mask], x[~mask], generator=gen, **kwargs).to(out.dtype)
+                return out
         byz = set(self.byzantine)
-        mask = torch.tensor([c in byz for c in sampled], device=deltas.device)
-        if not bool(mask.any()):
-            return deltas
-        fn, keys = attack_mod.ATTACKS[self.cfg["attack.name"]]
-        kwargs = {k: self.cfg[f"attack.{k}"] for k in keys}
-        gen = client_generator(self.cfg["seed"], r, 0, stream=2)
-        out = deltas.clone()
-        out[mask] = fn(deltas[mask], deltas[~mask], generator=gen, **kwargs).to(out.dtype)
-        return out
-
-    def screen(self, deltas: torch.Tensor, sampled: list[int], record: RoundRecord) -> tuple[list[int], torch.Tensor]:
-        """Reject updates that are not finite or not of φ's size; log them, keep the rest."""
-        ok = torch.isfinite(deltas).all(dim=1)
-        kept = []
-        for i, c in enumerate(sampled):
-            if bool(ok[i]):
-                kept.append(i)
-            else:
-                entry = {"round": record.round, "client": c, "reason": "update has non-finite values"}
-                record.rejected.append(entry)
-                self.rejected.append(entry)
-                log.warning("round %d: rejected the update of client %d (%s)", record.round, c, entry["reason"])
-        return kept, deltas[kept]
-
-    def aggregate(self, deltas: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        name = self.cfg["aggregator.name"]
-        x = deltas.to(torch.float64)
-        if name == "geometric_median":
-            res = agg_mod.geometric_median_result(x, tol=self.cfg["aggregator.tol"],
-                                                  max_iter=self.cfg["aggregator.max_iter"],
-                                                  eps=self.cfg["aggregator.eps"])
-            return res.point, {"gm_iterations": res.iterations, "gm_converged": res.converged}
-        rule = agg_mod.AGGREGATORS[name]
-        kwargs: dict[str, Any] = {}
-        n = x.shape[0]
-        if "f" in rule.params:
-            kwargs["f"] = min(self.f, rule.largest_f(n))  # rows may have been rejected
-        if "m" in rule.params:
-            kwargs["m"] = min(self.cfg["aggregator.m"], n) or None
-        return rule.fn(x, **kwargs), {}
+        return server_step(updates, senders, self.agg, size=self.shared.numel(), round_=r, attack=attack,
+                           byzantine=[c in byz for c in senders])
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self, r: int) -> dict[str, Any]:
-        """Each honest client's test accuracy with its own head (and φ as the rule gives it)."""
-        accs, losses = [], []
+        """Each honest client's test accuracy with its own private part (and φ as the rule gives it);
+        clients with no test samples are not scored. ``eval.protocol = 'fedrep'`` first refits each
+        honest client's head on the current φ (``train.head_epochs``, its training data; the refitted
+        head is used for scoring only) and weights clients by test-set size, as FedRep's code does."""
         shared_rep = self.rule.shared in ("rep", "all")
-        set_flat(self.model, self.rule.shared, self.shared)
-        feats = None
-        if shared_rep:
-            self.model.eval()
-            feats = compute_features(self.model, self.data.test_x)
-        for c in self.honest:
-            set_flat(self.model, self.rule.private, self.private[c])
-            idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
-            y = self.data.test_y[idx]
-            if feats is not None:
-                acc, loss = evaluate(self.model.head, feats[idx], y)
-            else:
-                acc, loss = evaluate(self.model, self.data.test_x[idx], y)
-            accs.append(acc)
-            losses.append(loss)
-        a, lo = np.array(accs), np.array(losses)
+        feats = features_of(self.model, self.shared[:self._rep_size()], self.data.test_x) if shared_rep else None
+        honest = self.honest
+        privates = self.private[honest]
+        fedrep = self.cfg["eval.protocol"] == "fedrep"
+        if fedrep and self.rule.private == "head" and self.cfg["train.head_epochs"] > 0:
+            data = [self.client_data(c) for c in honest]
+            active = [i for i, (_, y) in enumerate(data) if len(y)]
+            gens = [client_generator(self.cfg["seed"], r, honest[i], stream=4) for i in active]
+            privates = privates.clone()
+            privates[active] = fit_heads(self.model, self.shared, privates[active], [data[i] for i in active],
+                                         self.cfg["train.head_epochs"], self.sgd, gens).to(privates.dtype)
+        results: list[EvalResult] = []
+        with torch.no_grad():
+            for c, private in zip(honest, privates):
+                idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
+                results.append(evaluate_client(self.model, self.rule, self.shared, private,
+                                               (self.data.test_x[idx], self.data.test_y[idx]),
+                                               features=None if feats is None else feats[idx]))
         out: dict[str, Any] = {"round": r}
-        if self.data.task == "classification":
-            out.update(honest_acc_mean=float(a.mean()), honest_acc_std=float(a.std()), honest_acc_min=float(a.min()))
-        else:
-            out.update(honest_acc_mean=None, honest_acc_std=None, honest_acc_min=None)
-        out["honest_loss_mean"] = float(lo.mean())
+        out.update(summarize(results, weighted=fedrep, classification=self.data.task == "classification"))
         if self.holdout and feats is not None and self.rule.private == "head" and self.data.task == "classification":
             out["transfer_acc_mean"] = self.transfer_accuracy(r, feats)
         b = linear_representation(self.model)
         if "B_star" in self.data.extras and shared_rep and b is not None:
             out["subspace_distance"] = principal_angle_distance(b.cpu().double().numpy(), self.data.extras["B_star"])
         return out
+
+    def _rep_size(self) -> int:
+        """Length of φ at the front of the shared vector (all of it when the rule shares φ only)."""
+        return self.shared.numel() if self.rule.shared == "rep" else sum(p.numel() for p in self.model.rep.parameters())
 
     @torch.no_grad()
     def transfer_accuracy(self, r: int, test_features: torch.Tensor) -> float:
@@ -331,15 +301,16 @@ class Simulation:
             x, y = self.data.client_train(c)
             keep = torch.randperm(len(y), generator=g)[:self.cfg["transfer.samples"]].to(y.device)
             data.append((x[keep], y[keep]))
-        set_flat(self.model, "rep", self.shared)
         fresh = self.initial_private.unsqueeze(0).repeat(len(self.holdout), 1)
-        heads = train_heads_together(self.model, data, fresh, self.cfg["transfer.epochs"], self.sgd, gens)
+        heads = fit_heads(self.model, self.shared, fresh, data, self.cfg["transfer.epochs"], self.sgd, gens)
         accs = []
         for c, h in zip(self.holdout, heads):
-            set_flat(self.model, "head", h)
             idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
-            accs.append(evaluate(self.model.head, test_features[idx], self.data.test_y[idx])[0])
-        return float(np.mean(accs))
+            res = evaluate_client(self.model, self.rule, self.shared, h, (self.data.test_x[idx], self.data.test_y[idx]),
+                                  features=test_features[idx])
+            if res.num_samples:
+                accs.append(res.accuracy)
+        return float(np.mean(accs)) if accs else float("nan")
 
     # ------------------------------------------------------------------ results and checkpoints
     def results(self) -> dict[str, Any]:
@@ -351,6 +322,8 @@ class Simulation:
         if "subspace_distance" in last:
             final["subspace_distance"] = last["subspace_distance"]
         final["byzantine_clients"] = list(self.byzantine)
+        final["aggregator_f"] = self.f
+        final["rounds_byzantine_exceeded_f"] = list(self.f_exceeded_rounds)
         if self.data.client_names:
             final["byzantine_client_names"] = [self.data.client_names[i] for i in self.byzantine]
         final["rounds"] = last.get("round", 0)

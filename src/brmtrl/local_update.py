@@ -46,7 +46,8 @@ class LocalRule:
 
 
 def complement(part: Part) -> Part:
-    return {"rep": "head", "head": "rep", "all": "none", "none": "all"}[part]  # type: ignore[return-value]
+    return {"rep": "head", "head": "rep", "all": "none", "none": "all", "top": "bottom",  # type: ignore[return-value]
+            "bottom": "top"}[part]  # type: ignore[return-value]
 
 
 def _alternating(cfg: Mapping[str, Any]) -> list[tuple[Part, int]]:
@@ -63,8 +64,9 @@ RULES: dict[str, LocalRule] = {
     "fedrep": LocalRule("fedrep", "rep", _alternating, "FedRep (Collins et al. 2021): same local rule as brmtrl"),
     "fedavg": LocalRule("fedavg", "all", _whole, "FedAvg: trains and sends the whole model"),
     "fedper": LocalRule("fedper", "rep", _whole, "FedPer (Arivazhagan et al. 2019): trains all jointly, sends φ"),
-    "lg_fedavg": LocalRule("lg_fedavg", "head", _whole,
-                           "LG-FedAvg (Liang et al. 2020): local representation, shared last layer"),
+    "lg_fedavg": LocalRule("lg_fedavg", "top", _whole,
+                           "LG-FedAvg (Liang et al. 2020): local lower layers, shared top layers "
+                           "(algorithm.lg_shared_layers; 2 = fc2 and fc3 of the CIFAR-10 CNN, as in FedRep's code)"),
     "local": LocalRule("local", "none", _whole, "Local-only: no communication"),
 }
 

@@ -20,6 +20,7 @@ class SplitModel(nn.Module):
         self.rep = rep
         self.head = head
         self.channels_last = False
+        self.top_layers = 2  # LG-FedAvg's shared layers, head included (see brmtrl.split)
 
     def use_channels_last(self, flag: bool = True) -> "SplitModel":
         """Keep convolution weights and image batches in NHWC layout (``torch.channels_last``):

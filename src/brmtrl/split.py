@@ -1,4 +1,10 @@
-"""The model split: read and write a part (``rep``, ``head`` or ``all``) as one flat vector, freeze parts."""
+"""The model split: read and write a part of a model as one flat vector, freeze parts.
+
+Parts: ``rep`` (φ, every layer but the last), ``head`` (the last layer), ``all``, ``none``, and for
+LG-FedAvg ``top`` (the last ``model.top_layers`` parametrised layers, head included; FedRep's code
+shares fc2 and fc3 of its CIFAR-10 CNN, i.e. ``top_layers = 2``) with ``bottom`` (the rest).
+``top`` always leaves at least one layer in ``bottom``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,28 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["Part", "part_parameters", "part_size", "get_flat", "set_flat", "freeze_all_but"]
+__all__ = ["PARTS", "Part", "layers", "part_parameters", "part_size", "get_flat", "set_flat", "freeze_all_but"]
 
-Part = Literal["rep", "head", "all", "none"]
+Part = Literal["rep", "head", "all", "none", "top", "bottom"]
+PARTS = ("rep", "head", "all", "none", "top", "bottom")
+
+
+def layers(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The parameters grouped by the leaf module that owns them, in registration order."""
+    groups: list[list[nn.Parameter]] = []
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(True for _ in module.children()):
+            groups.append(own)
+    return groups
+
+
+def _top_bottom(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    groups = layers(model)
+    k = max(1, min(int(getattr(model, "top_layers", 2)), len(groups) - 1))
+    top = [p for g in groups[len(groups) - k:] for p in g]
+    bottom = [p for g in groups[:len(groups) - k] for p in g]
+    return top, bottom
 
 
 def part_parameters(model: nn.Module, part: Part) -> list[nn.Parameter]:
@@ -18,8 +43,11 @@ def part_parameters(model: nn.Module, part: Part) -> list[nn.Parameter]:
         return list(model.parameters())
     if part == "none":
         return []
+    if part in ("top", "bottom"):
+        top, bottom = _top_bottom(model)
+        return top if part == "top" else bottom
     if part not in ("rep", "head"):
-        raise ValueError(f"unknown model part {part!r}; expected 'rep', 'head', 'all' or 'none'")
+        raise ValueError(f"unknown model part {part!r}; expected one of {', '.join(PARTS)}")
     return [p for n, p in model.named_parameters() if n.split(".", 1)[0] == part]
 
 

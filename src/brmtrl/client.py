@@ -1,0 +1,140 @@
+"""The client's side of a round, the one implementation every engine calls.
+
+Given the server's shared vector (φ for BR-MTRL), a client's private vector (its head) and its data,
+a client runs its local rule, keeps the new private vector and sends the change of the shared part
+(its *delta*). A Byzantine client then replaces the delta by what its attack sends (attacks that
+need only the client's own update run here; attacks that need the honest updates of the round run in
+the server step, in simulation only). The built-in :class:`brmtrl.engine.Simulation` and the Flower
+``ClientApp`` (:mod:`brmtrl.flower`) call the same functions, so no round logic is written twice.
+
+Two paths with one result, tested equal (in the manner of ``torch.optim``'s single- and multi-tensor
+SGD): :func:`train_client` for one client (what a Flower node runs) and :func:`train_clients` for all
+sampled clients of a round, whose head phase runs for every client at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import attacks as attack_mod
+from .local_update import (Augment, LocalRule, SGDSettings, compute_features, evaluate, train_heads_together,
+                           train_phases)
+from .models import SplitModel
+from .split import get_flat, set_flat
+
+__all__ = ["ClientResult", "EvalResult", "attack_update", "client_generator", "evaluate_client", "fit_heads",
+           "train_client", "train_clients"]
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """What one client's local update produced: the private vector it keeps, the delta of the shared
+    part it sends (None when it has nothing to send: no training data) and its sample count."""
+
+    private: torch.Tensor
+    delta: torch.Tensor | None
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One client's test accuracy (NaN for regression), mean loss and test-set size."""
+
+    accuracy: float
+    loss: float
+    num_samples: int
+
+
+def client_generator(seed: int, round_: int, client: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one client in one round, independent of every other (seed, round, client,
+    stream): stream 0 trains, 2 attacks, 3 transfers, 4 refits heads for evaluation. Every engine
+    draws from these, so a client trains the same wherever it runs."""
+    state = np.random.SeedSequence([seed, round_, client, stream]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def train_client(model: SplitModel, rule: LocalRule, phases: list, sgd: SGDSettings, shared: torch.Tensor,
+                 private: torch.Tensor, data: Data, generator: torch.Generator,
+                 augment: Augment | None = None) -> ClientResult:
+    """One client's local update: load ``shared`` and ``private`` into ``model``, run the rule's
+    ``phases`` on ``data``; return the new private vector and the shared part's delta."""
+    x, y = data
+    if len(y) == 0:
+        return ClientResult(private, None, 0)
+    set_flat(model, rule.shared, shared)
+    set_flat(model, rule.private, private)
+    train_phases(model, x, y, phases, sgd, generator, augment)
+    new_private = get_flat(model, rule.private).to(private.device)
+    delta = get_flat(model, rule.shared).to(shared.device) - shared
+    return ClientResult(new_private, delta, len(y))
+
+
+def train_clients(model: SplitModel, rule: LocalRule, phases: list, sgd: SGDSettings, shared: torch.Tensor,
+                  privates: Sequence[torch.Tensor], data: Sequence[Data], generators: Sequence[torch.Generator],
+                  augment: Augment | None = None) -> list[ClientResult]:
+    """:func:`train_client` for several clients; when the rule starts with head epochs on a shared φ
+    (BR-MTRL, FedRep), that phase runs for all of them together
+    (:func:`brmtrl.local_update.train_heads_together`) and the rest per client."""
+    batched = rule.shared == "rep" and phases and phases[0][0] == "head" and phases[0][1] > 0
+    active = [i for i, (_, y) in enumerate(data) if len(y)]
+    if not batched or not active:
+        return [train_client(model, rule, phases, sgd, shared, p, d, g, augment)
+                for p, d, g in zip(privates, data, generators)]
+    set_flat(model, "rep", shared)
+    heads = train_heads_together(model, [data[i] for i in active], torch.stack([privates[i] for i in active]),
+                                 phases[0][1], sgd, [generators[i] for i in active], augment)
+    out = [ClientResult(p, None, 0) for p in privates]
+    for i, head in zip(active, heads):
+        out[i] = train_client(model, rule, phases[1:], sgd, shared, head.to(privates[i].device), data[i],
+                              generators[i], augment)
+    return out
+
+
+def attack_update(delta: torch.Tensor, attack: str, params: Mapping[str, Any],
+                  generator: torch.Generator) -> torch.Tensor:
+    """What a Byzantine client sends instead of its honest ``delta`` under a non-omniscient attack
+    (:data:`brmtrl.attacks.ATTACKS`): the attack sees this client's update only."""
+    fn, keys = attack_mod.ATTACKS[attack]
+    if attack_mod.is_omniscient(attack):
+        raise ValueError(f"attack {attack!r} needs the honest updates of the round; it runs in the server step")
+    out = fn(delta.unsqueeze(0), delta.new_zeros((0, delta.numel())), generator=generator,
+             **{k: params[k] for k in keys})
+    return out[0].to(delta.dtype)
+
+
+@torch.no_grad()
+def evaluate_client(model: SplitModel, rule: LocalRule, shared: torch.Tensor, private: torch.Tensor,
+                    data: Data, features: torch.Tensor | None = None) -> EvalResult:
+    """Test accuracy and loss of the model the client holds (``shared`` φ with its own ``private``
+    part). ``features``: φ of the client's test inputs, when already computed (rules that share φ)."""
+    x, y = data
+    if len(y) == 0:
+        return EvalResult(float("nan"), float("nan"), 0)
+    set_flat(model, rule.shared, shared)
+    set_flat(model, rule.private, private)
+    if features is not None:
+        acc, loss = evaluate(model.head, features, y)
+    else:
+        acc, loss = evaluate(model, x, y)
+    return EvalResult(acc, loss, len(y))
+
+
+def fit_heads(model: SplitModel, shared: torch.Tensor, heads: torch.Tensor, data: Sequence[Data], epochs: int,
+              sgd: SGDSettings, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Fit heads (one row each, starting from ``heads``) on ``data`` with φ = ``shared`` frozen: a new
+    client's transfer, or FedRep's evaluation protocol, which refits each head on the final φ."""
+    set_flat(model, "rep", shared)
+    return train_heads_together(model, list(data), heads, epochs, sgd, list(generators))
+
+
+def features_of(model: SplitModel, shared: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """φ(x) with φ = ``shared``, in no-grad chunks."""
+    set_flat(model, "rep", shared)
+    model.eval()
+    return compute_features(model, x)
