@@ -10,7 +10,6 @@ resumed from a checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from .client import (ClientResult, EvalResult, attack_update, client_generator, 
                      fit_heads, train_client, train_clients)
 from .evaluation import summarize
 from .local_update import RULES, LocalRule, SGDSettings
-from .models import SplitModel, build_model, linear_representation
+from .federation import build_client_model, byzantine_clients, holdout_clients, num_sampled, sample_clients
+from .models import SplitModel, linear_representation
 from .server import Aggregation, StepResult, server_step
 from .split import get_flat
 
@@ -76,21 +76,13 @@ class Simulation:
         self.rule: LocalRule = RULES[cfg["algorithm.name"]]
         self.sgd = SGDSettings.from_config(cfg)
         self.data = (data if data is not None else load_data(cfg)).to(self.device)
-        torch.manual_seed(cfg["seed"])
-        self.model: SplitModel = build_model(
-            cfg["model.name"], input_shape=self.data.input_shape, out_dim=self.data.out_dim,
-            hidden=cfg["model.hidden"], rep_dim=cfg["model.rep_dim"] or self.data.extras.get("rank", 0),
-            default=self.data.default_model,
-        ).to(self.device)
-        if self.data.train_x.dim() == 4 and cfg["model.memory_format"] in ("auto", "channels_last"):
-            self.model.use_channels_last()
-        self.model.top_layers = cfg["algorithm.lg_shared_layers"]
+        self.model: SplitModel = build_client_model(cfg, self.data, self.device)
         n = self.data.num_clients
-        self.holdout = self._holdout_set()
+        self.holdout = holdout_clients(cfg, n)
         held = set(self.holdout)
         self.training_clients = [i for i in range(n) if i not in held]
-        self.num_sampled = max(1, int(round(cfg["train.participation"] * len(self.training_clients))))
-        self.byzantine = self._byzantine_set()
+        self.num_sampled = num_sampled(cfg, len(self.training_clients))
+        self.byzantine = byzantine_clients(cfg, self.training_clients)
         if not self.honest:
             raise ConfigError(f"config key 'attack.byzantine_fraction' = {cfg['attack.byzantine_fraction']} makes "
                               f"every one of the {len(self.training_clients)} training clients Byzantine; no honest "
@@ -107,21 +99,6 @@ class Simulation:
         self.rejected: list[dict[str, Any]] = []
         self.start_round = 1
         self.elapsed = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
-
-    # ------------------------------------------------------------------ setup helpers
-    def _holdout_set(self) -> list[int]:
-        """New clients for the transfer test: never sampled in training, never Byzantine."""
-        k = self.cfg["transfer.clients"]
-        rng = np.random.default_rng([self.cfg["seed"], 13])
-        return sorted(int(i) for i in rng.choice(self.data.num_clients, size=k, replace=False)) if k else []
-
-    def _byzantine_set(self) -> list[int]:
-        pool = np.asarray(self.training_clients)
-        k = int(round(self.cfg["attack.byzantine_fraction"] * len(pool)))
-        if self.cfg["attack.name"] == "none":
-            k = 0
-        rng = np.random.default_rng([self.cfg["seed"], 11])
-        return sorted(int(i) for i in rng.choice(pool, size=k, replace=False)) if k else []
 
     @property
     def f(self) -> int:
@@ -201,9 +178,7 @@ class Simulation:
         return record
 
     def sample_clients(self, r: int) -> list[int]:
-        rng = np.random.default_rng([self.cfg["seed"], r, 1])
-        pool = np.asarray(self.training_clients)
-        return sorted(int(i) for i in rng.choice(pool, size=self.num_sampled, replace=False))
+        return sample_clients(self.cfg, self.training_clients, r, self.num_sampled)
 
     def local_updates(self, clients: list[int], r: int) -> list[ClientResult]:
         """Every sampled client's local update (:func:`brmtrl.client.train_clients`: the head phase of

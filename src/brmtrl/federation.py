@@ -1,0 +1,60 @@
+"""Who takes part, and how: the roles of the clients and the round's sample, the same for every engine.
+
+From the config and the number of clients alone (seeded by ``seed``): the held-out clients of the
+transfer test (never sampled, never Byzantine), the Byzantine clients among the rest, the clients
+sampled in round r, and the model every client builds. The built-in simulation and the Flower apps
+both call these, so the same seed gives the same federation on either engine. In a real deployment a
+node's own config (``byzantine``, ``transfer``) can override its role.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data import FederatedData
+from .models import SplitModel, build_model
+
+__all__ = ["build_client_model", "byzantine_clients", "holdout_clients", "num_sampled", "sample_clients"]
+
+
+def holdout_clients(cfg: Mapping[str, Any], num_clients: int) -> list[int]:
+    """New clients for the transfer test: ``transfer.clients`` of them, never trained on."""
+    k = cfg["transfer.clients"]
+    rng = np.random.default_rng([cfg["seed"], 13])
+    return sorted(int(i) for i in rng.choice(num_clients, size=k, replace=False)) if k else []
+
+
+def byzantine_clients(cfg: Mapping[str, Any], training: Sequence[int]) -> list[int]:
+    """round(``attack.byzantine_fraction`` · |training|) of the training clients (none without attack)."""
+    k = int(round(cfg["attack.byzantine_fraction"] * len(training)))
+    if cfg["attack.name"] == "none" or k == 0:
+        return []
+    rng = np.random.default_rng([cfg["seed"], 11])
+    return sorted(int(i) for i in rng.choice(np.asarray(training), size=k, replace=False))
+
+
+def num_sampled(cfg: Mapping[str, Any], num_training: int) -> int:
+    """Clients sampled per round: ``train.participation`` of the training clients, at least one."""
+    return max(1, int(round(cfg["train.participation"] * num_training)))
+
+
+def sample_clients(cfg: Mapping[str, Any], training: Sequence[int], r: int, k: int | None = None) -> list[int]:
+    """The clients of round r: ``k`` (default :func:`num_sampled`) of ``training`` without replacement."""
+    k = num_sampled(cfg, len(training)) if k is None else min(k, len(training))
+    rng = np.random.default_rng([cfg["seed"], r, 1])
+    return sorted(int(i) for i in rng.choice(np.asarray(training), size=k, replace=False))
+
+
+def build_client_model(cfg: Mapping[str, Any], data: FederatedData, device: torch.device) -> SplitModel:
+    """The model of the config, initialised from ``seed`` (every client starts from the same one)."""
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model.name"], input_shape=data.input_shape, out_dim=data.out_dim,
+                        hidden=cfg["model.hidden"], rep_dim=cfg["model.rep_dim"] or data.extras.get("rank", 0),
+                        default=data.default_model).to(device)
+    if data.train_x.dim() == 4 and cfg["model.memory_format"] in ("auto", "channels_last"):
+        model.use_channels_last()
+    model.top_layers = cfg["algorithm.lg_shared_layers"]
+    return model
