@@ -26,8 +26,8 @@ from .local_update import (Augment, LocalRule, SGDSettings, compute_features, ev
 from .models import SplitModel
 from .split import get_flat, set_flat
 
-__all__ = ["ClientResult", "EvalResult", "attack_update", "client_generator", "evaluate_client", "fit_heads",
-           "train_client", "train_clients"]
+__all__ = ["ClientResult", "EvalResult", "attack_update", "client_generator", "evaluate_client", "features_of",
+           "fit_heads", "sent_update", "train_client", "train_clients", "training_data", "transfer_sample"]
 
 Data = tuple[torch.Tensor, torch.Tensor]
 
@@ -94,6 +94,33 @@ def train_clients(model: SplitModel, rule: LocalRule, phases: list, sgd: SGDSett
         out[i] = train_client(model, rule, phases[1:], sgd, shared, head.to(privates[i].device), data[i],
                               generators[i], augment)
     return out
+
+
+def training_data(cfg: Mapping[str, Any], data: Data, num_classes: int, byzantine: bool) -> Data:
+    """The data a client trains on: its own, with labels permuted if it is a label-flipping
+    Byzantine client (:func:`brmtrl.attacks.flip_labels`)."""
+    x, y = data
+    if byzantine and cfg["attack.name"] == "label_flip":
+        y = attack_mod.flip_labels(y, num_classes)
+    return x, y
+
+
+def sent_update(cfg: Mapping[str, Any], delta: torch.Tensor, client: int, r: int, byzantine: bool) -> torch.Tensor:
+    """What ``client`` sends in round r: its delta, or for a Byzantine client what its attack makes
+    of it (attacks that read only the client's own update run client-side, as a real node would;
+    omniscient ones run in the server step, in simulation only)."""
+    name = cfg["attack.name"]
+    if not byzantine or name == "none" or attack_mod.is_omniscient(name):
+        return delta
+    params = {k: cfg[f"attack.{k}"] for k in attack_mod.ATTACKS[name][1]}
+    return attack_update(delta, name, params, client_generator(cfg["seed"], r, client, stream=2))
+
+
+def transfer_sample(data: Data, samples: int, generator: torch.Generator) -> Data:
+    """The ``samples`` training samples a new client fits its head on (drawn with ``generator``)."""
+    x, y = data
+    keep = torch.randperm(len(y), generator=generator)[:samples].to(y.device)
+    return x[keep], y[keep]
 
 
 def attack_update(delta: torch.Tensor, attack: str, params: Mapping[str, Any],

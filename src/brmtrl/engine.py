@@ -23,8 +23,8 @@ from . import attacks as attack_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError
 from .data import FederatedData, load_data, principal_angle_distance, random_crop_flip
-from .client import (ClientResult, EvalResult, attack_update, client_generator, evaluate_client, features_of,
-                     fit_heads, train_client, train_clients)
+from .client import (ClientResult, EvalResult, client_generator, evaluate_client, features_of, fit_heads,
+                     sent_update, train_client, train_clients, training_data, transfer_sample)
 from .evaluation import summarize
 from .local_update import RULES, LocalRule, SGDSettings
 from .federation import build_client_model, byzantine_clients, holdout_clients, num_sampled, sample_clients
@@ -195,20 +195,13 @@ class Simulation:
                             client_generator(self.cfg["seed"], r, client), self.augment)
 
     def client_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The client's training data as it trains on it (label-flipping clients permute labels)."""
-        x, y = self.data.client_train(client)
-        if client in self.byzantine and self.cfg["attack.name"] == "label_flip":
-            y = attack_mod.flip_labels(y, self.data.num_classes)
-        return x, y
+        """The client's training data as it trains on it (:func:`brmtrl.client.training_data`)."""
+        return training_data(self.cfg, self.data.client_train(client), self.data.num_classes,
+                             client in self.byzantine)
 
     def attack(self, delta: torch.Tensor, client: int, r: int) -> torch.Tensor:
-        """What ``client`` sends: its delta, or for a Byzantine client what its attack makes of it
-        (attacks that read only the client's own update run client-side, as a real node would)."""
-        name = self.cfg["attack.name"]
-        if client not in self.byzantine or name == "none" or attack_mod.is_omniscient(name):
-            return delta
-        params = {k: self.cfg[f"attack.{k}"] for k in attack_mod.ATTACKS[name][1]}
-        return attack_update(delta, name, params, client_generator(self.cfg["seed"], r, client, stream=2))
+        """What ``client`` sends (:func:`brmtrl.client.sent_update`)."""
+        return sent_update(self.cfg, delta, client, r, client in self.byzantine)
 
     def server_step(self, updates: list[torch.Tensor], senders: list[int], r: int) -> StepResult:
         """:func:`brmtrl.server.server_step`; omniscient attacks (simulation only) run inside it."""
@@ -271,11 +264,8 @@ class Simulation:
         on ``transfer.samples`` of its training samples, with the current φ frozen; their test
         samples are scored on ``test_features`` (φ of the pooled test set, already computed)."""
         gens = [client_generator(self.cfg["seed"], r, c, stream=3) for c in self.holdout]
-        data = []
-        for c, g in zip(self.holdout, gens):
-            x, y = self.data.client_train(c)
-            keep = torch.randperm(len(y), generator=g)[:self.cfg["transfer.samples"]].to(y.device)
-            data.append((x[keep], y[keep]))
+        data = [transfer_sample(self.data.client_train(c), self.cfg["transfer.samples"], g)
+                for c, g in zip(self.holdout, gens)]
         fresh = self.initial_private.unsqueeze(0).repeat(len(self.holdout), 1)
         heads = fit_heads(self.model, self.shared, fresh, data, self.cfg["transfer.epochs"], self.sgd, gens)
         accs = []
