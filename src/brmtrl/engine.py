@@ -22,7 +22,7 @@ from . import aggregators as agg_mod
 from . import attacks as attack_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError
-from .data import FederatedData, load_data, principal_angle_distance, random_crop_flip
+from .data import FederatedData, augmentation_for, load_data, principal_angle_distance
 from .client import (ClientResult, EvalResult, client_generator, evaluate_client, features_of, fit_heads,
                      sent_update, train_client, train_clients, training_data, transfer_sample)
 from .evaluation import summarize
@@ -90,7 +90,7 @@ class Simulation:
         self.agg = Aggregation.from_config(cfg, self.num_sampled, len(self.byzantine), len(self.training_clients))
         self.agg_rule = agg_mod.AGGREGATORS[self.agg.name]
         self.f_exceeded_rounds: list[int] = []
-        self.augment = random_crop_flip if (cfg["dataset.augment"] and self.data.train_x.dim() == 4) else None
+        self.augment = augmentation_for(self.data, cfg["dataset.augment"])
         # state: the server's shared vector and every client's private vector
         self.shared = get_flat(self.model, self.rule.shared).to(self.device)
         self.initial_private = get_flat(self.model, self.rule.private).to(self.device)

@@ -7,21 +7,32 @@ from typing import Mapping, Any
 import numpy as np
 
 from . import partition
-from .augment import random_crop_flip
-from .cifar10 import load_cifar10
+from .augment import AUGMENTATION_KEY, augmentation_for, random_crop_flip
+from .cifar10 import load_cifar10, normalised_black
 from .federated import DataError, FederatedData
-from .femnist import load_femnist
+from .femnist import BACKGROUND as FEMNIST_BACKGROUND, NUM_CLASSES as FEMNIST_CLASSES, load_femnist
 from .synthetic import principal_angle_distance, synthetic_classification, synthetic_linear
 
 __all__ = [
-    "DataError", "FederatedData", "load_data", "load_cifar10", "load_femnist", "partition",
+    "DataError", "FederatedData", "augmentation_for", "load_data", "load_cifar10", "load_femnist", "partition",
     "principal_angle_distance", "random_crop_flip", "synthetic_classification", "synthetic_linear",
 ]
 
 
-def _partition_pooled(cfg: Mapping[str, Any], ytr: np.ndarray, yte: np.ndarray, rng: np.random.Generator):
+def _check_classes_per_client(cfg: Mapping[str, Any], dataset: str, n_classes: int, where: str = "") -> None:
+    """A pathological partition needs ``dataset.classes_per_client`` distinct classes per client."""
+    s = cfg["dataset.classes_per_client"]
+    if cfg["dataset.partition"] == "pathological" and s > n_classes:
+        raise DataError(f"dataset.classes_per_client = {s} exceeds the {n_classes} classes of {dataset}{where}; "
+                        f"the pathological partition gives each client that many distinct classes, "
+                        f"so it must be at most {n_classes}")
+
+
+def _partition_pooled(cfg: Mapping[str, Any], dataset: str, ytr: np.ndarray, yte: np.ndarray,
+                      rng: np.random.Generator):
     n, kind = cfg["dataset.num_clients"], cfg["dataset.partition"]
     if kind == "pathological":
+        _check_classes_per_client(cfg, dataset, len(np.unique(np.concatenate([ytr, yte]))), " present in the data")
         return partition.pathological(ytr, yte, n, cfg["dataset.classes_per_client"], rng)
     if kind == "dirichlet":
         return partition.dirichlet(ytr, yte, n, cfg["dataset.dirichlet_alpha"], rng)
@@ -38,24 +49,28 @@ def load_data(cfg: Mapping[str, Any]) -> FederatedData:
                                 cfg["dataset.test_samples_per_client"], cfg["dataset.dim"],
                                 cfg["dataset.rank"], cfg["dataset.noise"], rng)
     if name == "synthetic_classification":
+        _check_classes_per_client(cfg, name, cfg["dataset.num_classes"], " (dataset.num_classes)")
         return synthetic_classification(cfg["dataset.num_clients"], cfg["dataset.samples_per_client"],
                                         cfg["dataset.test_samples_per_client"], cfg["dataset.dim"],
                                         cfg["dataset.rank"], cfg["dataset.num_classes"],
                                         cfg["dataset.noise"], rng)
     if name == "cifar10":
+        _check_classes_per_client(cfg, "CIFAR-10", 10)
         xtr, ytr, xte, yte = load_cifar10(root)
-        if cfg["dataset.partition"] == "pathological" and cfg["dataset.classes_per_client"] > 10:
-            raise DataError("dataset.classes_per_client must be <= 10 for CIFAR-10")
-        tri, tei = _partition_pooled(cfg, ytr.numpy(), yte.numpy(), rng)
-        return FederatedData("cifar10", xtr, ytr, xte, yte, tri, tei, 10, "cnn_cifar")
+        tri, tei = _partition_pooled(cfg, "CIFAR-10", ytr.numpy(), yte.numpy(), rng)
+        return FederatedData("cifar10", xtr, ytr, xte, yte, tri, tei, 10, "cnn_cifar",
+                             extras={AUGMENTATION_KEY: {"fill": normalised_black(), "hflip": True}})
     if name == "femnist":
+        # crop only: a mirrored character is another glyph (or none)
+        extras = {AUGMENTATION_KEY: {"fill": (FEMNIST_BACKGROUND,), "hflip": False}}
         if cfg["dataset.partition"] == "natural":
             xtr, ytr, xte, yte, tri, tei, names = load_femnist(
                 root, cfg["dataset.num_clients"], cfg["dataset.test_fraction"], cfg["seed"])
-            return FederatedData("femnist", xtr, ytr, xte, yte, tri, tei, 62, "cnn_femnist", client_names=names)
+            return FederatedData("femnist", xtr, ytr, xte, yte, tri, tei, FEMNIST_CLASSES, "cnn_femnist",
+                                 client_names=names, extras=extras)
         # pooled writers re-partitioned synthetically
+        _check_classes_per_client(cfg, "FEMNIST", FEMNIST_CLASSES)
         xtr, ytr, xte, yte, _, _, _ = load_femnist(root, None, cfg["dataset.test_fraction"], cfg["seed"])
-        tri, tei = _partition_pooled(cfg, ytr.numpy(), yte.numpy(), rng)
-        return FederatedData("femnist", xtr, ytr, xte, yte, tri, tei, 62, "cnn_femnist")
+        tri, tei = _partition_pooled(cfg, "FEMNIST", ytr.numpy(), yte.numpy(), rng)
+        return FederatedData("femnist", xtr, ytr, xte, yte, tri, tei, FEMNIST_CLASSES, "cnn_femnist", extras=extras)
     raise DataError(f"unknown dataset {name!r}")
-

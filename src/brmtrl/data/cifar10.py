@@ -1,7 +1,12 @@
 """CIFAR-10 from parquet files in the ``uoft-cs/cifar10`` schema (offline) or from the hub (online).
 
-Decoded arrays are cached as ``.npy`` beside nothing of the user's: under ``$BRMTRL_CACHE`` (default
-``~/.cache/brmtrl``), keyed by the parquet files' size and modification time.
+Decoded uint8 arrays are cached as ``.npz`` beside nothing of the user's: under ``$BRMTRL_CACHE``
+(default ``~/.cache/brmtrl``), keyed by the parquet files' size and modification time. Each writer
+saves to its own temporary file (process id and a random suffix in the name) and renames it into
+place, so concurrent runs never read or clobber a half-written cache file.
+
+Images are normalised as FedRep normalises CIFAR-10: ImageNet's per-channel mean and standard
+deviation (see ``CIFAR_MEAN``).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,11 +24,15 @@ import torch
 from .federated import DataError
 from .hub import load_hub
 
-__all__ = ["HUB_ID", "load_cifar10", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["HUB_ID", "load_cifar10", "CIFAR_MEAN", "CIFAR_STD", "normalised_black"]
 
 HUB_ID = "uoft-cs/cifar10"
-CIFAR_MEAN = (0.5, 0.5, 0.5)  # FedRep's normalisation
-CIFAR_STD = (0.5, 0.5, 0.5)
+# FedRep's CIFAR-10 normalisation, which is ImageNet's mean and std: github.com/lgcollins/FedRep,
+# utils/train_utils.py (commit d82e629, lines 12-19), trans_cifar10_train = Compose([RandomCrop(32,
+# padding=4), RandomHorizontalFlip(), ToTensor(), Normalize(mean=[0.485, 0.456, 0.406],
+# std=[0.229, 0.224, 0.225])]) and trans_cifar10_val = Compose([ToTensor(), Normalize(same)]).
+CIFAR_MEAN = (0.485, 0.456, 0.406)
+CIFAR_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "test")
 EXPECTED_ROWS = {"train": 50_000, "test": 10_000}
 
@@ -81,6 +91,34 @@ def _to_tensor(x: np.ndarray) -> torch.Tensor:
     return t.div_(255.0).sub_(mean).div_(std)
 
 
+def normalised_black() -> tuple[float, float, float]:
+    """The value, per channel, that a black pixel (0) takes after :func:`load_cifar10`'s normalisation
+    (computed in float32 as the images are, so it is exactly what a black pixel becomes)."""
+    return tuple(_to_tensor(np.zeros((1, 1, 1, 3), dtype=np.uint8)).view(3).tolist())  # type: ignore[return-value]
+
+
+def _temp_name(path: Path) -> Path:
+    """A temporary file beside ``path``, unique to this process and call."""
+    return path.with_name(f"{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+def _write_cache(path: Path, **arrays: np.ndarray) -> None:
+    """Atomically write ``arrays`` to ``path`` (``.npz``); caching is an optimisation only, so an
+    unwritable cache is skipped, and the temporary file never outlives a failure."""
+    tmp = _temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if not isinstance(exc, OSError):
+            raise
+
+
 def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not root.is_dir():
         raise DataError(f"dataset.root {str(root)!r} is not a directory; expected a folder holding "
@@ -103,13 +141,7 @@ def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 pass  # a broken cache is rebuilt
         x, y = _read_parquet(path)
         _check(x, y, f"CIFAR-10 file {str(path)!r}", split)
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp.npz")
-            np.savez(tmp, x=x, y=y)
-            os.replace(tmp, cached)
-        except OSError:
-            pass  # caching is an optimisation only
+        _write_cache(cached, x=x, y=y)
         out[split] = (x, y)
     return out
 
@@ -124,7 +156,8 @@ def _load_online() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load_cifar10(root: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train_x, train_y, test_x, test_y), images normalised to [-1, 1], shape (N, 3, 32, 32)."""
+    """(train_x, train_y, test_x, test_y), images (N, 3, 32, 32) normalised with FedRep's (ImageNet's)
+    per-channel mean and std, ``(pixel / 255 - CIFAR_MEAN) / CIFAR_STD``: values in about [-2.1, 2.6]."""
     arrays = _load_local(Path(root)) if root else _load_online()
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
     return _to_tensor(xtr), torch.from_numpy(ytr.copy()), _to_tensor(xte), torch.from_numpy(yte.copy())

@@ -64,10 +64,22 @@ class FederatedData:
         return self
 
     def summary(self) -> dict[str, Any]:
-        sizes = np.array([len(i) for i in self.train_idx])
+        """Sizes of the pools and of the clients' sets. Clients may hold no training or no test
+        samples (a Dirichlet partition with small α does that); they are counted, not an error."""
+        train = np.array([len(i) for i in self.train_idx], dtype=np.int64)
+        test = np.array([len(i) for i in self.test_idx], dtype=np.int64)
+
+        def lo(a: np.ndarray) -> int:
+            return int(a.min()) if a.size else 0
+
+        def hi(a: np.ndarray) -> int:
+            return int(a.max()) if a.size else 0
+
         return {
             "name": self.name, "num_clients": self.num_clients, "num_classes": self.num_classes,
-            "input_shape": list(self.input_shape), "train_samples": int(sizes.sum()),
-            "test_samples": int(sum(len(i) for i in self.test_idx)),
-            "train_per_client_min": int(sizes.min()), "train_per_client_max": int(sizes.max()),
+            "input_shape": list(self.input_shape), "train_samples": int(train.sum()),
+            "test_samples": int(test.sum()),
+            "train_per_client_min": lo(train), "train_per_client_max": hi(train),
+            "test_per_client_min": lo(test), "test_per_client_max": hi(test),
+            "clients_without_train": int((train == 0).sum()), "clients_without_test": int((test == 0).sum()),
         }

@@ -12,10 +12,12 @@ import torch
 from .federated import DataError
 from .hub import load_hub
 
-__all__ = ["HUB_ID", "load_femnist"]
+__all__ = ["BACKGROUND", "HUB_ID", "NUM_CLASSES", "load_femnist"]
 
 HUB_ID = "flwrlabs/femnist"
 NUM_CLASSES = 62
+#: The background's value in the images :func:`load_femnist` returns (LEAF's white 1.0, inverted).
+BACKGROUND = 0.0
 
 Writers = dict[str, tuple[np.ndarray, np.ndarray]]
 
