@@ -223,6 +223,12 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "transfer.clients": (0, NONNEG_INT, "clients held out of training; at each evaluation they fit only a head on φ"),
     "transfer.samples": (10, POS_INT, "training samples a held-out client fits its head on"),
     "transfer.epochs": (10, POS_INT, "head epochs of a held-out client"),
+    # the Flower engines (brmtrl run --engine flower, brmtrl deploy-local)
+    "flower.min_clients": (1, POS_INT, "Flower: stop the run when fewer clients than this answer in a round"),
+    "flower.round_timeout": (600.0, POS_FLOAT, "Flower: seconds to wait for the replies of a round; "
+                             "clients that do not answer in time are left out of later rounds"),
+    "flower.connect_timeout": (120.0, POS_FLOAT, "Flower: seconds to wait for every client's node to connect"),
+    "flower.backend_cpus": (0, NONNEG_INT, "Flower simulation: CPUs Ray may use (0: all)"),
     # attack
     "attack.name": ("none", Options(ATTACKS), "what Byzantine clients do"),
     "attack.byzantine_fraction": (0.0, Interval(float, 0, 1, "left"), "fraction of clients that are Byzantine"),

@@ -17,7 +17,7 @@ import torch
 from .data import FederatedData
 from .models import SplitModel, build_model
 
-__all__ = ["build_client_model", "byzantine_clients", "holdout_clients", "num_sampled", "sample_clients"]
+__all__ = ["build_client_model", "build_model_for", "model_spec", "byzantine_clients", "holdout_clients", "num_sampled", "sample_clients"]
 
 
 def holdout_clients(cfg: Mapping[str, Any], num_clients: int) -> list[int]:
@@ -50,11 +50,23 @@ def sample_clients(cfg: Mapping[str, Any], training: Sequence[int], r: int, k: i
 
 def build_client_model(cfg: Mapping[str, Any], data: FederatedData, device: torch.device) -> SplitModel:
     """The model of the config, initialised from ``seed`` (every client starts from the same one)."""
+    return build_model_for(cfg, model_spec(data), device)
+
+
+def model_spec(data: FederatedData) -> dict[str, Any]:
+    """What building the model needs to know of the data (a node sends it to the server)."""
+    return {"input_shape": list(data.input_shape), "out_dim": data.out_dim, "default": data.default_model,
+            "rank": int(data.extras.get("rank", 0))}
+
+
+def build_model_for(cfg: Mapping[str, Any], spec: Mapping[str, Any], device: torch.device) -> SplitModel:
+    """:func:`build_client_model` from a :func:`model_spec` instead of the data itself."""
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["model.name"], input_shape=data.input_shape, out_dim=data.out_dim,
-                        hidden=cfg["model.hidden"], rep_dim=cfg["model.rep_dim"] or data.extras.get("rank", 0),
-                        default=data.default_model).to(device)
-    if data.train_x.dim() == 4 and cfg["model.memory_format"] in ("auto", "channels_last"):
+    shape = tuple(int(s) for s in spec["input_shape"])
+    model = build_model(cfg["model.name"], input_shape=shape, out_dim=int(spec["out_dim"]),
+                        hidden=cfg["model.hidden"], rep_dim=cfg["model.rep_dim"] or int(spec["rank"]),
+                        default=str(spec["default"])).to(device)
+    if len(shape) == 3 and cfg["model.memory_format"] in ("auto", "channels_last"):
         model.use_channels_last()
     model.top_layers = cfg["algorithm.lg_shared_layers"]
     return model

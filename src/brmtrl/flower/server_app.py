@@ -1,0 +1,366 @@
+"""The Flower ``ServerApp``: BR-MTRL's server as a Flower :class:`~flwr.serverapp.strategy.Strategy`.
+
+:class:`BRMTRLStrategy` overrides the hooks of Flower's template-method round loop
+(``Strategy.start``): ``configure_train`` sends φ to the round's clients (the same seeded sample as
+the built-in engine, :func:`brmtrl.federation.sample_clients`), ``aggregate_train`` hands the replies
+to :func:`brmtrl.server.server_step` (our screening and our robust rules; Flower's Krum weights by
+client-reported ``num-examples``, ours never does), ``configure_evaluate`` / ``aggregate_evaluate``
+score honest clients with their own heads (:func:`brmtrl.evaluation.summarize`) and held-out clients
+after they fit a fresh head. Only φ crosses the network; heads stay on the nodes.
+
+The run writes the same ``results.json`` / ``metrics.csv`` / ``accuracy.png`` as ``brmtrl run``.
+Nodes that do not answer (a killed SuperNode) are left out of later rounds; the results list the
+rounds that had fewer clients and why, and the run stops with an error when fewer than
+``flower.min_clients`` clients answer in a round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from .. import attacks as attack_mod
+from ..client import EvalResult
+from ..config import Config
+from ..evaluation import summarize
+from ..federation import build_model_for, num_sampled, sample_clients
+from ..local_update import RULES
+from ..report import write_json, write_outputs
+from ..server import Aggregation, server_step
+from ..split import get_flat
+from .node import config_from_json, config_to_json
+
+__all__ = ["BRMTRLStrategy", "FederationError", "discover", "make_server_app", "run_server"]
+
+log = logging.getLogger("brmtrl")
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (too few clients answer); the message says why."""
+
+
+class Roster:
+    """Which node hosts which client, and each client's role, as the nodes described themselves."""
+
+    def __init__(self) -> None:
+        self.node_of: dict[int, int] = {}
+        self.byzantine: set[int] = set()
+        self.holdout: set[int] = set()
+        self.train_samples: dict[int, int] = {}
+        self.num_clients = 0
+        self.shared_size = 0
+        self.model_spec: dict[str, Any] = {}
+
+    @property
+    def training(self) -> list[int]:
+        return sorted(p for p in self.node_of if p not in self.holdout)
+
+    @property
+    def honest(self) -> list[int]:
+        return [p for p in self.training if p not in self.byzantine]
+
+
+def _config_record(cfg_json: str, r: int, partition: int | None = None) -> ConfigRecord:
+    rec = ConfigRecord({"brmtrl-config": cfg_json, "server-round": r})
+    if partition is not None:
+        rec["partition-id"] = partition
+    return rec
+
+
+def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float) -> Roster:
+    """Ask every connected node which clients it hosts, until ``expected_clients`` are known."""
+    roster = Roster()
+    asked: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(roster.node_of) < expected_clients:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if not new:
+            if time.monotonic() > deadline:
+                raise FederationError(f"{len(roster.node_of)} of {expected_clients} clients connected after "
+                                      f"{timeout:.0f} s; start the missing SuperNodes (see docs/deployment.md)")
+            time.sleep(0.5)
+            continue
+        msgs = [Message(RecordDict({"config": _config_record(cfg_json, 0)}), dst_node_id=n,
+                        message_type="query.describe") for n in new]
+        for reply in grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())):
+            src = reply.metadata.src_node_id
+            asked.add(src)
+            if reply.has_error():
+                log.warning("node %s could not describe itself: %s", src, reply.error.reason)
+                continue
+            info = reply.content["config"]
+            for p, b, t, n in zip(info["partitions"], info["byzantine"], info["transfer"], info["train-samples"]):
+                if p in roster.node_of:
+                    raise FederationError(f"client {p} is hosted by two nodes ({roster.node_of[p]} and {src}); "
+                                          "give every SuperNode its own partition-id")
+                roster.node_of[int(p)] = src
+                roster.train_samples[int(p)] = int(n)
+                if b:
+                    roster.byzantine.add(int(p))
+                if t:
+                    roster.holdout.add(int(p))
+            roster.num_clients = int(info["num-clients"])
+            roster.model_spec = json.loads(str(info["model-spec"]))
+            roster.shared_size = int(info["shared-size"])
+    return roster
+
+
+def _tensor(record: ArrayRecord, key: str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(record[key].numpy()))
+
+
+class BRMTRLStrategy(Strategy):
+    """BR-MTRL's server on Flower's round loop; state: φ, the history and the rejected updates."""
+
+    def __init__(self, cfg: Config, roster: Roster, shared: torch.Tensor, *, progress: Any = None):
+        self.cfg = cfg
+        self.cfg_json = config_to_json(cfg)
+        self.roster = roster
+        self.shared = shared.to(torch.float32)
+        self.m = num_sampled(cfg, len(roster.training))
+        self.agg = Aggregation.from_config(cfg, self.m, len(roster.byzantine & set(roster.training)),
+                                           len(roster.training))
+        self.history: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.short_rounds: list[dict[str, Any]] = []
+        self.lost: set[int] = set()  # nodes that stopped answering
+        self.progress = progress
+        self._round: dict[str, Any] = {}
+        self.timing = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
+
+    # -------------------------------------------------------------- training
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        t0 = time.perf_counter()
+        sampled = sample_clients(self.cfg, self.roster.training, server_round, self.m)
+        online = set(grid.get_node_ids()) - self.lost
+        reachable = [p for p in sampled if self.roster.node_of[p] in online]
+        self._round = {"t0": t0, "sampled": sampled, "sent": reachable,
+                       "unreachable": [p for p in sampled if p not in reachable]}
+        payload = ArrayRecord({"shared": Array(self.shared.numpy())})
+        return [Message(RecordDict({"arrays": payload, "config": _config_record(self.cfg_json, server_round, p)}),
+                        dst_node_id=self.roster.node_of[p], message_type="train") for p in reachable]
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        sent = self._round["sent"]
+        answered: dict[int, Any] = {}
+        failed: list[dict[str, Any]] = []
+        for reply in replies:
+            if reply.has_error():
+                node = reply.metadata.src_node_id
+                failed.append({"node": node, "reason": f"error reply: {reply.error.reason}"})
+                continue
+            metrics = reply.content["metrics"] if "metrics" in reply.content else {}
+            p = int(metrics.get("partition-id", -1))
+            if p not in sent or p in answered:
+                log.warning("round %d: reply for client %s was not expected; ignored", server_round, p)
+                continue
+            answered[p] = reply.content["arrays"] if "arrays" in reply.content else None
+        missing = [p for p in sent if p not in answered]
+        for p in missing:
+            self.lost.add(self.roster.node_of[p])
+        if missing or self._round["unreachable"] or failed:
+            entry = {"round": server_round, "sampled": len(self._round["sampled"]), "answered": len(answered),
+                     "unreachable": self._round["unreachable"], "no_reply": missing, "errors": failed}
+            self.short_rounds.append(entry)
+            log.warning("round %d: %d of %d sampled clients answered (unreachable %s, no reply %s)", server_round,
+                        len(answered), len(self._round["sampled"]), self._round["unreachable"], missing)
+        if len(answered) < self.cfg["flower.min_clients"]:
+            raise FederationError(f"round {server_round}: only {len(answered)} clients answered, fewer than "
+                                  f"flower.min_clients = {self.cfg['flower.min_clients']}")
+        senders = [p for p in sorted(answered) if answered[p] is not None]
+        updates: list[Any] = []
+        for p in senders:
+            try:
+                updates.append(_tensor(answered[p], "delta") if "delta" in answered[p] else "no 'delta' array")
+            except Exception as exc:  # a malformed array is screened out below, with its reason
+                updates.append(f"unreadable array ({type(exc).__name__})")
+        attack = None
+        name = self.cfg["attack.name"]
+        if attack_mod.is_omniscient(name):
+            fn, keys = attack_mod.ATTACKS[name]
+            kwargs = {k: self.cfg[f"attack.{k}"] for k in keys}
+            gen = torch.Generator().manual_seed(int(self.cfg["seed"]) * 1_000_003 + server_round)
+
+            def attack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                out = x.clone()
+                out[mask] = fn(x[mask], x[~mask], generator=gen, **kwargs).to(out.dtype)
+                return out
+        step = server_step(updates, senders, self.agg, size=self.roster.shared_size, round_=server_round,
+                           attack=attack, byzantine=[p in self.roster.byzantine for p in senders])
+        for e in step.rejected:
+            self.rejected.append({"round": server_round, **e})
+        if step.step is not None:
+            self.shared = (self.shared.to(torch.float64) + step.step).to(torch.float32)
+        byz = self.roster.byzantine
+        self._round.update(info=dict(step.info, byzantine_accepted=sum(p in byz for p in step.accepted)),
+                           rejected=len(step.rejected), no_update=[p for p in sorted(answered) if answered[p] is None],
+                           byzantine_sampled=sum(p in byz for p in self._round["sampled"]),
+                           train_s=time.perf_counter() - self._round["t0"])
+        self.timing["train_s"] += self._round["train_s"]
+        self.timing["rounds"] += 1
+        numeric = {k: float(v) for k, v in step.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return ArrayRecord({"shared": Array(self.shared.numpy())}), MetricRecord(numeric)
+
+    # -------------------------------------------------------------- evaluation
+    def _eval_round(self, r: int) -> bool:
+        return r % self.cfg["train.eval_every"] == 0 or r == self.cfg["train.rounds"]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        self._round["e0"] = time.perf_counter()
+        if not self._eval_round(server_round):
+            self._finish_round(server_round, None)
+            return []
+        online = set(grid.get_node_ids()) - self.lost
+        payload = ArrayRecord({"shared": Array(self.shared.numpy())})
+        msgs = []
+        for p in self.roster.honest + sorted(self.roster.holdout):
+            if self.roster.node_of[p] not in online:
+                continue
+            kind = "query.transfer" if p in self.roster.holdout else "evaluate"
+            msgs.append(Message(RecordDict({"arrays": payload, "config": _config_record(self.cfg_json, server_round, p)}),
+                                dst_node_id=self.roster.node_of[p], message_type=kind))
+        return msgs
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if not self._eval_round(server_round):
+            return None
+        honest, transfer = [], []
+        for reply in replies:
+            if reply.has_error():
+                log.warning("round %d: evaluation failed on node %s: %s", server_round, reply.metadata.src_node_id,
+                            reply.error.reason)
+                continue
+            m = reply.content["metrics"]
+            res = EvalResult(float(m["accuracy"]), float(m["loss"]), int(m["num-examples"]))
+            if int(m["transfer"]):
+                transfer.append(res)
+            elif int(m["partition-id"]) in self.roster.honest:
+                honest.append(res)
+        classification = not all(np.isnan(r.accuracy) for r in honest if r.num_samples)
+        metrics = summarize(honest, weighted=self.cfg["eval.protocol"] == "fedrep", classification=classification)
+        if transfer:
+            accs = [r.accuracy for r in transfer if r.num_samples]
+            metrics["transfer_acc_mean"] = float(np.mean(accs)) if accs else None
+        self._finish_round(server_round, metrics)
+        return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    def _finish_round(self, r: int, metrics: dict[str, Any] | None) -> None:
+        self.timing["eval_s"] += time.perf_counter() - self._round.get("e0", time.perf_counter())
+        if metrics is not None:
+            row = {"round": r, **metrics, "round_s": round(self._round["train_s"], 6),
+                   "byzantine_sampled": self._round["byzantine_sampled"], "rejected": self._round["rejected"],
+                   "no_update": len(self._round["no_update"]), **self._round["info"]}
+            self.history.append(row)
+            if self.progress is not None and row.get("honest_acc_mean") is not None:
+                self.progress.set_postfix(acc=f"{row['honest_acc_mean']:.4f}")
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def summary(self) -> None:
+        log.info("BR-MTRL strategy: %s, f=%d, %d clients per round", self.agg.name, self.agg.f, self.m)
+
+    # -------------------------------------------------------------- results
+    def results(self, engine: str, wall_s: float) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        final = {k: last.get(k) for k in ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean")}
+        if self.roster.holdout:
+            final["transfer_acc_mean"] = last.get("transfer_acc_mean")
+            final["transfer_clients"] = sorted(self.roster.holdout)
+        final["byzantine_clients"] = sorted(self.roster.byzantine)
+        final["aggregator_f"] = self.agg.f
+        final["rounds_byzantine_exceeded_f"] = [h["round"] for h in self.history
+                                                if "f_used" in h and h["byzantine_accepted"] > self.agg.f]
+        final["rounds"] = last.get("round", 0)
+        rounds = max(self.timing["rounds"], 1)
+        return {
+            "config": self.cfg.nested(),
+            "engine": engine,
+            "data": {"name": self.cfg["dataset.name"], "num_clients": self.roster.num_clients,
+                     "train_samples": int(sum(self.roster.train_samples.values()))},
+            "history": self.history,
+            "final": final,
+            "rejected_updates": self.rejected,
+            "short_rounds": self.short_rounds,
+            "notes": ["Byzantine roles come from each node's config (or the seed); attacks that need the "
+                      "round's honest updates run in the server step (simulation only)"],
+            "timing": {"total_s": round(wall_s, 4), "per_round_s": round(self.timing["train_s"] / rounds, 4),
+                       "eval_total_s": round(self.timing["eval_s"], 4), "rounds_timed": self.timing["rounds"],
+                       "device": "nodes"},
+        }
+
+
+def initial_shared(cfg: Config, roster: Roster) -> torch.Tensor:
+    """φ at round 0: the seeded initial model's shared part, as every client builds it."""
+    model = build_model_for(cfg, roster.model_spec, torch.device("cpu"))
+    shared = get_flat(model, RULES[cfg["algorithm.name"]].shared)
+    if shared.numel() != roster.shared_size:
+        raise FederationError(f"the nodes' φ has {roster.shared_size} values, the server's {shared.numel()}: "
+                              "nodes and server run different configs or brmtrl versions")
+    return shared
+
+
+def run_server(grid: Grid, cfg: Config, out_dir: Path, *, engine: str, expected_clients: int | None = None,
+               progress: bool = False) -> dict[str, Any]:
+    """Drive the federation: discover the nodes, run ``train.rounds`` rounds, write the outputs."""
+    t0 = time.perf_counter()
+    cfg_json = config_to_json(cfg)
+    expected = expected_clients if expected_clients is not None else cfg["dataset.num_clients"]
+    roster = discover(grid, cfg_json, expected, cfg["flower.connect_timeout"])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg["train.rounds"], desc="rounds", unit="round", dynamic_ncols=True)
+    strategy = BRMTRLStrategy(cfg, roster, initial_shared(cfg, roster), progress=bar)
+    try:
+        strategy.start(grid, ArrayRecord({"shared": Array(strategy.shared.numpy())}), num_rounds=cfg["train.rounds"],
+                       timeout=cfg["flower.round_timeout"])
+    finally:
+        if bar is not None:
+            bar.close()
+    results = strategy.results(engine, time.perf_counter() - t0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(out_dir, results)
+    write_json(out_dir / "config.json", dict(cfg))
+    return results
+
+
+def make_server_app(cfg: Config | None = None, out_dir: str | Path | None = None, *, engine: str = "flower",
+                    expected_clients: int | None = None, progress: bool = False) -> ServerApp:
+    """A ``ServerApp`` for ``cfg`` writing into ``out_dir``; without them it reads the run config
+    (``brmtrl-config``: the resolved config as JSON, ``brmtrl-out``: the output directory), as
+    ``flwr run --run-config`` passes them in a deployment."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        rc = context.run_config
+        run_cfg = cfg if cfg is not None else config_from_json(str(rc["brmtrl-config"]))
+        out = Path(out_dir) if out_dir is not None else Path(str(rc.get("brmtrl-out", "runs/flower")))
+        expected = expected_clients if expected_clients is not None else (
+            int(rc["brmtrl-clients"]) if "brmtrl-clients" in rc else None)
+        try:
+            run_server(grid, run_cfg, out, engine=engine, expected_clients=expected, progress=progress)
+        except Exception as exc:  # the caller (simulation or deploy-local) reads the reason from here
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            raise
+
+    return app
+
+
+#: the ServerApp a Flower App (``pyproject.toml`` ``[tool.flwr.app.components]``) names
+app = make_server_app()

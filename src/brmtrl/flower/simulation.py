@@ -1,0 +1,47 @@
+"""``brmtrl run --engine flower``: the config on Flower's simulation engine (Ray backend).
+
+One virtual SuperNode per client (Flower sets each node's ``partition-id``); the ServerApp runs in
+this process and writes the run's outputs. Ray gets ``flower.backend_cpus`` CPUs (0: all) and one
+CPU per ClientApp; with a GPU each ClientApp gets a share of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, ConfigError
+from .client_app import app as client_app
+from .server_app import make_server_app
+
+__all__ = ["run_flower_simulation"]
+
+
+def run_flower_simulation(cfg: Config, out_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` on Flower's simulation engine; returns the ``results.json`` dictionary."""
+    from flwr.simulation import run_simulation
+
+    from ..data import load_data
+
+    out = Path(out_dir)
+    n = load_data(cfg).num_clients
+    cpus = cfg["flower.backend_cpus"] or os.cpu_count() or 1
+    resources: dict[str, Any] = {"num_cpus": 1}
+    if torch.cuda.is_available() and cfg["device"] != "cpu":
+        resources["num_gpus"] = 1.0 / min(n, 8)
+    backend = {"client_resources": resources, "init_args": {"num_cpus": cpus, "logging_level": logging.ERROR,
+                                                            "log_to_driver": False}}
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    server = make_server_app(cfg, out, engine="flower-simulation", expected_clients=n, progress=progress)
+    run_simulation(server_app=server, client_app=client_app, num_supernodes=n, backend_config=backend)
+    err = out / "error.txt"
+    if err.is_file():
+        raise ConfigError(f"the Flower simulation failed: {err.read_text().strip()}")
+    import json
+
+    result = json.loads((out / "results.json").read_text())
+    return result
