@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import brmtrl.data
+from brmtrl.cli import main
 from brmtrl.config import load_config
-from brmtrl.data import DataError, load_cifar10, load_data, load_femnist, partition
+from brmtrl.data import DataError, FederatedData, load_cifar10, load_data, load_femnist, partition
 from brmtrl.data.synthetic import principal_angle_distance
 
 from .conftest import CIFAR, CONFIGS, FEMNIST, need
@@ -61,7 +67,10 @@ def test_cifar10_from_shared_parquet():
     xtr, ytr, xte, yte = load_cifar10(str(CIFAR))
     assert xtr.shape == (50_000, 3, 32, 32) and xte.shape == (10_000, 3, 32, 32)
     assert set(ytr.unique().tolist()) == set(range(10)) and int(yte.max()) == 9
-    assert -1.0 <= float(xtr[:100].min()) and float(xtr[:100].max()) <= 1.0
+    # FedRep's (ImageNet) normalisation: black and white map to (0 - mean) / std and (1 - mean) / std
+    lo = min((0 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    hi = max((1 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    assert lo - 1e-5 <= float(xtr[:100].min()) < -1.5 and 1.5 < float(xtr[:100].max()) <= hi + 1e-5
     assert torch.bincount(ytr).tolist() == [5000] * 10
 
 
@@ -130,3 +139,203 @@ def test_truncated_parquet_is_reported(tmp_path):
     with pytest.raises(DataError, match=r"50 rows.*50000"):
         load_cifar10(str(tmp_path))
 
+
+
+# --- issue 10: normalisation, augmentation, classes_per_client, cache temp files, empty clients ---
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def raw_images(n, c, h, seed=0):
+    """Raw pixels in [0, 1], as uint8 / 255."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, h, h), generator=g).float() / 255.0
+
+
+def normalise(x):
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def crop_reference(raw, generator, flip, padding=4):
+    """Straightforward per-image crop (zero padding: black, or FEMNIST's inverted background) and
+    optional flip of the raw images, drawing offsets then coins in the order random_crop_flip does."""
+    b, _, h, w = raw.shape
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    coin = torch.rand(b, generator=generator) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    out = []
+    for i in range(b):
+        padded = torch.nn.functional.pad(raw[i], (padding,) * 4)
+        crop = padded[:, int(oy[i]):int(oy[i]) + h, int(ox[i]):int(ox[i]) + w]
+        out.append(crop.flip(-1) if coin[i] else crop)
+    return torch.stack(out)
+
+
+def fake_cifar10(monkeypatch, raw_train, raw_test):
+    def fake(root):
+        ytr = torch.arange(len(raw_train)) % 10
+        yte = torch.arange(len(raw_test)) % 10
+        return normalise(raw_train), ytr, normalise(raw_test), yte
+
+    monkeypatch.setattr(brmtrl.data, "load_cifar10", fake)
+
+
+def test_cifar10_is_normalised_with_fedreps_imagenet_mean_and_std():
+    from brmtrl.data import cifar10
+
+    # lgcollins/FedRep utils/train_utils.py: Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    assert cifar10.CIFAR_MEAN == IMAGENET_MEAN and cifar10.CIFAR_STD == IMAGENET_STD
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    expected = normalise(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
+    torch.testing.assert_close(cifar10._to_tensor(x), expected, atol=1e-6, rtol=0)
+
+
+def test_cifar10_augmentation_equals_crop_and_flip_of_the_raw_image_then_normalise(monkeypatch):
+    """FedRep: RandomCrop(32, padding=4), RandomHorizontalFlip() on the raw image, then Normalize."""
+    from brmtrl.data import augmentation_for
+
+    raw = raw_images(64, 3, 32)
+    raw[:, :, :, :16] = 1.0  # white left half: a flip is visible, and so is black padding
+    fake_cifar10(monkeypatch, raw, raw[:10])
+    data = load_data(load_config(None, ["dataset.name=cifar10", "model.name=cnn_cifar", "dataset.partition=iid",
+                                        "dataset.num_clients=2"]))
+    augment = augmentation_for(data, True)
+    assert augmentation_for(data, False) is None
+    out = augment(data.train_x, torch.Generator().manual_seed(3))
+    reference = normalise(crop_reference(raw, torch.Generator().manual_seed(3), flip=True))
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=0)
+    # some images were flipped and some were padded: the comparison covered both
+    assert (out[:, 0, 16, 4:28] - normalise(raw)[:, 0, 16, 4:28]).abs().amax(1).gt(0.5).any()
+    assert (reference == normalise(torch.zeros(1, 3, 1, 1))).any()
+
+
+def test_random_crop_flip_draws_from_the_cpu_generator_on_any_device():
+    from brmtrl.data import random_crop_flip
+
+    x = raw_images(8, 3, 32)
+    a = random_crop_flip(x, torch.Generator().manual_seed(1), fill=(0.1, 0.2, 0.3))
+    b = random_crop_flip(x.double(), torch.Generator().manual_seed(1), fill=(0.1, 0.2, 0.3))
+    torch.testing.assert_close(a.double(), b)
+    if torch.cuda.is_available():
+        c = random_crop_flip(x.cuda(), torch.Generator().manual_seed(1), fill=(0.1, 0.2, 0.3))
+        torch.testing.assert_close(c.cpu(), a)
+
+
+def test_femnist_augmentation_crops_with_background_and_never_flips(monkeypatch):
+    from brmtrl.data import augmentation_for, femnist
+
+    # LEAF pixels: 1.0 is the white background; the loader inverts them, so its background is 0
+    raw = torch.ones(40, 1, 28, 28)
+    raw[:, :, 5:20, 3:9] = 0.0  # a dark, left-leaning stroke
+    inverted = 1.0 - raw
+    assert femnist.BACKGROUND == float(inverted[0, 0, 0, 0])
+
+    def fake(root, num_clients, test_fraction=0.1, seed=0):
+        y = torch.arange(40) % 62
+        idx = [np.arange(0, 20), np.arange(20, 40)]
+        return inverted, y, inverted[:10], y[:10], idx, [np.arange(5), np.arange(5, 10)], ["w0", "w1"]
+
+    monkeypatch.setattr(brmtrl.data, "load_femnist", fake)
+    data = load_data(load_config(None, ["dataset.name=femnist", "model.name=cnn_femnist",
+                                        "dataset.partition=natural", "dataset.num_clients=2"]))
+    out = augmentation_for(data, True)(data.train_x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, crop_reference(inverted, torch.Generator().manual_seed(0), flip=False))
+    # the stroke stays on the left: nothing was mirrored
+    assert (out[:, 0, :, :14].sum((1, 2)) > out[:, 0, :, 14:].sum((1, 2))).all()
+
+
+def test_synthetic_data_has_no_augmentation(tiny_cfg):
+    from brmtrl.data import augmentation_for
+
+    assert augmentation_for(load_data(tiny_cfg()), True) is None
+
+
+def test_classes_per_client_above_the_class_count_is_a_one_line_cli_error(tmp_path, capsys):
+    code = main(["run", "--config", str(CONFIGS / "quick.toml"), "--set", "dataset.name=synthetic_classification",
+                 "--set", "dataset.num_classes=4", "--set", "dataset.classes_per_client=5",
+                 "--set", "train.rounds=1", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("brmtrl: error: ")
+    assert "dataset.classes_per_client = 5" in err and "4 classes" in err
+
+
+@pytest.mark.parametrize("name,s,n_classes", [("cifar10", 11, 10), ("femnist", 63, 62)])
+def test_classes_per_client_is_checked_before_loading(tmp_path, name, s, n_classes):
+    cfg = load_config(None, [f"dataset.name={name}", f"dataset.root={tmp_path / 'absent'}",
+                             f"model.name={'cnn_cifar' if name == 'cifar10' else 'cnn_femnist'}",
+                             f"dataset.classes_per_client={s}", "dataset.partition=pathological"])
+    with pytest.raises(DataError, match=rf"dataset\.classes_per_client = {s} exceeds the {n_classes} classes"):
+        load_data(cfg)
+
+
+def test_classes_per_client_above_the_classes_present_is_a_data_error(monkeypatch):
+    def fake(root, num_clients, test_fraction=0.1, seed=0):
+        x = torch.zeros(30, 1, 28, 28)
+        y = torch.arange(30) % 5  # only 5 of FEMNIST's 62 classes in this sample
+        return x, y, x[:10], y[:10], [np.arange(30)], [np.arange(10)], ["w0"]
+
+    monkeypatch.setattr(brmtrl.data, "load_femnist", fake)
+    cfg = load_config(None, ["dataset.name=femnist", "model.name=cnn_femnist", "dataset.partition=pathological",
+                             "dataset.classes_per_client=6", "dataset.num_clients=3"])
+    with pytest.raises(DataError, match=r"dataset\.classes_per_client = 6 exceeds the 5 classes of FEMNIST present"):
+        load_data(cfg)
+
+
+def test_cache_temp_files_are_per_process_and_removed_on_failure(tmp_path, monkeypatch):
+    from brmtrl.data import cifar10
+
+    target = tmp_path / "cifar10-train-key.npz"
+    names = {cifar10._temp_name(target) for _ in range(5)}
+    assert len(names) == 5  # two writers in one process differ too
+    assert all(str(os.getpid()) in n.name and n.parent == tmp_path and n.name.endswith(".npz") for n in names)
+
+    def broken(path, x, y):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cifar10.np, "savez", broken)
+    cifar10._write_cache(target, np.zeros(3), np.zeros(1))  # an unwritable cache is skipped...
+    assert list(tmp_path.iterdir()) == []  # ...and leaves nothing behind
+
+    def interrupted(path, x, y):
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cifar10.np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cifar10._write_cache(target, np.zeros(3), np.zeros(1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_processes_writing_the_same_cache_do_not_collide(tmp_path):
+    target = tmp_path / "cifar10-train-key.npz"
+    script = ("import sys, numpy as np; from pathlib import Path; from brmtrl.data.cifar10 import _write_cache\n"
+              "v = int(sys.argv[1]); x = np.full((2_000_000,), v, dtype=np.uint8)\n"
+              "for _ in range(5): _write_cache(Path(sys.argv[2]), x, np.array([v]))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(v), str(target)], env=env,
+                              stderr=subprocess.PIPE, text=True) for v in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    with np.load(target) as z:  # a whole file from one writer, never a mix
+        v = int(z["y"][0])
+        assert v in (1, 2) and z["x"].shape == (2_000_000,) and (z["x"] == v).all()
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_summary_reports_empty_clients_without_crashing():
+    ytr = np.repeat(np.arange(10), 20)
+    yte = np.repeat(np.arange(10), 4)
+    tri, tei = partition.dirichlet(ytr, yte, 30, 0.1, np.random.default_rng(0))
+    assert any(len(i) == 0 for i in tri) and any(len(i) == 0 for i in tei)  # α = 0.1 leaves clients empty
+    x = torch.zeros(len(ytr), 5)
+    data = FederatedData("d", x, torch.as_tensor(ytr), x[:len(yte)], torch.as_tensor(yte), tri, tei, 10, "linear")
+    s = data.summary()
+    assert s["train_per_client_min"] == 0 and s["test_per_client_min"] == 0
+    assert s["test_per_client_max"] == max(len(i) for i in tei) and s["test_samples"] == len(yte)
+    assert s["clients_without_train"] == sum(len(i) == 0 for i in tri) > 0
+    assert s["clients_without_test"] == sum(len(i) == 0 for i in tei) > 0
+    empty = FederatedData("none", x, torch.as_tensor(ytr), x, torch.as_tensor(ytr), [], [], 10, "linear").summary()
+    assert empty["num_clients"] == 0 and empty["train_per_client_min"] == empty["test_per_client_min"] == 0

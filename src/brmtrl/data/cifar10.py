@@ -102,13 +102,13 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f"{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
-def _write_cache(path: Path, **arrays: np.ndarray) -> None:
-    """Atomically write ``arrays`` to ``path`` (``.npz``); caching is an optimisation only, so an
+def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """Atomically write ``x`` and ``y`` to ``path`` (``.npz``); caching is an optimisation only, so an
     unwritable cache is skipped, and the temporary file never outlives a failure."""
     tmp = _temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
+        np.savez(tmp, x=x, y=y)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -141,7 +141,7 @@ def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 pass  # a broken cache is rebuilt
         x, y = _read_parquet(path)
         _check(x, y, f"CIFAR-10 file {str(path)!r}", split)
-        _write_cache(cached, x=x, y=y)
+        _write_cache(cached, x, y)
         out[split] = (x, y)
     return out
 
