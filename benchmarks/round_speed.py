@@ -22,8 +22,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reference import reference_local_update  # noqa: E402
 from brmtrl.config import load_config  # noqa: E402
-from brmtrl.data import load_data, random_crop_flip  # noqa: E402
-from brmtrl.engine import Simulation, client_generator  # noqa: E402
+from brmtrl.client import client_generator  # noqa: E402
+from brmtrl.data import load_data  # noqa: E402
+from brmtrl.engine import Simulation  # noqa: E402
 from brmtrl.split import get_flat, set_flat  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10.toml"
@@ -104,13 +105,13 @@ def main() -> None:
                                        rep_epochs=cfg["train.rep_epochs"], lr=cfg["train.lr"],
                                        momentum=cfg["train.momentum"], weight_decay=cfg["train.weight_decay"],
                                        batch_size=cfg["train.batch_size"], generator=client_generator(cfg["seed"], 1, c),
-                                       augment=random_crop_flip if augment else None)
+                                       augment=sim.augment if augment else None)
                 ref_deltas.append(get_flat(ref_model, "rep") - phi0)
             times["ref"].append(time.perf_counter() - t)
             for fmt, s in sims.items():
                 s.shared, s.private = phi0.clone(), heads0.clone()
                 t = time.perf_counter()
-                deltas[fmt] = s.local_updates(clients, 1)
+                deltas[fmt] = torch.stack([res.delta for res in s.local_updates(clients, 1)])
                 times[fmt].append(time.perf_counter() - t)
         diff = max(float((torch.stack(ref_deltas) - d).abs().max()) for d in deltas.values())
         f_rep, f_all = forward_flops(sim.model, data.input_shape)
