@@ -2,16 +2,22 @@
 
 Messages (sent by :mod:`brmtrl.flower.server_app`):
 
-* ``train``: φ in ``arrays["shared"]``; the node runs its local update, keeps its head in
-  ``context.state`` (it survives across rounds and never leaves the node) and replies with its delta
-  of φ in ``arrays["delta"]`` (nothing when it has no training data) and ``metrics``.
-* ``evaluate``: φ; the node replies with its test accuracy, loss and test-set size, with its own head.
-* ``query.describe``: the node's partition and role; ``query.transfer``: a new client fits a fresh
-  head on φ frozen and replies with its test accuracy.
+* ``train``: φ in ``arrays["shared"]`` and the round's clients of this node in
+  ``config["partition-ids"]``; each runs its local update, keeps its head in ``context.state`` (it
+  survives across rounds and never leaves the node) and replies with its delta of φ in
+  ``arrays["delta-<id>"]`` (none when it has no training data), with ``metrics`` listing the clients.
+* ``evaluate``: φ; each named client replies with its test accuracy, loss and test-set size, with
+  its own head.
+* ``query.describe``: the clients the node hosts and their roles; ``query.transfer``: held-out
+  clients fit a fresh head on φ frozen and reply with their test accuracy.
+
+A node may host several clients (a site with several users); the server sends it one message per
+round for all of its sampled clients, since a SuperNode handles one message at a time.
 
 Every message carries the run's resolved config as JSON (``config["brmtrl-config"]``) and the round
 (``config["server-round"]``): the server is the one authority on the experiment. A node's own config
-(``flower-supernode --node-config``) says which client it is: ``partition-id`` (required), and
+(``flower-supernode --node-config``) says which clients it hosts: ``partition-id`` or
+``partition-ids`` (``"0-12"``, ``"0,4,8"``), and
 optionally ``byzantine`` / ``transfer`` (true/false: override the role the seed gives it),
 ``dataset-root`` (where this machine keeps the data) and ``fault`` (``nan`` or ``size``: reply
 with a malformed update, for testing the server's screening).
@@ -68,13 +74,11 @@ def hosted_partitions(context: Context) -> list[int]:
     raise ValueError("node config lacks 'partition-id': start the SuperNode with --node-config \"partition-id=N\"")
 
 
-def node_for(message: Message, context: Context, partition: int | None = None) -> Node:
-    """The client this message is for (``config["partition-id"]``, one of the node's partitions), built
-    once per config and partition in this process, then reused."""
+def node_for(message: Message, context: Context, partition: int) -> Node:
+    """Client ``partition`` (one this node hosts) of the message's experiment, built once per config
+    and partition in this process, then reused."""
     cfg_json = str(message.content["config"]["brmtrl-config"])
     hosted = hosted_partitions(context)
-    if partition is None:
-        partition = int(message.content["config"].get("partition-id", hosted[0]))  # type: ignore[arg-type]
     if partition not in hosted:
         raise ValueError(f"partition {partition} is not hosted by this node (it hosts {hosted})")
     nc = context.node_config
@@ -98,9 +102,21 @@ def _array(t: torch.Tensor) -> Array:
     return Array(np.ascontiguousarray(t.detach().cpu().numpy()))
 
 
-def _eval_metrics(node: Node, res: EvalResult, kind: str) -> MetricRecord:
-    return MetricRecord({"accuracy": float(res.accuracy), "loss": float(res.loss), "num-examples": res.num_samples,
-                         "partition-id": node.id, "byzantine": int(node.byzantine), "transfer": int(kind == "transfer")})
+def _partitions(message: Message, context: Context) -> list[int]:
+    """The clients a message is for: ``config["partition-ids"]`` (default: all this node hosts)."""
+    cfg = message.content["config"]
+    if "partition-ids" in cfg:
+        return [int(p) for p in cfg["partition-ids"]]  # type: ignore[union-attr]
+    return hosted_partitions(context)
+
+
+def _eval_metrics(results: list[tuple[Node, EvalResult]], kind: str) -> MetricRecord:
+    return MetricRecord({"partition-ids": [n.id for n, _ in results],
+                         "accuracy": [float(r.accuracy) for _, r in results],
+                         "loss": [float(r.loss) for _, r in results],
+                         "num-examples": [r.num_samples for _, r in results],
+                         "byzantine": [int(n.byzantine) for n, _ in results],
+                         "transfer": int(kind == "transfer")})
 
 
 def _private(node: Node, context: Context) -> torch.Tensor | None:
@@ -115,33 +131,43 @@ app = ClientApp()
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    node = node_for(message, context)
+    """Local updates of the clients named in the message (one or several hosted by this node)."""
     r = int(message.content["config"]["server-round"])
     shared = _tensor(message.content["arrays"], "shared")
-    res, sent = node.train(shared, _private(node, context), r)
-    context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": _array(res.private)})
     fault = str(context.node_config.get("fault", ""))
-    if sent is not None and fault == "nan":
-        sent = sent * float("nan")
-    elif sent is not None and fault == "size":
-        sent = sent[:-1]
-    content = RecordDict({"metrics": MetricRecord({"num-examples": res.num_samples, "partition-id": node.id,
-                                                   "byzantine": int(node.byzantine)})})
-    if sent is not None:
-        content["arrays"] = ArrayRecord({"delta": _array(sent)})
-    return Message(content, reply_to=message)
+    arrays, pids, counts, byz = ArrayRecord(), [], [], []
+    for pid in _partitions(message, context):
+        node = node_for(message, context, pid)
+        res, sent = node.train(shared, _private(node, context), r)
+        context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": _array(res.private)})
+        if sent is not None and fault == "nan":
+            sent = sent * float("nan")
+        elif sent is not None and fault == "size":
+            sent = sent[:-1]
+        if sent is not None:
+            arrays[f"delta-{pid}"] = _array(sent)
+        pids.append(pid)
+        counts.append(res.num_samples)
+        byz.append(int(node.byzantine))
+    metrics = MetricRecord({"partition-ids": pids, "num-examples": counts, "byzantine": byz})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    node = node_for(message, context)
+    """Each named client's test accuracy with its own head."""
     r = int(message.content["config"]["server-round"])
-    res = node.evaluate(_tensor(message.content["arrays"], "shared"), _private(node, context), r)
-    return Message(RecordDict({"metrics": _eval_metrics(node, res, "evaluate")}), reply_to=message)
+    shared = _tensor(message.content["arrays"], "shared")
+    results = []
+    for pid in _partitions(message, context):
+        node = node_for(message, context, pid)
+        results.append((node, node.evaluate(shared, _private(node, context), r)))
+    return Message(RecordDict({"metrics": _eval_metrics(results, "evaluate")}), reply_to=message)
 
 
 @app.query("describe")
 def describe(message: Message, context: Context) -> Message:
+    """The clients this node hosts, their roles and what the server needs to build the model."""
     nodes = [node_for(message, context, p) for p in hosted_partitions(context)]
     info = ConfigRecord({"partitions": [n.id for n in nodes], "byzantine": [n.byzantine for n in nodes],
                          "transfer": [n.holdout for n in nodes],
@@ -153,7 +179,8 @@ def describe(message: Message, context: Context) -> Message:
 
 @app.query("transfer")
 def transfer(message: Message, context: Context) -> Message:
-    node = node_for(message, context)
+    """Held-out clients: fit a fresh head on φ frozen, then score it."""
     r = int(message.content["config"]["server-round"])
-    res = node.transfer(_tensor(message.content["arrays"], "shared"), r)
-    return Message(RecordDict({"metrics": _eval_metrics(node, res, "transfer")}), reply_to=message)
+    shared = _tensor(message.content["arrays"], "shared")
+    results = [(n, n.transfer(shared, r)) for n in (node_for(message, context, p) for p in _partitions(message, context))]
+    return Message(RecordDict({"metrics": _eval_metrics(results, "transfer")}), reply_to=message)

@@ -69,10 +69,10 @@ class Roster:
         return [p for p in self.training if p not in self.byzantine]
 
 
-def _config_record(cfg_json: str, r: int, partition: int | None = None) -> ConfigRecord:
+def _config_record(cfg_json: str, r: int, partitions: list[int] | None = None) -> ConfigRecord:
     rec = ConfigRecord({"brmtrl-config": cfg_json, "server-round": r})
-    if partition is not None:
-        rec["partition-id"] = partition
+    if partitions is not None:
+        rec["partition-ids"] = partitions
     return rec
 
 
@@ -114,10 +114,6 @@ def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float) -
     return roster
 
 
-def _tensor(record: ArrayRecord, key: str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(record[key].numpy()))
-
-
 class BRMTRLStrategy(Strategy):
     """BR-MTRL's server on Flower's round loop; state: φ, the history and the rejected updates."""
 
@@ -146,9 +142,16 @@ class BRMTRLStrategy(Strategy):
         reachable = [p for p in sampled if self.roster.node_of[p] in online]
         self._round = {"t0": t0, "sampled": sampled, "sent": reachable,
                        "unreachable": [p for p in sampled if p not in reachable]}
+        return self._messages(reachable, server_round, lambda p: "train")
+
+    def _messages(self, partitions: list[int], r: int, kind: Any) -> list[Message]:
+        """One message per node and kind, naming the node's clients among ``partitions``."""
         payload = ArrayRecord({"shared": Array(self.shared.numpy())})
-        return [Message(RecordDict({"arrays": payload, "config": _config_record(self.cfg_json, server_round, p)}),
-                        dst_node_id=self.roster.node_of[p], message_type="train") for p in reachable]
+        groups: dict[tuple[int, str], list[int]] = {}
+        for p in partitions:
+            groups.setdefault((self.roster.node_of[p], kind(p)), []).append(p)
+        return [Message(RecordDict({"arrays": payload, "config": _config_record(self.cfg_json, r, ps)}),
+                        dst_node_id=node, message_type=t) for (node, t), ps in groups.items()]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -157,16 +160,22 @@ class BRMTRLStrategy(Strategy):
         answered: dict[int, Any] = {}
         failed: list[dict[str, Any]] = []
         for reply in replies:
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                node = reply.metadata.src_node_id
                 failed.append({"node": node, "reason": f"error reply: {reply.error.reason}"})
                 continue
-            metrics = reply.content["metrics"] if "metrics" in reply.content else {}
-            p = int(metrics.get("partition-id", -1))
-            if p not in sent or p in answered:
-                log.warning("round %d: reply for client %s was not expected; ignored", server_round, p)
+            try:
+                pids = [int(p) for p in reply.content["metrics"]["partition-ids"]]  # type: ignore[union-attr]
+                arrays = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord()
+            except (KeyError, TypeError, ValueError) as exc:
+                failed.append({"node": node, "reason": f"malformed reply ({type(exc).__name__}: {exc})"})
                 continue
-            answered[p] = reply.content["arrays"] if "arrays" in reply.content else None
+            for p in pids:
+                if p not in sent or p in answered or self.roster.node_of.get(p) != node:
+                    log.warning("round %d: reply for client %s from node %s was not expected; ignored",
+                                server_round, p, node)
+                    continue
+                answered[p] = arrays[f"delta-{p}"] if f"delta-{p}" in arrays else None
         missing = [p for p in sent if p not in answered]
         for p in missing:
             self.lost.add(self.roster.node_of[p])
@@ -183,7 +192,7 @@ class BRMTRLStrategy(Strategy):
         updates: list[Any] = []
         for p in senders:
             try:
-                updates.append(_tensor(answered[p], "delta") if "delta" in answered[p] else "no 'delta' array")
+                updates.append(torch.from_numpy(np.ascontiguousarray(answered[p].numpy())))
             except Exception as exc:  # a malformed array is screened out below, with its reason
                 updates.append(f"unreadable array ({type(exc).__name__})")
         attack = None
@@ -224,15 +233,9 @@ class BRMTRLStrategy(Strategy):
             self._finish_round(server_round, None)
             return []
         online = set(grid.get_node_ids()) - self.lost
-        payload = ArrayRecord({"shared": Array(self.shared.numpy())})
-        msgs = []
-        for p in self.roster.honest + sorted(self.roster.holdout):
-            if self.roster.node_of[p] not in online:
-                continue
-            kind = "query.transfer" if p in self.roster.holdout else "evaluate"
-            msgs.append(Message(RecordDict({"arrays": payload, "config": _config_record(self.cfg_json, server_round, p)}),
-                                dst_node_id=self.roster.node_of[p], message_type=kind))
-        return msgs
+        clients = [p for p in self.roster.honest + sorted(self.roster.holdout) if self.roster.node_of[p] in online]
+        holdout = self.roster.holdout
+        return self._messages(clients, server_round, lambda p: "query.transfer" if p in holdout else "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         if not self._eval_round(server_round):
@@ -244,11 +247,13 @@ class BRMTRLStrategy(Strategy):
                             reply.error.reason)
                 continue
             m = reply.content["metrics"]
-            res = EvalResult(float(m["accuracy"]), float(m["loss"]), int(m["num-examples"]))
-            if int(m["transfer"]):
-                transfer.append(res)
-            elif int(m["partition-id"]) in self.roster.honest:
-                honest.append(res)
+            honest_ids = set(self.roster.honest)
+            for p, acc, loss, n in zip(m["partition-ids"], m["accuracy"], m["loss"], m["num-examples"]):  # type: ignore[call-overload]
+                res = EvalResult(float(acc), float(loss), int(n))
+                if int(m["transfer"]):  # type: ignore[arg-type]
+                    transfer.append(res)
+                elif int(p) in honest_ids:
+                    honest.append(res)
         classification = not all(np.isnan(r.accuracy) for r in honest if r.num_samples)
         metrics = summarize(honest, weighted=self.cfg["eval.protocol"] == "fedrep", classification=classification)
         if transfer:
