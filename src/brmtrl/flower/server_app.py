@@ -130,6 +130,7 @@ class BRMTRLStrategy(Strategy):
         self.short_rounds: list[dict[str, Any]] = []
         self.lost: set[int] = set()  # nodes that stopped answering
         self.progress = progress
+        self.progress_file: Path | None = None
         self._round: dict[str, Any] = {}
         self.timing = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
 
@@ -273,6 +274,10 @@ class BRMTRLStrategy(Strategy):
                 self.progress.set_postfix(acc=f"{row['honest_acc_mean']:.4f}")
         if self.progress is not None:
             self.progress.update(1)
+        if self.progress_file is not None:
+            last = self.history[-1] if self.history else {}
+            write_json(self.progress_file, {"round": r, "rounds": self.cfg["train.rounds"],
+                                            "honest_acc_mean": last.get("honest_acc_mean")})
 
     def summary(self) -> None:
         log.info("BR-MTRL strategy: %s, f=%d, %d clients per round", self.agg.name, self.agg.f, self.m)
@@ -330,6 +335,8 @@ def run_server(grid: Grid, cfg: Config, out_dir: Path, *, engine: str, expected_
 
         bar = tqdm(total=cfg["train.rounds"], desc="rounds", unit="round", dynamic_ncols=True)
     strategy = BRMTRLStrategy(cfg, roster, initial_shared(cfg, roster), progress=bar)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    strategy.progress_file = out_dir / "progress.json"
     try:
         strategy.start(grid, ArrayRecord({"shared": Array(strategy.shared.numpy())}), num_rounds=cfg["train.rounds"],
                        timeout=cfg["flower.round_timeout"])
