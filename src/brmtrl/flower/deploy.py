@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from .node import config_to_json
+from .errors import DeployError
 
 __all__ = ["DeployError", "LocalFederation", "deploy_local", "make_ca", "make_node_keys"]
 
@@ -59,10 +59,6 @@ brmtrl-config = ""
 brmtrl-out = ""
 brmtrl-clients = 0
 """
-
-
-class DeployError(RuntimeError):
-    """The local federation could not be started or did not finish; the message says why."""
 
 
 def free_port() -> int:
@@ -344,6 +340,8 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
                 fed.start_supernode(f"supernode-{k}", node_config(clients), key=key)
             for stale in ("results.json", "error.txt"):
                 (out / stale).unlink(missing_ok=True)
+            from .node import config_to_json
+
             run_config = {"brmtrl-config": config_to_json(cfg), "brmtrl-out": str(out), "brmtrl-clients": n}
             bar = _ProgressWatcher(out, cfg["train.rounds"]) if progress else None
             try:

@@ -37,15 +37,12 @@ from ..local_update import RULES
 from ..report import write_json, write_outputs
 from ..server import Aggregation, server_step
 from ..split import get_flat
+from .errors import FederationError
 from .node import config_from_json, config_to_json
 
 __all__ = ["BRMTRLStrategy", "FederationError", "discover", "make_server_app", "run_server"]
 
 log = logging.getLogger("brmtrl")
-
-
-class FederationError(RuntimeError):
-    """The federation cannot go on (too few clients answer); the message says why."""
 
 
 class Roster:

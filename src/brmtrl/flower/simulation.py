@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from ..config import Config, ConfigError
+from ..config import Config
+from .errors import FederationError
 from .client_app import app as client_app
 from .server_app import make_server_app
 
@@ -36,11 +37,13 @@ def run_flower_simulation(cfg: Config, out_dir: str | Path, *, progress: bool = 
     backend = {"client_resources": resources, "init_args": {"num_cpus": cpus, "logging_level": logging.ERROR,
                                                             "log_to_driver": False}}
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     server = make_server_app(cfg, out, engine="flower-simulation", expected_clients=n, progress=progress)
     run_simulation(server_app=server, client_app=client_app, num_supernodes=n, backend_config=backend)
     err = out / "error.txt"
     if err.is_file():
-        raise ConfigError(f"the Flower simulation failed: {err.read_text().strip()}")
+        raise FederationError(f"the Flower simulation failed: {err.read_text().strip()}")
     import json
 
     result = json.loads((out / "results.json").read_text())
