@@ -1,0 +1,147 @@
+"""brmtrl deploy-local: a SuperLink and SuperNodes as real processes on 127.0.0.1.
+
+Each test starts its own federation on free ports and stops every process it started, also when the
+test fails (the federation is a context manager; deploy_local stops it in a finally block)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from brmtrl.config import load_config
+from brmtrl.engine import Simulation
+
+from .conftest import CONFIGS
+
+pytest.importorskip("flwr")
+
+from brmtrl.flower.deploy import (LocalFederation, _alive, _processes, deploy_local, make_node_keys,  # noqa: E402
+                                  node_config, split_clients)
+
+pytestmark = pytest.mark.slow
+
+
+def small(*overrides: str):
+    return load_config(CONFIGS / "quick.toml", ["device=cpu", "threads=1", "dataset.num_clients=8",
+                                                "train.rounds=2", *overrides])
+
+
+def flower_processes_of(work: Path) -> list[int]:
+    """Processes whose environment points at this federation's FLWR_HOME (everything it started)."""
+    home = f"FLWR_HOME={work / 'flwr-home'}".encode()
+    out = []
+    for pid in _processes():
+        try:
+            if home in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") and _alive(pid):
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def test_deploy_local_with_four_supernodes_matches_the_built_in_engine(tmp_path):
+    cfg = small()
+    res = deploy_local(cfg, tmp_path / "run", supernodes=4, timeout=300)
+    ref = Simulation(cfg).run()
+    assert res["engine"] == "flower"
+    assert abs(res["final"]["honest_acc_mean"] - ref["final"]["honest_acc_mean"]) <= 1e-3
+    assert res["final"]["byzantine_clients"] == ref["final"]["byzantine_clients"]
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png"}
+    logs = sorted(p.name for p in (tmp_path / "run" / "deploy").glob("supernode-*.log"))
+    assert logs == [f"supernode-{k}.log" for k in range(4)]
+    assert flower_processes_of(tmp_path / "run" / "deploy") == []  # nothing survives
+
+
+def test_tls_and_authentication_refuse_an_unregistered_supernode(tmp_path):
+    fed = LocalFederation(tmp_path / "fed", tls=True, auth=True)
+    with fed:
+        fed.start_superlink()
+        assert (fed.work / "certs" / "ca.crt").is_file()
+        good, pub = make_node_keys(fed.work / "keys", "good")
+        fed.register(pub)
+        stranger, _ = make_node_keys(fed.work / "keys", "stranger")
+        fed.start_supernode("good", node_config([0, 1, 2, 3]), key=good)
+        bad = fed.start_supernode("stranger", node_config([4, 5, 6, 7]), key=stranger)
+        assert bad.wait(timeout=60) != 0  # refused: it exits
+        assert "Failed to activate SuperNode" in (fed.work / "stranger.log").read_text()
+        good_proc = fed.procs["good"]
+        assert good_proc.poll() is None
+    assert flower_processes_of(fed.work) == []
+    # the whole run over TLS with authenticated nodes
+    res = deploy_local(small(), tmp_path / "secure", supernodes=2, tls=True, auth=True, timeout=300)
+    assert res["final"]["honest_acc_mean"] is not None
+    assert flower_processes_of(tmp_path / "secure" / "deploy") == []
+
+
+def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
+    """Four SuperNodes of 3 clients each; one replies with NaN updates, one is killed after round 1.
+    The run goes on with the others, rejects the NaN updates and lists the short rounds."""
+    from brmtrl.flower.node import config_to_json
+
+    cfg = small("dataset.num_clients=12", "train.rounds=4", "train.participation=1.0", "attack.name=none",
+                "flower.round_timeout=20", "flower.min_clients=3", "aggregator.name=median",
+                "train.eval_every=1")
+    out = tmp_path / "run"
+    fed = LocalFederation(out / "deploy")
+    with fed:
+        fed.start_superlink()
+        groups = split_clients(12, 4)
+        for k, clients in enumerate(groups):
+            fed.start_supernode(f"supernode-{k}", node_config(clients, {"fault": "nan"} if k == 1 else None))
+        run_config = {"brmtrl-config": config_to_json(cfg), "brmtrl-out": str(out), "brmtrl-clients": 12}
+        done: dict = {}
+        runner = threading.Thread(target=lambda: done.update(rc=fed.run_app(run_config, 300).returncode))
+        runner.start()
+        deadline = time.time() + 200
+        while time.time() < deadline:  # kill node 3 once round 1 is over
+            try:
+                if json.loads((out / "progress.json").read_text())["round"] >= 1:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        victim = fed.procs["supernode-3"]
+        os.killpg(victim.pid, signal.SIGKILL)
+        runner.join(timeout=280)
+        assert done.get("rc") == 0, (out / "deploy" / "flwr-run.log").read_text()[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert [h["round"] for h in res["history"]] == [1, 2, 3, 4]
+    killed = set(groups[3])
+    short = res["short_rounds"]
+    assert short and all(set(e["no_reply"]) | set(e["unreachable"]) <= killed for e in short)
+    assert any(set(e["no_reply"]) | set(e["unreachable"]) == killed for e in short)
+    assert {e["client"] for e in res["rejected_updates"]} == set(groups[1])  # the NaN node, every round
+    assert all("non-finite" in e["reason"] for e in res["rejected_updates"])
+    assert res["history"][-1]["updates_accepted"] == 6  # 12 clients - 3 NaN - 3 killed
+    assert res["final"]["honest_acc_mean"] is not None
+    assert flower_processes_of(out / "deploy") == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "brmtrl", "deploy-local", "--config", str(CONFIGS / "quick.toml"),
+                             "--set", "dataset.num_clients=8", "--set", "train.rounds=50", "--set", "device=cpu",
+                             "--supernodes", "2", "--out", str(out), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "progress.json").is_file():
+            time.sleep(0.2)
+        assert (out / "progress.json").is_file(), proc.stderr.read() if proc.poll() is not None else "no progress"
+        assert flower_processes_of(out / "deploy")  # the federation is running
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err
+    assert flower_processes_of(out / "deploy") == []
