@@ -151,7 +151,9 @@ class Simulation:
         sampled = self.sample_clients(r)
         byz = set(self.byzantine)
         record = RoundRecord(r, sampled, [c for c in sampled if c in byz])
+        t0 = time.perf_counter()
         results = self.local_updates(sampled, r)
+        train_s = time.perf_counter() - t0
         for c, res in zip(sampled, results):
             self.private[c] = res.private
         if self.rule.shared == "none":
@@ -159,7 +161,9 @@ class Simulation:
         senders = [c for c, res in zip(sampled, results) if res.delta is not None]
         record.no_update = [c for c, res in zip(sampled, results) if res.delta is None]
         updates = [self.attack(res.delta, c, r) for c, res in zip(sampled, results) if res.delta is not None]
+        t_agg = time.perf_counter()
         step = self.server_step(updates, senders, r)
+        step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6))
         for entry in step.rejected:
             entry = {"round": r, **entry}
             record.rejected.append(entry)

@@ -26,6 +26,7 @@ with a malformed update, for testing the server's screening).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -135,10 +136,12 @@ def train(message: Message, context: Context) -> Message:
     r = int(message.content["config"]["server-round"])
     shared = _tensor(message.content["arrays"], "shared")
     fault = str(context.node_config.get("fault", ""))
-    arrays, pids, counts, byz = ArrayRecord(), [], [], []
+    arrays, pids, counts, byz, seconds = ArrayRecord(), [], [], [], []
     for pid in _partitions(message, context):
         node = node_for(message, context, pid)
+        t0 = time.perf_counter()
         res, sent = node.train(shared, _private(node, context), r)
+        seconds.append(time.perf_counter() - t0)
         context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": _array(res.private)})
         if sent is not None and fault == "nan":
             sent = sent * float("nan")
@@ -149,7 +152,7 @@ def train(message: Message, context: Context) -> Message:
         pids.append(pid)
         counts.append(res.num_samples)
         byz.append(int(node.byzantine))
-    metrics = MetricRecord({"partition-ids": pids, "num-examples": counts, "byzantine": byz})
+    metrics = MetricRecord({"partition-ids": pids, "num-examples": counts, "byzantine": byz, "train-s": seconds})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
 
 

@@ -157,6 +157,7 @@ class BRMTRLStrategy(Strategy):
         sent = self._round["sent"]
         answered: dict[int, Any] = {}
         failed: list[dict[str, Any]] = []
+        train_s, slowest = 0.0, 0.0
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -164,6 +165,8 @@ class BRMTRLStrategy(Strategy):
                 continue
             try:
                 pids = [int(p) for p in reply.content["metrics"]["partition-ids"]]  # type: ignore[union-attr]
+                node_s = float(sum(reply.content["metrics"].get("train-s", [])))  # type: ignore[arg-type]
+                train_s, slowest = train_s + node_s, max(slowest, node_s)
                 arrays = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord()
             except (KeyError, TypeError, ValueError) as exc:
                 failed.append({"node": node, "reason": f"malformed reply ({type(exc).__name__}: {exc})"})
@@ -204,8 +207,11 @@ class BRMTRLStrategy(Strategy):
                 out = x.clone()
                 out[mask] = fn(x[mask], x[~mask], generator=gen, **kwargs).to(out.dtype)
                 return out
+        t_agg = time.perf_counter()
         step = server_step(updates, senders, self.agg, size=self.roster.shared_size, round_=server_round,
                            attack=attack, byzantine=[p in self.roster.byzantine for p in senders])
+        step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6),
+                         slowest_node_train_s=round(slowest, 6))
         for e in step.rejected:
             self.rejected.append({"round": server_round, **e})
         if step.step is not None:
