@@ -84,8 +84,6 @@ def test_tls_and_authentication_refuse_an_unregistered_supernode(tmp_path):
 def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
     """Four SuperNodes of 3 clients each; one replies with NaN updates, one is killed after round 1.
     The run goes on with the others, rejects the NaN updates and lists the short rounds."""
-    from brmtrl.flower.node import config_to_json
-
     cfg = small("dataset.num_clients=12", "train.rounds=4", "train.participation=1.0", "attack.name=none",
                 "flower.round_timeout=20", "flower.min_clients=3", "aggregator.name=median",
                 "train.eval_every=1")
@@ -96,9 +94,8 @@ def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
         groups = split_clients(12, 4)
         for k, clients in enumerate(groups):
             fed.start_supernode(f"supernode-{k}", node_config(clients, {"fault": "nan"} if k == 1 else None))
-        run_config = {"brmtrl-config": config_to_json(cfg), "brmtrl-out": str(out), "brmtrl-clients": 12}
         done: dict = {}
-        runner = threading.Thread(target=lambda: done.update(rc=fed.run_app(run_config, 300).returncode))
+        runner = threading.Thread(target=lambda: done.update(rc=fed.run_app(cfg, out, 12, 300).returncode))
         runner.start()
         deadline = time.time() + 200
         while time.time() < deadline:  # kill node 3 once round 1 is over

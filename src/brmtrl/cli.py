@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import SCHEMA, ConfigError, load_config, parse_override, validate
+from .checkpoint import RESUMABLE_KEYS
+from .config import SCHEMA, Config, ConfigError, load_config, parse_override, validate
 from .data import DataError
 from .flower.errors import FederationError as FlowerError
 
@@ -25,10 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a simulated federation")
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    src.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    src.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint "
+                                                     "(--set may change train.rounds, device, threads)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (repeatable), e.g. --set train.rounds=5")
-    run.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config>-<time>)")
+    run.add_argument("--out", metavar="DIR", help="output directory (default: a new runs/<config>-<time>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--engine", choices=("builtin", "flower"), default="builtin",
                      help="builtin: the in-process simulation; flower: Flower's simulation engine (Ray backend), "
@@ -46,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
                                                          "with the SuperLink, unregistered nodes are refused")
     dep.add_argument("--timeout", type=float, default=24 * 3600.0, metavar="S", help="give up after S seconds")
     dep.add_argument("--quiet", action="store_true", help="no progress bar")
+    fa = sub.add_parser("flower-app", help="write a Flower App directory and its run config for flwr run "
+                                           "on a real multi-machine federation (docs/deployment.md)")
+    fa.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")
+    fa.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    fa.add_argument("--out", metavar="DIR", required=True, help="the app directory to write")
+    fa.add_argument("--results", metavar="DIR", required=True,
+                    help="where the ServerApp writes results.json (a path on the SuperLink's host)")
+    fa.add_argument("--clients", type=int, default=0, metavar="N",
+                    help="clients to wait for (default: dataset.num_clients)")
+    keys = sub.add_parser("keygen", help="TLS certificates for a SuperLink, or a SuperNode's authentication key pair")
+    keys.add_argument("what", choices=("tls", "node"))
+    keys.add_argument("--out", metavar="DIR", required=True)
+    keys.add_argument("--host", action="append", default=[], metavar="NAME",
+                      help="tls: a host name or IP the SuperLink is reached at (repeatable; default 127.0.0.1, localhost)")
+    keys.add_argument("--name", default="supernode", help="node: the key files' name")
     sub.add_parser("keys", help="list every config key with its default and allowed values")
     return p
 
@@ -56,47 +73,95 @@ def _keys() -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .engine import Simulation
-    from .report import write_json, write_outputs
+def _resume_config(run_dir: Path, overrides: Sequence[str]) -> Config:
+    """The configuration of the run in ``run_dir`` (its ``config.json``) with ``--set`` overrides of
+    :data:`brmtrl.checkpoint.RESUMABLE_KEYS`; any other key may not change when resuming."""
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise DataError(f"--resume {str(run_dir)!r}: {CONFIG_FILE} not found; is this a brmtrl run directory?")
+    try:
+        values = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{str(cfg_path)!r} is not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise DataError(f"{str(cfg_path)!r} holds a JSON {type(values).__name__}, not a brmtrl configuration")
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(f"--set {text!r}: only {', '.join(RESUMABLE_KEYS)} may change when resuming a run")
+        values[key] = value
+    return validate(values, source=repr(str(cfg_path)))
 
+
+def new_run_dir(parent: Path, name: str) -> Path:
+    """Create and return a new directory ``parent/name``, or ``parent/name-2``, ``-3``, ... when it is
+    taken: runs started at the same instant (the default name has a one-second timestamp) never share
+    a directory, since creating one that exists fails."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ConfigError(f"no free run directory named {name}-N in {str(parent)!r}; pass --out DIR")
+
+
+def _default_run_dir(config: str, tag: str = "") -> Path:
+    """A new ``runs/<config>[-<tag>]-<YYYYmmdd-HHMMSS>[-N]`` directory (:func:`new_run_dir`)."""
+    parts = [Path(config).stem, *([tag] if tag else []), time.strftime("%Y%m%d-%H%M%S")]
+    return new_run_dir(Path("runs"), "-".join(parts))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Give back a run directory that a failed start left empty."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
-        cfg_path = run_dir / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise DataError(f"--resume {str(run_dir)!r}: {CONFIG_FILE} not found; is this a brmtrl run directory?")
-        try:
-            values = {k: v for k, v in json.loads(cfg_path.read_text()).items()}
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{str(cfg_path)!r} is not valid JSON ({exc})") from None
-        for text in args.overrides:
-            key, value = parse_override(text)
-            if key != "train.rounds":
-                raise ConfigError(f"--set {text!r}: only train.rounds may change when resuming a run")
-            values[key] = value
-        cfg = validate(values, source=repr(str(cfg_path)))
+        cfg = _resume_config(run_dir, args.overrides)
         if args.out and Path(args.out) != run_dir:
             raise ConfigError("--out cannot differ from --resume DIR: a resumed run writes into its own directory")
-    else:
-        cfg = load_config(args.config, args.overrides)
-        stem = Path(args.config).stem
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.engine == "flower":
-        if args.resume:
+        if args.engine == "flower":
             raise ConfigError("--resume works with the built-in engine only; Flower runs start afresh")
+        return _execute(args, cfg, run_dir)
+    cfg = load_config(args.config, args.overrides)
+    if args.out:
+        return _execute(args, cfg, Path(args.out))
+    run_dir = _default_run_dir(args.config)
+    try:
+        return _execute(args, cfg, run_dir)
+    except BaseException:
+        _remove_if_empty(run_dir)
+        raise
+
+
+def _execute(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    """Run ``cfg`` into ``run_dir`` (continuing its checkpoint with ``--resume``)."""
+    from .checkpoint import remove_stale_temps
+    from .engine import Simulation
+    from .report import write_outputs
+
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.engine == "flower":
         from .flower.simulation import run_flower_simulation
 
         write_json_dir(run_dir, cfg)
-        results = run_flower_simulation(cfg, run_dir, progress=not args.quiet and sys.stderr.isatty())
+        results = run_flower_simulation(cfg, run_dir, progress=progress)
         _print_summary(results, run_dir)
         return 0
-    sim = Simulation(cfg, out_dir=run_dir, progress=not args.quiet and sys.stderr.isatty())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    sim = Simulation(cfg, out_dir=run_dir, progress=progress)
     if args.resume:
+        remove_stale_temps(run_dir)
         sim.restore(run_dir)
         print(f"resuming {run_dir} at round {sim.start_round}", file=sys.stderr)
-    else:
-        write_json(run_dir / CONFIG_FILE, dict(cfg))
+    write_json_dir(run_dir, cfg)  # on resume too: the directory describes what was run (train.rounds, ...)
     results = sim.run()
     write_outputs(run_dir, results)
     _print_summary(results, run_dir)
@@ -104,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def write_json_dir(run_dir: Path, cfg: Any) -> None:
+    """Create ``run_dir`` and write the configuration to ``run_dir/config.json`` atomically."""
     from .report import write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,13 +186,35 @@ def _print_summary(results: dict[str, Any], run_dir: Path) -> None:
           f"{results['timing']['per_round_s']:.3f} s/round; results in {run_dir}/")
 
 
+def _flower_app(args: argparse.Namespace) -> int:
+    from .flower.deploy import write_app
+
+    cfg = load_config(args.config, args.overrides)
+    toml = write_app(Path(args.out), cfg, args.results, args.clients or cfg["dataset.num_clients"])
+    print(f"Flower App in {args.out}/; run it with: flwr run {args.out} <federation> --run-config {toml} --stream")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from .flower.deploy import make_ca, make_node_keys
+
+    out = Path(args.out)
+    if args.what == "tls":
+        paths = make_ca(out, tuple(args.host) or ("127.0.0.1", "localhost"))
+        print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    else:
+        priv, pub = make_node_keys(out, args.name)
+        print(f"private key: {priv} (stays on the node)\npublic key: {pub} (register it: flwr supernode register {pub})")
+    return 0
+
+
 def _deploy(args: argparse.Namespace) -> int:
     from .flower.deploy import deploy_local
 
     if args.supernodes < 1:
         raise ConfigError(f"--supernodes must be >= 1, got {args.supernodes}")
     cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-deploy-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.out) if args.out else _default_run_dir(args.config, "deploy")
     results = deploy_local(cfg, run_dir, supernodes=args.supernodes, tls=args.tls, auth=args.auth,
                            progress=not args.quiet and sys.stderr.isatty(), timeout=args.timeout)
     _print_summary(results, run_dir)
@@ -141,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys()
         if args.command == "deploy-local":
             return _deploy(args)
+        if args.command == "flower-app":
+            return _flower_app(args)
+        if args.command == "keygen":
+            return _keygen(args)
         return _run(args)
     except (ConfigError, DataError, FlowerError) as exc:
         print(f"brmtrl: error: {exc}", file=sys.stderr)

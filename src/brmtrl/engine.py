@@ -314,15 +314,28 @@ class Simulation:
         }
 
     def state(self, r: int) -> dict[str, Any]:
+        """What a checkpoint after round ``r`` holds: the run's state and the configuration it belongs
+        to, with its fingerprint (:mod:`brmtrl.checkpoint`)."""
+        from .checkpoint import config_fingerprint, config_identity
+
         return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(),
-                "history": self.history, "rejected": self.rejected, "elapsed": dict(self.elapsed)}
+                "history": self.history, "rejected": self.rejected, "elapsed": dict(self.elapsed),
+                "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg)}
 
     def checkpoint(self, r: int) -> Path:
+        """Write :meth:`state` atomically to ``out_dir/checkpoint.pt``."""
         assert self.out_dir is not None
         return save_checkpoint(self.out_dir, self.state(r))
 
     def restore(self, run_dir: str | Path) -> None:
-        st = load_checkpoint(run_dir)
+        """Continue from ``run_dir/checkpoint.pt``; a checkpoint of another configuration, or one whose
+        tensors do not fit this model, is a :class:`brmtrl.checkpoint.CheckpointError`."""
+        from .checkpoint import CHECKPOINT, check_fits
+
+        st = load_checkpoint(run_dir, cfg=self.cfg)
+        where = f"checkpoint {str(Path(run_dir) / CHECKPOINT)!r}"
+        check_fits("the shared vector (φ)", st["shared"], self.shared, where)
+        check_fits("the clients' private vectors (heads)", st["private"], self.private, where)
         self.shared = st["shared"].to(self.device)
         self.private = st["private"].to(self.device)
         self.history = list(st["history"])

@@ -1,15 +1,20 @@
-"""Run outputs: ``results.json``, ``metrics.csv`` and an accuracy-vs-round plot."""
+"""Run outputs: ``results.json``, ``metrics.csv`` and an accuracy-vs-round plot.
+
+``results.json`` and ``metrics.csv`` are written atomically (:func:`brmtrl.checkpoint.atomic_file`): a
+temporary file unique to the process and the write, flushed, synced and renamed over the final name.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_outputs", "write_json", "plot_history"]
+from .checkpoint import atomic_file, remove_stale_temps
+
+__all__ = ["write_outputs", "write_json", "write_metrics_csv", "plot_history"]
 
 
 def _clean(obj: Any) -> Any:
@@ -24,16 +29,18 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    """``obj`` as indented JSON (non-finite floats as null), written atomically."""
+    text = json.dumps(_clean(obj), indent=2) + "\n"
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """One row per evaluated round, columns in order of first appearance, written atomically."""
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    with open(path, "w", newline="") as fh:
+    with atomic_file(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         for row in history:
@@ -78,3 +85,4 @@ def write_outputs(out_dir: str | Path, results: dict[str, Any]) -> None:
              f"{c['attack']['name']} {c['attack']['byzantine_fraction']:.0%}")
     if results["history"]:
         plot_history(out / "accuracy.png", results["history"], title)
+    remove_stale_temps(out)

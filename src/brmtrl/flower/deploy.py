@@ -30,7 +30,7 @@ import numpy as np
 from ..config import Config
 from .errors import DeployError
 
-__all__ = ["DeployError", "LocalFederation", "deploy_local", "make_ca", "make_node_keys"]
+__all__ = ["DeployError", "LocalFederation", "deploy_local", "make_ca", "make_node_keys", "write_app"]
 
 APP_PYPROJECT = """\
 [build-system]
@@ -210,13 +210,10 @@ class LocalFederation:
             args += ["--auth-supernode-private-key", str(key)]
         return self._spawn(name, args + self._security())
 
-    def run_app(self, run_config: dict[str, Any], timeout: float) -> subprocess.CompletedProcess:
-        """Submit the brmtrl Flower App to the SuperLink and wait for the run to finish."""
+    def run_app(self, cfg: Config, out_dir: Path, clients: int, timeout: float) -> subprocess.CompletedProcess:
+        """Submit the brmtrl Flower App for ``cfg`` to the SuperLink and wait for the run to finish."""
         app = self.work / "app"
-        app.mkdir(parents=True, exist_ok=True)
-        (app / "pyproject.toml").write_text(APP_PYPROJECT)
-        toml = self.work / "run-config.toml"
-        toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
+        toml = write_app(app, cfg, str(out_dir), clients)
         cmd = [_bin("flwr"), "run", str(app), "local", "--run-config", str(toml), "--stream"]
         with open(self.work / "flwr-run.log", "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env(),
@@ -304,6 +301,19 @@ def _signal_all(pids: set[int], sig: int) -> None:
             pass
 
 
+def write_app(folder: Path, cfg: Config, out_dir: str, clients: int) -> Path:
+    """A Flower App directory for ``flwr run`` (its components live in the installed brmtrl) and the
+    run config that carries ``cfg``; returns the run-config file."""
+    from .node import config_to_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(APP_PYPROJECT)
+    run_config = {"brmtrl-config": config_to_json(cfg), "brmtrl-out": out_dir, "brmtrl-clients": clients}
+    toml = folder / "run-config.toml"
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
+    return toml
+
+
 def split_clients(num_clients: int, supernodes: int) -> list[list[int]]:
     """Contiguous ranges of clients, one per SuperNode."""
     return [list(map(int, part)) for part in np.array_split(np.arange(num_clients), supernodes) if len(part)]
@@ -340,12 +350,9 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
                 fed.start_supernode(f"supernode-{k}", node_config(clients), key=key)
             for stale in ("results.json", "error.txt"):
                 (out / stale).unlink(missing_ok=True)
-            from .node import config_to_json
-
-            run_config = {"brmtrl-config": config_to_json(cfg), "brmtrl-out": str(out), "brmtrl-clients": n}
             bar = _ProgressWatcher(out, cfg["train.rounds"]) if progress else None
             try:
-                done = fed.run_app(run_config, timeout)
+                done = fed.run_app(cfg, out, n, timeout)
             finally:
                 if bar is not None:
                     bar.close()
