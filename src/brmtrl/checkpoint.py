@@ -38,19 +38,32 @@ import re
 import secrets
 import threading
 import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from .data import DataError
 
-__all__ = ["CHECKPOINT", "RESUMABLE_KEYS", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "config_identity", "config_fingerprint", "check_config", "check_fits", "plain", "atomic_file",
-           "temp_path", "remove_stale_temps"]
+__all__ = [
+    "CHECKPOINT",
+    "RESUMABLE_KEYS",
+    "CheckpointError",
+    "atomic_file",
+    "check_config",
+    "check_fits",
+    "config_fingerprint",
+    "config_identity",
+    "load_checkpoint",
+    "plain",
+    "remove_stale_temps",
+    "save_checkpoint",
+    "temp_path",
+]
 
 log = logging.getLogger("brmtrl")
 
@@ -192,9 +205,11 @@ def config_fingerprint(cfg: Mapping[str, Any]) -> str:
 
 def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], limit: int = 6) -> str:
     """``key (checkpoint A, now B)`` for each key whose value differs, in one line."""
-    missing = object()
-    keys = [k for k in sorted(set(saved) | set(now)) if saved.get(k, missing) != now.get(k, missing)]
-    parts = [f"{k} (checkpoint {saved.get(k, 'unset')!r}, now {now.get(k, 'unset')!r})" for k in keys[:limit]]
+    def shown(values: Mapping[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "unset"
+
+    keys = [k for k in sorted(set(saved) | set(now)) if shown(saved, k) != shown(now, k)]
+    parts = [f"{k} (checkpoint {shown(saved, k)}, now {shown(now, k)})" for k in keys[:limit]]
     if len(keys) > limit:
         parts.append(f"and {len(keys) - limit} more")
     return ", ".join(parts)
@@ -279,7 +294,7 @@ def _read(path: Path) -> Any:
         with warnings.catch_warnings():  # torch warns (on stderr) about pickle protocols it does not expect
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a bad file
         refused = "Weights only load failed" in str(exc)
         why = "it holds more than tensors and plain data, and brmtrl never runs code from a checkpoint" \
             if refused else "it is damaged or not a checkpoint"

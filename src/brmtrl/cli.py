@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .checkpoint import RESUMABLE_KEYS
 from .config import SCHEMA, Config, ConfigError, load_config, parse_override, validate
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", metavar="FILE", help="TOML configuration file")
     src.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint "
-                                                     "(--set may change train.rounds, device, threads)")
+                                                     f"(--set may change {', '.join(RESUMABLE_KEYS)})")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (repeatable), e.g. --set train.rounds=5")
     run.add_argument("--out", metavar="DIR", help="output directory (default: a new runs/<config>-<time>)")
@@ -240,7 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `brmtrl keys | head`
         return 0
     except KeyboardInterrupt:
-        print("brmtrl: interrupted; continue with `brmtrl run --resume DIR`", file=sys.stderr)
+        hint = ("every Flower process it started was stopped" if args.command == "deploy-local"
+                else "continue with `brmtrl run --resume DIR`")
+        print(f"brmtrl: interrupted; {hint}", file=sys.stderr)
         return 130
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .checkpoint import atomic_file, remove_stale_temps
 
-__all__ = ["write_outputs", "write_json", "write_metrics_csv", "plot_history"]
+__all__ = ["plot_history", "write_json", "write_metrics_csv", "write_outputs"]
 
 
 def _clean(obj: Any) -> Any:

@@ -147,6 +147,8 @@ class LocalFederation:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ, FLWR_HOME=str(self.work / "flwr-home"), PYTHONUNBUFFERED="1")
+        # Flower starts helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name: find ours first
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
