@@ -71,6 +71,38 @@ def test_missing_or_broken_config_file(tmp_path, capsys):
     assert "does not exist" in err and "not valid TOML" in err and "unknown config key 'trian.rounds'" in err
 
 
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    from brmtrl import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt, *t: "20250101-120000")
+    for seed in (0, 1):
+        assert main(["run", "--config", str(CONFIGS / "quick.toml"), *FAST, "--set", f"seed={seed}", "--quiet"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["quick-20250101-120000", "quick-20250101-120000-2"]
+    seeds = [json.loads((tmp_path / "runs" / r / "config.json").read_text())["seed"] for r in runs]
+    assert seeds == [0, 1] and all((tmp_path / "runs" / r / "results.json").is_file() for r in runs)
+
+
+def test_new_run_dir_is_unique_when_runs_start_at_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from brmtrl.cli import new_run_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: new_run_dir(tmp_path / "runs", "quick-20250101-120000"), range(16)))
+    assert len(set(dirs)) == 16 and all(d.is_dir() for d in dirs)
+
+
+def test_a_failed_start_leaves_no_empty_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--config", str(CONFIGS / "quick.toml"), *FAST, "--set", "attack.byzantine_fraction=0.95",
+                 "--quiet"]) == 2
+    assert "no honest client" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    assert not (runs.exists() and list(runs.iterdir()))
+
+
 def test_argparse_errors_exit_2():
     p = run_cli("run")
     assert p.returncode == 2 and "Traceback" not in p.stderr

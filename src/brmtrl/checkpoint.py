@@ -86,7 +86,7 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 # temporary names of earlier brmtrl versions: .checkpoint.pt.<pid>.tmp and .<name>.tmp
 _OLD_TEMP = re.compile(r"^\.(?:checkpoint\.pt\.(?P<pid>\d+)|(?:results\.json|config\.json|progress\.json))\.tmp$")
 
-_in_flight: set[Path] = set()
+_in_flight: set[str] = set()  # names of this process's temporary files being written (names are unique)
 _in_flight_lock = threading.Lock()
 
 
@@ -116,7 +116,7 @@ def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Itera
     path = Path(path)
     tmp = temp_path(path)
     with _in_flight_lock:
-        _in_flight.add(tmp)
+        _in_flight.add(tmp.name)
     try:
         with open(tmp, mode, **open_kwargs) as fh:
             yield fh
@@ -132,7 +132,7 @@ def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Itera
         raise
     finally:
         with _in_flight_lock:
-            _in_flight.discard(tmp)
+            _in_flight.discard(tmp.name)
 
 
 def _process_gone(pid: int) -> bool:
@@ -164,7 +164,7 @@ def _is_stale(path: Path) -> bool:
     pid = int(m["pid"])
     if pid == os.getpid():
         with _in_flight_lock:
-            return path not in _in_flight
+            return path.name not in _in_flight
     return _process_gone(pid)
 
 
@@ -183,7 +183,7 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
         if entry.name.endswith(".tmp") and _is_stale(entry) and entry.is_file():
             try:
                 entry.unlink()
-            except FileNotFoundError:
+            except OSError:  # gone already, or not ours to remove: never fail a run over it
                 continue
             removed.append(entry)
     if removed:
