@@ -29,14 +29,14 @@ import json
 import time
 from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..client import EvalResult
 from ..federation import model_spec
 from .node import Node, config_from_json
+from .records import array, arrays_of, config_of, ints, scalar, tensor
 
 __all__ = ["app", "hosted_partitions", "node_for"]
 
@@ -78,7 +78,7 @@ def hosted_partitions(context: Context) -> list[int]:
 def node_for(message: Message, context: Context, partition: int) -> Node:
     """Client ``partition`` (one this node hosts) of the message's experiment, built once per config
     and partition in this process, then reused."""
-    cfg_json = str(message.content["config"]["brmtrl-config"])
+    cfg_json = str(config_of(message)["brmtrl-config"])
     hosted = hosted_partitions(context)
     if partition not in hosted:
         raise ValueError(f"partition {partition} is not hosted by this node (it hosts {hosted})")
@@ -95,19 +95,11 @@ def node_for(message: Message, context: Context, partition: int) -> Node:
     return _NODES[key]
 
 
-def _tensor(record: ArrayRecord, key: str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(record[key].numpy()))
-
-
-def _array(t: torch.Tensor) -> Array:
-    return Array(np.ascontiguousarray(t.detach().cpu().numpy()))
-
-
 def _partitions(message: Message, context: Context) -> list[int]:
     """The clients a message is for: ``config["partition-ids"]`` (default: all this node hosts)."""
-    cfg = message.content["config"]
+    cfg = config_of(message)
     if "partition-ids" in cfg:
-        return [int(p) for p in cfg["partition-ids"]]  # type: ignore[union-attr]
+        return ints(cfg["partition-ids"])
     return hosted_partitions(context)
 
 
@@ -123,7 +115,7 @@ def _eval_metrics(results: list[tuple[Node, EvalResult]], kind: str) -> MetricRe
 def _private(node: Node, context: Context) -> torch.Tensor | None:
     key = f"{PRIVATE}-{node.id}"
     if key in context.state:
-        return _tensor(context.state[key], "private")  # type: ignore[arg-type]
+        return tensor(context.state.array_records[key], "private")
     return None
 
 
@@ -133,8 +125,8 @@ app = ClientApp()
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Local updates of the clients named in the message (one or several hosted by this node)."""
-    r = int(message.content["config"]["server-round"])
-    shared = _tensor(message.content["arrays"], "shared")
+    r = int(scalar(config_of(message)["server-round"]))
+    shared = tensor(arrays_of(message), "shared")
     fault = str(context.node_config.get("fault", ""))
     arrays, pids, counts, byz, seconds = ArrayRecord(), [], [], [], []
     for pid in _partitions(message, context):
@@ -142,13 +134,13 @@ def train(message: Message, context: Context) -> Message:
         t0 = time.perf_counter()
         res, sent = node.train(shared, _private(node, context), r)
         seconds.append(time.perf_counter() - t0)
-        context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": _array(res.private)})
+        context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": array(res.private)})
         if sent is not None and fault == "nan":
             sent = sent * float("nan")
         elif sent is not None and fault == "size":
             sent = sent[:-1]
         if sent is not None:
-            arrays[f"delta-{pid}"] = _array(sent)
+            arrays[f"delta-{pid}"] = array(sent)
         pids.append(pid)
         counts.append(res.num_samples)
         byz.append(int(node.byzantine))
@@ -159,8 +151,8 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Each named client's test accuracy with its own head."""
-    r = int(message.content["config"]["server-round"])
-    shared = _tensor(message.content["arrays"], "shared")
+    r = int(scalar(config_of(message)["server-round"]))
+    shared = tensor(arrays_of(message), "shared")
     results = []
     for pid in _partitions(message, context):
         node = node_for(message, context, pid)
@@ -183,7 +175,7 @@ def describe(message: Message, context: Context) -> Message:
 @app.query("transfer")
 def transfer(message: Message, context: Context) -> Message:
     """Held-out clients: fit a fresh head on φ frozen, then score it."""
-    r = int(message.content["config"]["server-round"])
-    shared = _tensor(message.content["arrays"], "shared")
+    r = int(scalar(config_of(message)["server-round"]))
+    shared = tensor(arrays_of(message), "shared")
     results = [(n, n.transfer(shared, r)) for n in (node_for(message, context, p) for p in _partitions(message, context))]
     return Message(RecordDict({"metrics": _eval_metrics(results, "transfer")}), reply_to=message)

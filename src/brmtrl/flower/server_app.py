@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from ..server import Aggregation, server_step
 from ..split import get_flat
 from .errors import FederationError
 from .node import config_from_json, config_to_json
+from .records import arrays_of, config_of, floats, has, ints, metrics_of, scalar
 
 __all__ = ["BRMTRLStrategy", "FederationError", "discover", "make_server_app", "run_server"]
 
@@ -94,20 +95,21 @@ def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float) -
             if reply.has_error():
                 log.warning("node %s could not describe itself: %s", src, reply.error.reason)
                 continue
-            info = reply.content["config"]
-            for p, b, t, n in zip(info["partitions"], info["byzantine"], info["transfer"], info["train-samples"]):
+            info = config_of(reply)
+            flags = [cast(list, info[k]) for k in ("byzantine", "transfer")]
+            for p, b, t, n in zip(ints(info["partitions"]), flags[0], flags[1], ints(info["train-samples"])):
                 if p in roster.node_of:
                     raise FederationError(f"client {p} is hosted by two nodes ({roster.node_of[p]} and {src}); "
                                           "give every SuperNode its own partition-id")
-                roster.node_of[int(p)] = src
-                roster.train_samples[int(p)] = int(n)
+                roster.node_of[p] = src
+                roster.train_samples[p] = n
                 if b:
-                    roster.byzantine.add(int(p))
+                    roster.byzantine.add(p)
                 if t:
-                    roster.holdout.add(int(p))
-            roster.num_clients = int(info["num-clients"])
+                    roster.holdout.add(p)
+            roster.num_clients = int(scalar(info["num-clients"]))
             roster.model_spec = json.loads(str(info["model-spec"]))
-            roster.shared_size = int(info["shared-size"])
+            roster.shared_size = int(scalar(info["shared-size"]))
     return roster
 
 
@@ -164,10 +166,10 @@ class BRMTRLStrategy(Strategy):
                 failed.append({"node": node, "reason": f"error reply: {reply.error.reason}"})
                 continue
             try:
-                pids = [int(p) for p in reply.content["metrics"]["partition-ids"]]  # type: ignore[union-attr]
-                node_s = float(sum(reply.content["metrics"].get("train-s", [])))  # type: ignore[arg-type]
+                pids = ints(metrics_of(reply)["partition-ids"])
+                node_s = sum(floats(metrics_of(reply).get("train-s", [])))
                 train_s, slowest = train_s + node_s, max(slowest, node_s)
-                arrays = reply.content["arrays"] if "arrays" in reply.content else ArrayRecord()
+                arrays = arrays_of(reply) if has(reply, "arrays") else ArrayRecord()
             except (KeyError, TypeError, ValueError) as exc:
                 failed.append({"node": node, "reason": f"malformed reply ({type(exc).__name__}: {exc})"})
                 continue
@@ -223,7 +225,8 @@ class BRMTRLStrategy(Strategy):
                            train_s=time.perf_counter() - self._round["t0"])
         self.timing["train_s"] += self._round["train_s"]
         self.timing["rounds"] += 1
-        numeric = {k: float(v) for k, v in step.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric: dict[str, Any] = {k: float(v) for k, v in step.info.items()
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return ArrayRecord({"shared": Array(self.shared.numpy())}), MetricRecord(numeric)
 
     # -------------------------------------------------------------- evaluation
@@ -250,13 +253,15 @@ class BRMTRLStrategy(Strategy):
                 log.warning("round %d: evaluation failed on node %s: %s", server_round, reply.metadata.src_node_id,
                             reply.error.reason)
                 continue
-            m = reply.content["metrics"]
+            m = metrics_of(reply)
             honest_ids = set(self.roster.honest)
-            for p, acc, loss, n in zip(m["partition-ids"], m["accuracy"], m["loss"], m["num-examples"]):  # type: ignore[call-overload]
-                res = EvalResult(float(acc), float(loss), int(n))
-                if int(m["transfer"]):  # type: ignore[arg-type]
+            is_transfer = bool(scalar(m["transfer"]))
+            for p, acc, loss, n in zip(ints(m["partition-ids"]), floats(m["accuracy"]), floats(m["loss"]),
+                                       ints(m["num-examples"])):
+                res = EvalResult(acc, loss, n)
+                if is_transfer:
                     transfer.append(res)
-                elif int(p) in honest_ids:
+                elif p in honest_ids:
                     honest.append(res)
         classification = not all(np.isnan(r.accuracy) for r in honest if r.num_samples)
         metrics = summarize(honest, weighted=self.cfg["eval.protocol"] == "fedrep", classification=classification)
@@ -264,7 +269,8 @@ class BRMTRLStrategy(Strategy):
             accs = [r.accuracy for r in transfer if r.num_samples]
             metrics["transfer_acc_mean"] = float(np.mean(accs)) if accs else None
         self._finish_round(server_round, metrics)
-        return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        return MetricRecord({k: float(v) for k, v in metrics.items()  # type: ignore[misc]
+                             if isinstance(v, (int, float))})
 
     def _finish_round(self, r: int, metrics: dict[str, Any] | None) -> None:
         self.timing["eval_s"] += time.perf_counter() - self._round.get("e0", time.perf_counter())
