@@ -299,10 +299,13 @@ class Simulation:
         rounds = max(self.elapsed["rounds"], 1)
         return {
             "config": self.cfg.nested(),
+            "engine": "builtin",
             "data": self.data.summary(),
             "history": self.history,
             "final": final,
             "rejected_updates": self.rejected,
+            "short_rounds": [],  # rounds with fewer clients than sampled: never in one process
+            "notes": [],
             "timing": {
                 "total_s": round(self.elapsed.get("wall_s", 0.0), 4),
                 "per_round_s": round(self.elapsed["train_s"] / rounds, 4),
