@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import minimize
 
 from brmtrl.aggregators import (AGGREGATORS, geometric_median, geometric_median_result, krum, mean, median,
-                                multi_krum, trimmed_mean, weiszfeld_reference)
+                                multi_krum, pairwise_sq_distances, trimmed_mean, weiszfeld_reference)
 
 
 def rows(n: int, d: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -129,3 +129,201 @@ def test_docstring_examples():
     import brmtrl.aggregators as module
 
     assert doctest.testmod(module).failed == 0
+
+
+# --------------------------------------------------------------------------- huge values (issue 10)
+# Independent float64 oracles (numpy, no Gram matrix): distances of halved differences rescaled by their
+# largest entry, so nothing overflows even next to float64's maximum.
+def safe_norms(v: np.ndarray) -> np.ndarray:
+    v = np.atleast_2d(v) * 0.5
+    m = np.abs(v).max(axis=1)
+    with np.errstate(over="ignore"):
+        return 2.0 * m * np.linalg.norm(v / np.where(m > 0, m, 1.0)[:, None], axis=1)
+
+
+def exact_sq_dists(x: torch.Tensor) -> np.ndarray:
+    xn = x.double().numpy()
+    with np.errstate(over="ignore"):
+        return np.stack([safe_norms(xn - row) ** 2 for row in xn])
+
+
+def exact_gm(x: torch.Tensor, eps: float = 1e-8) -> np.ndarray:
+    """Smoothed Weiszfeld on the rows, z ← z + Σ min(1, dᵢ/ν) uᵢ / Σ 1/max(ν, dᵢ) (uᵢ the unit vector to
+    row i), so that a row beyond float64's range of distances still pulls with its direction."""
+    # work about the coordinate-wise median c (exact for rows near c), so that the stopping rule can be
+    # relative to the distances even when the rows sit far from the origin
+    c = np.median(x.double().numpy(), axis=0)
+    with np.errstate(over="ignore"):
+        xn = x.double().numpy() - c
+    if not np.isfinite(xn).all():
+        xn, c = x.double().numpy(), np.zeros_like(c)
+    z = np.zeros_like(c) if c.any() else np.median(xn, axis=0)
+    for _ in range(100_000):
+        v = xn * 0.5 - z * 0.5
+        m = np.abs(v).max(axis=1)
+        v = v / np.where(m > 0, m, 1.0)[:, None]
+        r = np.linalg.norm(v, axis=1)
+        u = v / np.where(r > 0, r, 1.0)[:, None]
+        with np.errstate(over="ignore"):
+            dist = 2.0 * m * r
+        step = (np.minimum(dist / eps, 1.0)[:, None] * u).sum(axis=0) / (1.0 / np.maximum(dist, eps)).sum()
+        z = z + step
+        if np.linalg.norm(step) <= 1e-15 * max(float(np.median(dist)), eps):
+            return z + c
+    raise AssertionError("oracle did not converge")
+
+
+def exact_krum_scores(x: torch.Tensor, f: int) -> np.ndarray:
+    d2 = exact_sq_dists(x)
+    np.fill_diagonal(d2, np.inf)
+    return np.sort(d2, axis=1)[:, :x.shape[0] - f - 2].sum(axis=1)
+
+
+def one_huge_row(m: float, n: int = 10, d: int = 5000, sigma: float = 0.01, seed: int = 0, dtype=torch.float64):
+    """The reproduction of issue 10: n − 1 rows ~ N(0, σ²), row 0 uniform in ±M."""
+    g = torch.Generator().manual_seed(seed)
+    x = sigma * torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[0] = (torch.rand(d, generator=g, dtype=torch.float64) * 2 - 1) * m
+    return x.to(dtype)
+
+
+def median_distance(x: torch.Tensor, z: np.ndarray) -> float:
+    return float(np.median(safe_norms(x.double().numpy() - z)))
+
+
+@pytest.mark.parametrize("tol", [1e-8, 1e-11])
+@pytest.mark.parametrize("m", [1e3, 1e8, 1e12, 1e30, 1e300, 1.7e308])
+def test_geometric_median_is_exact_next_to_one_huge_row(m, tol):
+    x = one_huge_row(m)
+    res = geometric_median_result(x, tol=tol)
+    ref = exact_gm(x)
+    err = float(safe_norms(res.point.numpy() - ref)[0])
+    assert res.converged  # and truthfully so:
+    assert err <= tol * median_distance(x, ref), err
+    assert np.isfinite(res.weights.numpy()).all() and abs(float(res.weights.sum()) - 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("m", [1e3, 1e12, 1e30, 3e38])
+def test_geometric_median_float32_next_to_one_huge_row(m):
+    x = one_huge_row(m, dtype=torch.float32)
+    res = geometric_median_result(x)
+    ref = exact_gm(x)
+    assert res.point.dtype == torch.float32 and res.converged
+    # float32 output: within a few float32 roundings of the exact median
+    assert float(safe_norms(res.point.double().numpy() - ref)[0]) <= 1e-7 * median_distance(x, ref)
+
+
+def test_converged_is_false_when_the_iterations_run_out():
+    x = one_huge_row(1e12)
+    res = geometric_median_result(x, tol=1e-12, max_iter=2)
+    assert not res.converged and res.iterations == 2
+
+
+def test_slowly_converging_geometric_median_stops_within_tolerance():
+    # a row next to the honest rows' median: Weiszfeld converges slowly (rate ~0.8), so a small step alone
+    # does not mean a small error; the stopping rule accounts for the observed rate
+    g = torch.Generator().manual_seed(1)
+    x = 0.01 * torch.randn(11, 5000, generator=g, dtype=torch.float64)
+    x[0] = torch.from_numpy(exact_gm(x[1:]))
+    x[1] = 1e30
+    for tol in (1e-8, 1e-10):
+        res = geometric_median_result(x, tol=tol)
+        ref = exact_gm(x)
+        assert res.converged
+        assert float(safe_norms(res.point.numpy() - ref)[0]) <= tol * median_distance(x, ref)
+
+
+def outlier_rows(m: float, n: int = 10, d: int = 1000, seed: int = 11) -> torch.Tensor:
+    """9 honest rows 1 + 10⁻⁶·N(0, 1) (tiny spread: distances resolved only about a central row), row 3
+    uniform in ±M."""
+    g = torch.Generator().manual_seed(seed)
+    x = 1.0 + 1e-6 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[3] = (torch.rand(d, generator=g, dtype=torch.float64) * 2 - 1) * m
+    return x
+
+
+@pytest.mark.parametrize("m", [1e3, 1e8, 1e12, 1e30])
+@pytest.mark.parametrize("rule", ["geometric_median", "krum", "multi_krum", "median", "trimmed_mean"])
+def test_every_robust_rule_is_exact_next_to_a_huge_outlier(rule, m):
+    x = outlier_rows(m)
+    xn = x.numpy()
+    if rule == "geometric_median":
+        ref = exact_gm(x)
+        assert float(safe_norms(geometric_median(x).numpy() - ref)[0]) <= 1e-8 * median_distance(x, ref)
+    elif rule == "krum":   # the row Krum picks with exact distances
+        assert torch.equal(krum(x, f=1), x[int(np.argmin(exact_krum_scores(x, 1)))])
+    elif rule == "multi_krum":
+        best = np.argsort(exact_krum_scores(x, 1), kind="stable")[:3]
+        np.testing.assert_allclose(multi_krum(x, f=1, m=3).numpy(), xn[best].mean(axis=0), rtol=1e-15, atol=0)
+    elif rule == "median":
+        np.testing.assert_array_equal(median(x).numpy(), np.median(xn, axis=0))
+    else:
+        np.testing.assert_allclose(trimmed_mean(x, f=1).numpy(), np.sort(xn, axis=0)[1:-1].mean(axis=0),
+                                   rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("m", [1e3, 1e8, 1e30, 1e300])
+def test_pairwise_sq_distances_keep_honest_pairs_exact_next_to_a_huge_row(m):
+    x = outlier_rows(m)
+    got, ref = pairwise_sq_distances(x).numpy(), exact_sq_dists(x)
+    honest = [i for i in range(x.shape[0]) if i != 3]
+    np.testing.assert_allclose(got[np.ix_(honest, honest)], ref[np.ix_(honest, honest)], rtol=1e-9, atol=0)
+    far = got[3, honest]
+    assert not np.isnan(got).any()
+    if m < 1e150:
+        np.testing.assert_allclose(far, ref[3, honest], rtol=1e-12)
+    else:   # beyond float64's range
+        assert np.isinf(far).all()
+
+
+@pytest.mark.parametrize("m", [1e30, 3e38])
+def test_krum_and_geometric_median_float32_with_overflowing_squares(m):
+    x = outlier_rows(1.0).float()
+    x[3] = m
+    assert torch.equal(krum(x, f=1), x[int(np.argmin(exact_krum_scores(x, 1)))])
+    ref = exact_gm(x)
+    # the honest spread (10⁻⁶) is a few float32 ulps: the float32 result is the exact median rounded to
+    # float32, within one ulp per coordinate
+    got = geometric_median(x)
+    assert got.dtype == torch.float32
+    assert (np.abs(got.double().numpy() - ref) <= 2.0 ** -23 * np.abs(ref)).all()
+
+
+def test_krum_resists_an_attacker_that_looks_central_on_sampled_columns():
+    # The first Gram centre is the row nearest the coordinate-wise median of a few columns; rows that
+    # copy that median on every 16th block and are huge elsewhere must not spoil the distances.
+    n, d, f = 11, 4096, 4
+    x = outlier_rows(0.0, n=n, d=d)
+    med = x[f:].median(dim=0).values
+    for i in range(f):
+        x[i] = torch.where(torch.arange(d) % 256 < 16, med, torch.full((d,), 1e200, dtype=torch.float64))
+        x[i, 0] = med[0]
+    assert torch.equal(krum(x, f=f), x[int(np.argmin(exact_krum_scores(x, f)))])
+    ref = exact_gm(x)
+    res = geometric_median_result(x)
+    assert res.converged and float(safe_norms(res.point.numpy() - ref)[0]) <= 1e-8 * median_distance(x, ref)
+
+
+def test_weiszfeld_reference_is_safe_near_float64_max():
+    for m in (1e300, 1.7e308):
+        x = one_huge_row(m, d=500)
+        ref = exact_gm(x, eps=1e-12)
+        got = weiszfeld_reference(x, tol=1e-14)
+        assert float(safe_norms(got.numpy() - ref)[0]) <= 1e-10 * median_distance(x, ref)
+
+
+def test_median_of_even_n_averages_the_middle_two():
+    x = torch.tensor([[1.0, 10.0], [2.0, 20.0], [4.0, 40.0], [100.0, -100.0]])
+    out = median(x)
+    assert out.dtype == torch.float32 and torch.equal(out, torch.tensor([3.0, 15.0]))
+    # the average is taken in float64: no overflow at float64's maximum, no loss of the last bit
+    big = torch.tensor([[1.7e308], [1.0], [1.6e308], [1.79e308]], dtype=torch.float64)
+    assert torch.equal(median(big), torch.tensor([0.5 * 1.6e308 + 0.5 * 1.7e308], dtype=torch.float64))
+    tiny = torch.tensor([[1.0], [1.0 + 2.0 ** -52], [0.0], [5.0]], dtype=torch.float64)
+    assert torch.equal(median(tiny), torch.tensor([1.0 + 2.0 ** -53], dtype=torch.float64))
+
+
+def test_median_of_even_n_is_unbiased():
+    # the lower median of 10 standard normal values has mean ≈ −0.12; the average of the two middle ones 0
+    x = torch.randn(10, 200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(float(median(x).mean())) < 0.01
