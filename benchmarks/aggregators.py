@@ -277,7 +277,7 @@ def main() -> None:
         if byz and cell["bz_krum"][2] is not None:
             ck["krum_pick"] += f", ByzFL {pick(cell['bz_krum'][2])}"
         checks.append(ck)
-        del x, x64, cell
+        del x64, cell   # x is rebound by the next cell (the timed lambdas close over it)
         if flower is not None:
             del contents
         gc.collect()
