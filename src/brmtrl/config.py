@@ -142,6 +142,29 @@ class AnyOf:
         return " or ".join(c.describe() for c in self.choices)
 
 
+@dataclass(frozen=True)
+class ListOf:
+    """A list whose items each satisfy ``item`` (``transfer.shots``: ints >= 1; ``aggregator.pre``: names),
+    at least ``min_len`` long, without repeats when ``unique``. Returned as a list of checked items."""
+
+    item: Any
+    min_len: int = 0
+    unique: bool = False
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) < self.min_len:
+            raise TypeError
+        out = [self.item.check(v) for v in value]
+        if self.unique and len(set(map(repr, out))) != len(out):
+            raise TypeError
+        return out
+
+    def describe(self) -> str:
+        words = ["a list of"] + ([f"at least {self.min_len}"] if self.min_len else []) + \
+            (["distinct"] if self.unique else []) + [f"items, each {self.item.describe()}"]
+        return " ".join(words)
+
+
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
