@@ -24,10 +24,11 @@ from . import attacks as attack_mod
 from .local_update import (Augment, LocalRule, SGDSettings, compute_features, evaluate, train_heads_together,
                            train_phases)
 from .models import SplitModel
-from .split import get_flat, set_flat
+from .split import Part, get_flat, set_flat
 
 __all__ = ["ClientResult", "EvalResult", "attack_update", "client_generator", "evaluate_client", "features_of",
-           "fit_heads", "sent_update", "train_client", "train_clients", "training_data", "transfer_sample"]
+           "fine_tune_and_evaluate", "fit_heads", "sent_update", "train_client", "train_clients", "training_data",
+           "transfer_sample"]
 
 Data = tuple[torch.Tensor, torch.Tensor]
 
@@ -53,7 +54,8 @@ class EvalResult:
 
 def client_generator(seed: int, round_: int, client: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for one client in one round, independent of every other (seed, round, client,
-    stream): stream 0 trains, 2 attacks, 3 transfers, 4 refits heads for evaluation. Every engine
+    stream): stream 0 trains, 2 attacks, 3 transfers, 4 refits heads for evaluation, 5 fine-tunes
+    (``fedavg_ft``), 6 draws the few-shot samples of ``transfer.shots``. Every engine
     draws from these, so a client trains the same wherever it runs."""
     state = np.random.SeedSequence([seed, round_, client, stream]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
@@ -165,3 +167,21 @@ def features_of(model: SplitModel, shared: torch.Tensor, x: torch.Tensor) -> tor
     set_flat(model, "rep", shared)
     model.eval()
     return compute_features(model, x)
+
+
+def fine_tune_and_evaluate(model: SplitModel, weights: torch.Tensor, train: Data, test: Data, part: Part,
+                           epochs: int, sgd: SGDSettings, generator: torch.Generator,
+                           augment: Augment | None = None) -> EvalResult:
+    """Load a whole model (``weights``, as :func:`brmtrl.split.get_flat` of part ``all`` gives it),
+    train ``part`` of it (``all`` or ``head``) for ``epochs`` on ``train``, then score it on ``test``.
+    FedAvg with fine-tuning (``fedavg_ft``) evaluates each client this way; the transfer baselines
+    (FedAvg's model fine-tuned, the network trained from scratch) too. ``model`` is overwritten."""
+    x, y = test
+    if len(y) == 0:
+        return EvalResult(float("nan"), float("nan"), 0)
+    set_flat(model, "all", weights)
+    train_phases(model, train[0], train[1], [(part, epochs)], sgd, generator, augment)
+    model.eval()
+    with torch.no_grad():
+        acc, loss = evaluate(model, x, y)
+    return EvalResult(acc, loss, len(y))

@@ -172,7 +172,7 @@ def _fmt(x: float) -> str:
 # --------------------------------------------------------------------------- the schema
 DATASETS = ("synthetic_classification", "synthetic_linear", "cifar10", "femnist")
 MODELS = ("auto", "cnn_cifar", "cnn_femnist", "mlp", "linear")
-ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedper", "lg_fedavg", "local")
+ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedavg_ft", "fedper", "lg_fedavg", "local")
 AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "median", "trimmed_mean")
 ATTACKS = ("none", "gaussian", "sign_flip", "label_flip", "random")
 
@@ -246,6 +246,16 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "transfer.clients": (0, NONNEG_INT, "clients held out of training; at each evaluation they fit only a head on φ"),
     "transfer.samples": (10, POS_INT, "training samples a held-out client fits its head on"),
     "transfer.epochs": (10, POS_INT, "head epochs of a held-out client"),
+    "transfer.shots": ([], ListOf(Interval(int, 1, None), unique=True),
+                       "after training, each held-out client fits on k labelled samples per class of its own "
+                       "classes, for each k in the list (e.g. [1, 5, 10, 20]); results.json 'transfer', transfer.png"),
+    "transfer.scratch_epochs": (50, POS_INT, "transfer.shots: epochs of the baseline trained from scratch on the k-shot samples"),
+    "transfer.fedavg_run": ("", Text(), "transfer.shots: directory of a finished fedavg run on the same dataset and "
+                            "model; its global model, fine-tuned on the same samples, is the third baseline"),
+    # FedAvg with fine-tuning
+    "finetune.epochs": (5, POS_INT, "fedavg_ft (and the FedAvg transfer baseline): epochs each client fine-tunes "
+                        "the global model on its training data before it is evaluated"),
+    "finetune.part": ("all", Options(("all", "head")), "fedavg_ft: what is fine-tuned, the whole model or its last layer"),
     # the Flower engines (brmtrl run --engine flower, brmtrl deploy-local)
     "flower.min_clients": (1, POS_INT, "Flower: stop the run when fewer clients than this answer in a round"),
     "flower.round_timeout": (600.0, POS_FLOAT, "Flower: seconds to wait for the replies of a round; "
@@ -350,6 +360,9 @@ def _cross_checks(c: dict[str, Any]) -> None:
     if c["transfer.clients"] >= c["dataset.num_clients"]:
         raise ConfigError(f"config key 'transfer.clients' must be < dataset.num_clients ({c['dataset.num_clients']}). "
                           f"Got {c['transfer.clients']} instead.")
+    if c["transfer.shots"] and not c["transfer.clients"]:
+        raise ConfigError(f"config key 'transfer.shots' = {c['transfer.shots']} needs held-out clients; "
+                          "set transfer.clients > 0")
     model, data = c["model.name"], c["dataset.name"]
     if model == "cnn_cifar" and data != "cifar10":
         raise ConfigError(f"config key 'model.name' = 'cnn_cifar' needs dataset.name = 'cifar10', not {data!r}")

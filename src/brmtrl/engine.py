@@ -23,14 +23,15 @@ from . import attacks as attack_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError
 from .data import FederatedData, augmentation_for, load_data, principal_angle_distance
-from .client import (ClientResult, EvalResult, client_generator, evaluate_client, features_of, fit_heads,
-                     sent_update, train_client, train_clients, training_data, transfer_sample)
+from .client import (ClientResult, EvalResult, client_generator, evaluate_client, features_of, fine_tune_and_evaluate,
+                     fit_heads, sent_update, train_client, train_clients, training_data, transfer_sample)
 from .evaluation import summarize
 from .local_update import RULES, LocalRule, SGDSettings
 from .federation import build_client_model, byzantine_clients, holdout_clients, num_sampled, sample_clients
 from .models import SplitModel, linear_representation
 from .server import Aggregation, StepResult, server_step
-from .split import get_flat
+from .split import get_flat, set_flat
+from .transfer import transfer_study
 
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
 
@@ -94,6 +95,8 @@ class Simulation:
         # state: the server's shared vector and every client's private vector
         self.shared = get_flat(self.model, self.rule.shared).to(self.device)
         self.initial_private = get_flat(self.model, self.rule.private).to(self.device)
+        self.initial_all = get_flat(self.model, "all").to(self.device)   # the from-scratch transfer baseline
+        self.transfer: dict[str, Any] | None = None
         self.private = self.initial_private.unsqueeze(0).repeat(n, 1)
         self.history: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
@@ -144,6 +147,10 @@ class Simulation:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if self.cfg["transfer.shots"] and self.history and self.history[-1]["round"] == rounds:
+            t1 = time.perf_counter()
+            self.transfer = transfer_study(self)
+            self.elapsed["transfer_s"] = time.perf_counter() - t1
         self.elapsed["wall_s"] = time.perf_counter() - t_start
         return self.results()
 
@@ -234,6 +241,8 @@ class Simulation:
         feats = features_of(self.model, self.shared[:self._rep_size()], self.data.test_x) if shared_rep else None
         honest = self.honest
         privates = self.private[honest]
+        if self.rule.name == "fedavg_ft":
+            return self._evaluate_fine_tuned(r)
         fedrep = self.cfg["eval.protocol"] == "fedrep"
         if fedrep and self.rule.private == "head" and self.cfg["train.head_epochs"] > 0:
             data = [self.client_data(c) for c in honest]
@@ -256,6 +265,23 @@ class Simulation:
         b = linear_representation(self.model)
         if "B_star" in self.data.extras and shared_rep and b is not None:
             out["subspace_distance"] = principal_angle_distance(b.cpu().double().numpy(), self.data.extras["B_star"])
+        return out
+
+    def _evaluate_fine_tuned(self, r: int) -> dict[str, Any]:
+        """FedAvg with fine-tuning: each honest client fine-tunes a copy of the global model
+        (``finetune.part`` for ``finetune.epochs`` on its training data, augmented as in training) and
+        is scored with it; the global model itself is unchanged."""
+        results = []
+        for c in self.honest:
+            idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
+            results.append(fine_tune_and_evaluate(
+                self.model, self.shared, self.client_data(c), (self.data.test_x[idx], self.data.test_y[idx]),
+                self.cfg["finetune.part"], self.cfg["finetune.epochs"], self.sgd,
+                client_generator(self.cfg["seed"], r, c, stream=5), self.augment))
+        set_flat(self.model, "all", self.shared)
+        out: dict[str, Any] = {"round": r}
+        out.update(summarize(results, weighted=self.cfg["eval.protocol"] == "fedrep",
+                             classification=self.data.task == "classification"))
         return out
 
     def _rep_size(self) -> int:
@@ -304,6 +330,7 @@ class Simulation:
             "history": self.history,
             "final": final,
             "rejected_updates": self.rejected,
+            "transfer": self.transfer,
             "short_rounds": [],  # rounds with fewer clients than sampled: never in one process
             "notes": [],
             "timing": {

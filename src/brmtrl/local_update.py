@@ -63,6 +63,9 @@ RULES: dict[str, LocalRule] = {
                         "alternating GD: head epochs with φ frozen, then φ epochs with the head frozen; sends φ"),
     "fedrep": LocalRule("fedrep", "rep", _alternating, "FedRep (Collins et al. 2021): same local rule as brmtrl"),
     "fedavg": LocalRule("fedavg", "all", _whole, "FedAvg: trains and sends the whole model"),
+    "fedavg_ft": LocalRule("fedavg_ft", "all", _whole,
+                           "FedAvg, then each client fine-tunes the global model before it is evaluated "
+                           "(finetune.part for finetune.epochs on its training data; the global model is unchanged)"),
     "fedper": LocalRule("fedper", "rep", _whole, "FedPer (Arivazhagan et al. 2019): trains all jointly, sends φ"),
     "lg_fedavg": LocalRule("lg_fedavg", "top", _whole,
                            "LG-FedAvg (Liang et al. 2020): local lower layers, shared top layers "

@@ -85,4 +85,8 @@ def write_outputs(out_dir: str | Path, results: dict[str, Any]) -> None:
              f"{c['attack']['name']} {c['attack']['byzantine_fraction']:.0%}")
     if results["history"]:
         plot_history(out / "accuracy.png", results["history"], title)
+    if results.get("transfer"):
+        from .transfer import plot_transfer
+
+        plot_transfer(out / "transfer.png", results["transfer"], "new clients · " + title)
     remove_stale_temps(out)
