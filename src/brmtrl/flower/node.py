@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..client import (ClientResult, EvalResult, client_generator, evaluate_client, fit_heads, sent_update,
-                      train_client, training_data, transfer_sample)
+from ..client import (ClientResult, EvalResult, client_generator, evaluate_client, fine_tune_and_evaluate, fit_heads,
+                      sent_update, train_client, training_data, transfer_sample)
 from ..config import Config, validate
 from ..data import FederatedData, load_data
 from ..engine import resolve_device
@@ -98,6 +98,10 @@ class Node:
         is first refitted on ``shared`` (scoring only), as the built-in engine does."""
         private = self.initial_private if private is None else private.to(self.device)
         shared = shared.to(self.device)
+        if self.rule.name == "fedavg_ft":   # a fine-tuned copy of the global model, as the built-in engine scores it
+            return fine_tune_and_evaluate(self.model, shared, self._train_data(), self._test_data(),
+                                          self.cfg["finetune.part"], self.cfg["finetune.epochs"], self.sgd,
+                                          client_generator(self.cfg["seed"], r, self.id, stream=5), self.augment)
         if self.cfg["eval.protocol"] == "fedrep" and self.rule.private == "head" and self.cfg["train.head_epochs"] > 0:
             data = self._train_data()
             if len(data[1]):

@@ -313,8 +313,11 @@ class BRMTRLStrategy(Strategy):
             "final": final,
             "rejected_updates": self.rejected,
             "short_rounds": self.short_rounds,
+            "transfer": None,
             "notes": ["Byzantine roles come from each node's config (or the seed); attacks that need the "
-                      "round's honest updates run in the server step (simulation only)"],
+                      "round's honest updates run in the server step (simulation only)"]
+            + (["transfer.shots (the few-shot study of new clients) runs on the built-in engine only"]
+               if self.cfg["transfer.shots"] else []),
             "timing": {"total_s": round(wall_s, 4), "per_round_s": round(self.timing["train_s"] / rounds, 4),
                        "eval_total_s": round(self.timing["eval_s"], 4), "rounds_timed": self.timing["rounds"],
                        "device": "nodes"},
