@@ -339,3 +339,44 @@ def test_summary_reports_empty_clients_without_crashing():
     assert s["clients_without_test"] == sum(len(i) == 0 for i in tei) > 0
     empty = FederatedData("none", x, torch.as_tensor(ytr), x, torch.as_tensor(ytr), [], [], 10, "linear").summary()
     assert empty["num_clients"] == 0 and empty["train_per_client_min"] == empty["test_per_client_min"] == 0
+
+
+# --------------------------------------------------------------------------- FedRep's FEMNIST protocol (issue 9)
+def test_lognormal_classes_gives_each_client_its_classes_disjointly():
+    import numpy as np
+
+    from brmtrl.data.partition import lognormal_classes
+
+    y = np.repeat(np.arange(10), 100)
+    train, test = lognormal_classes(y, 20, 3, 1.0, 0.1, np.random.default_rng(0))
+    every = np.concatenate(train + test)
+    assert len(every) == len(y) == len(np.unique(every))          # each sample to exactly one client
+    for i, (tr, te) in enumerate(zip(train, test)):
+        assert set(y[np.concatenate([tr, te])]) == {(3 * i + j) % 10 for j in range(3)}
+        assert len(te) == max(1, round(0.1 * (len(tr) + len(te))))
+    sizes = np.array([len(t) for t in train])
+    assert sizes.std() / sizes.mean() > 0.2                          # log-normal counts, not equal shares
+
+
+def test_femnist_fedrep_protocol_on_the_shared_sample():
+    from brmtrl.config import load_config
+    from brmtrl.data import DataError, load_data
+
+    need(FEMNIST)
+    cfg = load_config(CONFIGS / "femnist_fedrep.toml", [f"dataset.root={json.dumps(str(FEMNIST))}"])
+    d = load_data(cfg)
+    assert d.num_clients == 30 and d.num_classes == 10
+    assert int(d.train_y.min()) == 0 and int(d.train_y.max()) == 9
+    for i in range(d.num_clients):
+        mine = set(d.train_y[d.train_idx[i]].tolist()) | set(d.test_y[d.test_idx[i]].tolist())
+        assert mine <= {(3 * i + j) % 10 for j in range(3)} and len(d.test_idx[i]) >= 1
+    with pytest.raises(DataError, match="dataset.num_clients = 400 is too many"):
+        load_data(load_config(CONFIGS / "femnist_fedrep.toml",
+                              [f"dataset.root={json.dumps(str(FEMNIST))}", "dataset.num_clients=400"]))
+
+
+def test_fedrep_partition_is_femnist_only():
+    from brmtrl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'dataset.partition' = 'fedrep'"):
+        load_config(None, ["dataset.partition=fedrep"])

@@ -192,10 +192,12 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "dataset.name": ("synthetic_classification", Options(DATASETS), "dataset"),
     "dataset.root": ("", Text(), "local copy of the data; empty means the online source"),
     "dataset.num_clients": (100, POS_INT, "number of clients (FEMNIST: first N writers)"),
-    "dataset.partition": ("pathological", Options(("pathological", "dirichlet", "natural", "iid")),
-                          "how samples are split among clients"),
-    "dataset.classes_per_client": (2, POS_INT, "pathological partition: classes per client"),
+    "dataset.partition": ("pathological", Options(("pathological", "dirichlet", "natural", "iid", "fedrep")),
+                          "how samples are split among clients ('natural': FEMNIST writers; 'fedrep': FedRep's "
+                          "FEMNIST protocol, letters a-j relabelled 0-9, log-normal sample counts)"),
+    "dataset.classes_per_client": (2, POS_INT, "pathological and fedrep partitions: classes per client"),
     "dataset.dirichlet_alpha": (0.5, POS_FLOAT, "Dirichlet partition concentration"),
+    "dataset.lognormal_sigma": (1.0, POS_FLOAT, "femnist partition 'fedrep': σ of the log-normal sample-count weights"),
     "dataset.augment": (False, Boolean(), "random crop + horizontal flip on training batches (images)"),
     "dataset.samples_per_client": (100, POS_INT, "synthetic: training samples per client"),
     "dataset.test_samples_per_client": (200, POS_INT, "synthetic: test samples per client"),
@@ -349,6 +351,9 @@ def _cross_checks(c: dict[str, Any]) -> None:
             "config key 'dataset.partition' = 'natural' needs a dataset with natural clients "
             f"(femnist); dataset.name is {c['dataset.name']!r}"
         )
+    if c["dataset.partition"] == "fedrep" and c["dataset.name"] != "femnist":
+        raise ConfigError("config key 'dataset.partition' = 'fedrep' is FedRep's FEMNIST protocol (letters a-j, "
+                          f"log-normal sample counts); dataset.name is {c['dataset.name']!r}")
     if c["dataset.name"] == "synthetic_linear" and c["attack.name"] == "label_flip":
         raise ConfigError("config key 'attack.name' = 'label_flip' needs a classification dataset; "
                           "synthetic_linear is a regression task")

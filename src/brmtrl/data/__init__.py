@@ -39,6 +39,40 @@ def _partition_pooled(cfg: Mapping[str, Any], dataset: str, ytr: np.ndarray, yte
     return partition.iid(len(ytr), len(yte), n, rng)
 
 
+#: FedRep's FEMNIST task: the lowercase letters a-j (LEAF labels 36-45), relabelled 0-9
+FEMNIST_FEDREP_LABELS = tuple(range(36, 46))
+
+
+def _femnist_fedrep(cfg: Mapping[str, Any], root: str | None, rng: np.random.Generator,
+                    extras: dict[str, Any]) -> FederatedData:
+    """FedRep's FEMNIST protocol (``dataset.partition = 'fedrep'``): every writer's samples of a-j pooled
+    and relabelled 0-9, then :func:`partition.lognormal_classes` (``dataset.classes_per_client`` classes
+    each, log-normal sample counts with σ = ``dataset.lognormal_sigma``, ``dataset.test_fraction`` of each
+    client's samples for test)."""
+    import torch
+
+    _check_classes_per_client(cfg, "FEMNIST's letters a-j", len(FEMNIST_FEDREP_LABELS))
+    xtr, ytr, xte, yte, _, _, _ = load_femnist(root, None, cfg["dataset.test_fraction"], cfg["seed"])
+    x, y = torch.cat([xtr, xte]), torch.cat([ytr, yte])
+    keep = (y >= FEMNIST_FEDREP_LABELS[0]) & (y <= FEMNIST_FEDREP_LABELS[-1])
+    x, y = x[keep], y[keep] - FEMNIST_FEDREP_LABELS[0]
+    n = cfg["dataset.num_clients"]
+    train_idx, test_idx = partition.lognormal_classes(y.numpy(), n, cfg["dataset.classes_per_client"],
+                                                      cfg["dataset.lognormal_sigma"], cfg["dataset.test_fraction"], rng)
+    few = [i for i, t in enumerate(train_idx) if len(t) < 2]
+    if few:
+        raise DataError(f"dataset.num_clients = {n} is too many for FEMNIST's letters a-j "
+                        f"{'under ' + repr(root) if root else 'online'} ({len(y)} samples): clients {few[:5]} get fewer "
+                        f"than 2 training samples; lower dataset.num_clients (about {len(y) // 30} suits this data)")
+    order_tr, order_te = np.concatenate(train_idx), np.concatenate(test_idx)
+    starts_tr, starts_te = np.cumsum([0] + [len(t) for t in train_idx]), np.cumsum([0] + [len(t) for t in test_idx])
+    tri = [np.arange(starts_tr[i], starts_tr[i + 1]) for i in range(n)]
+    tei = [np.arange(starts_te[i], starts_te[i + 1]) for i in range(n)]
+    ttr, tte = torch.from_numpy(order_tr), torch.from_numpy(order_te)
+    return FederatedData("femnist", x[ttr], y[ttr], x[tte], y[tte], tri, tei, len(FEMNIST_FEDREP_LABELS),
+                         "cnn_femnist", extras=extras)
+
+
 def load_data(cfg: Mapping[str, Any]) -> FederatedData:
     """Load and partition the dataset a config names (seeded by ``seed``)."""
     name = cfg["dataset.name"]
@@ -68,6 +102,8 @@ def load_data(cfg: Mapping[str, Any]) -> FederatedData:
                 root, cfg["dataset.num_clients"], cfg["dataset.test_fraction"], cfg["seed"])
             return FederatedData("femnist", xtr, ytr, xte, yte, tri, tei, FEMNIST_CLASSES, "cnn_femnist",
                                  client_names=names, extras=extras)
+        if cfg["dataset.partition"] == "fedrep":
+            return _femnist_fedrep(cfg, root, rng, extras)
         # pooled writers re-partitioned synthetically
         _check_classes_per_client(cfg, "FEMNIST", FEMNIST_CLASSES)
         xtr, ytr, xte, yte, _, _, _ = load_femnist(root, None, cfg["dataset.test_fraction"], cfg["seed"])

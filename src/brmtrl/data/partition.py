@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pathological", "dirichlet", "iid"]
+__all__ = ["pathological", "dirichlet", "iid", "lognormal_classes"]
 
 Split = tuple[list[np.ndarray], list[np.ndarray]]
 
@@ -87,3 +87,34 @@ def iid(n_train: int, n_test: int, n_clients: int, rng: np.random.Generator) -> 
     tr = np.array_split(rng.permutation(n_train), n_clients)
     te = np.array_split(rng.permutation(n_test), n_clients)
     return [np.sort(t) for t in tr], [np.sort(t) for t in te]
+
+
+def lognormal_classes(y: np.ndarray, n_clients: int, classes_per_client: int, sigma: float,
+                      test_fraction: float, rng: np.random.Generator) -> Split:
+    """FedRep's FEMNIST protocol (after FedProx's non-IID generator), on one pool of labels ``y``:
+    client i holds the classes (s·i + j) mod C, j < s (s = ``classes_per_client``, C the classes
+    present), each class's samples are split among its owners in proportion to weights drawn from
+    LogNormal(0, σ²), so sample counts are log-normal; then each client's samples are split at random
+    into train and test (``test_fraction``, at least one test sample). Indices are into ``y``."""
+    classes = np.unique(y)
+    c, s = len(classes), classes_per_client
+    owners: dict[int, list[int]] = {int(k): [] for k in classes}
+    for i in range(n_clients):
+        for j in range(s):
+            owners[int(classes[(s * i + j) % c])].append(i)
+    chunks: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+    for k in classes:
+        who = owners[int(k)]
+        if not who:
+            continue
+        w = rng.lognormal(0.0, sigma, size=len(who))
+        parts = _split_class(np.flatnonzero(y == k), who, n_clients, rng, w / w.sum())
+        for owner in who:
+            chunks[owner].extend(parts[owner])
+    train, test = [], []
+    for mine in _assemble(chunks):
+        perm = rng.permutation(mine)
+        n_test = max(1, int(round(test_fraction * len(perm)))) if len(perm) > 1 else 0
+        test.append(np.sort(perm[:n_test]))
+        train.append(np.sort(perm[n_test:]))
+    return train, test
