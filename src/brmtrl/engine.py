@@ -31,6 +31,7 @@ from .federation import build_client_model, byzantine_clients, holdout_clients, 
 from .models import SplitModel, linear_representation
 from .server import Aggregation, StepResult, server_step
 from .split import get_flat, set_flat
+from .identification import flag_counts, overall as identification_overall
 from .transfer import transfer_study
 
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
@@ -99,6 +100,7 @@ class Simulation:
         self.transfer: dict[str, Any] | None = None
         self.private = self.initial_private.unsqueeze(0).repeat(n, 1)
         self.history: list[dict[str, Any]] = []
+        self.identification: list[dict[str, Any]] = []   # per round: who was flagged, precision, recall
         self.rejected: list[dict[str, Any]] = []
         self.start_round = 1
         self.elapsed = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
@@ -175,7 +177,11 @@ class Simulation:
             entry = {"round": r, **entry}
             record.rejected.append(entry)
             self.rejected.append(entry)
-        record.aggregator_info = dict(step.info)
+        flagged = [e["client"] for e in step.rejected] + list(step.info.get("flagged", []))
+        self.identification.append({**flag_counts(senders, flagged, byz).as_dict(r), "flagged": sorted(flagged)})
+        record.aggregator_info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
+        record.aggregator_info.update(flagged=len(flagged), flag_precision=self.identification[-1]["precision"],
+                                      flag_recall=self.identification[-1]["recall"])
         true_byz = sum(c in byz for c in step.accepted)
         record.aggregator_info["byzantine_accepted"] = true_byz
         if true_byz > self.f and "f" in self.agg_rule.params:
@@ -331,6 +337,7 @@ class Simulation:
             "final": final,
             "rejected_updates": self.rejected,
             "transfer": self.transfer,
+            "identification": {"rounds": self.identification, "overall": identification_overall(self.identification)},
             "short_rounds": [],  # rounds with fewer clients than sampled: never in one process
             "notes": [],
             "timing": {
@@ -350,6 +357,7 @@ class Simulation:
 
         return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(),
                 "history": self.history, "rejected": self.rejected, "elapsed": dict(self.elapsed),
+                "identification": self.identification,
                 "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg)}
 
     def checkpoint(self, r: int) -> Path:
@@ -370,5 +378,6 @@ class Simulation:
         self.private = st["private"].to(self.device)
         self.history = list(st["history"])
         self.rejected = list(st["rejected"])
+        self.identification = list(st.get("identification", []))
         self.elapsed = dict(st["elapsed"])
         self.start_round = int(st["round"]) + 1

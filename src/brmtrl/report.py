@@ -85,6 +85,11 @@ def write_outputs(out_dir: str | Path, results: dict[str, Any]) -> None:
              f"{c['attack']['name']} {c['attack']['byzantine_fraction']:.0%}")
     if results["history"]:
         plot_history(out / "accuracy.png", results["history"], title)
+    ident = (results.get("identification") or {}).get("rounds") or []
+    if ident and any(r["recall"] is not None for r in ident):
+        from .identification import plot_identification
+
+        plot_identification(out / "identification.png", ident, "Byzantine identification · " + title)
     if results.get("transfer"):
         from .transfer import plot_transfer
 
