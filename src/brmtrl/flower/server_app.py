@@ -35,6 +35,7 @@ from ..evaluation import summarize
 from ..federation import build_model_for, num_sampled, sample_clients
 from ..local_update import RULES
 from ..report import write_json, write_outputs
+from ..identification import flag_counts, overall as identification_overall
 from ..server import Aggregation, server_step
 from ..split import get_flat
 from .errors import FederationError
@@ -126,6 +127,7 @@ class BRMTRLStrategy(Strategy):
                                            len(roster.training))
         self.history: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
+        self.identification: list[dict[str, Any]] = []
         self.short_rounds: list[dict[str, Any]] = []
         self.lost: set[int] = set()  # nodes that stopped answering
         self.progress = progress
@@ -219,7 +221,13 @@ class BRMTRLStrategy(Strategy):
         if step.step is not None:
             self.shared = (self.shared.to(torch.float64) + step.step).to(torch.float32)
         byz = self.roster.byzantine
-        self._round.update(info=dict(step.info, byzantine_accepted=sum(p in byz for p in step.accepted)),
+        flagged = [e["client"] for e in step.rejected] + list(step.info.get("flagged", []))
+        self.identification.append({**flag_counts(senders, flagged, byz).as_dict(server_round),
+                                    "flagged": sorted(flagged)})
+        info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
+        info.update(flagged=len(flagged), flag_precision=self.identification[-1]["precision"],
+                    flag_recall=self.identification[-1]["recall"])
+        self._round.update(info=dict(info, byzantine_accepted=sum(p in byz for p in step.accepted)),
                            rejected=len(step.rejected), no_update=[p for p in sorted(answered) if answered[p] is None],
                            byzantine_sampled=sum(p in byz for p in self._round["sampled"]),
                            train_s=time.perf_counter() - self._round["t0"])
@@ -314,6 +322,7 @@ class BRMTRLStrategy(Strategy):
             "rejected_updates": self.rejected,
             "short_rounds": self.short_rounds,
             "transfer": None,
+            "identification": {"rounds": self.identification, "overall": identification_overall(self.identification)},
             "notes": ["Byzantine roles come from each node's config (or the seed); attacks that need the "
                       "round's honest updates run in the server step (simulation only)"]
             + (["transfer.shots (the few-shot study of new clients) runs on the built-in engine only"]
