@@ -1,4 +1,5 @@
-"""Command line: ``brmtrl run --config FILE [--set KEY=VALUE ...] [--out DIR]``, ``--resume DIR``, ``keys``."""
+"""Command line: ``brmtrl run --config FILE [--set KEY=VALUE ...] [--out DIR]``, ``--resume DIR``, ``sweep``,
+``report``, ``keys``."""
 
 from __future__ import annotations
 
@@ -64,8 +65,43 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--host", action="append", default=[], metavar="NAME",
                       help="tls: a host name or IP the SuperLink is reached at (repeatable; default 127.0.0.1, localhost)")
     keys.add_argument("--name", default="supernode", help="node: the key files' name")
+    sw = sub.add_parser("sweep", help="run every cell of a grid of configurations (resumable, in parallel); "
+                                      "see README 'Sweeps'")
+    sw.add_argument("--grid", metavar="FILE", required=True, help="grid TOML file: config, [set], [grid], [[exclude]]")
+    sw.add_argument("--out", metavar="DIR", required=True, help="sweep directory; run again to continue it")
+    sw.add_argument("--workers", type=int, default=1, metavar="N", help="cells run at once, each in its own process")
+    sw.add_argument("--threads", type=int, default=0, metavar="T",
+                    help="torch threads per cell unless the grid sets 'threads' (default: cores // N)")
+    sw.add_argument("--force", action="store_true", help="reuse a DIR made from a different grid "
+                                                         "(cells whose configuration changed start again)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--max-cells", type=int, default=0, help=argparse.SUPPRESS)  # debugging: stop after K cells
+    rep = sub.add_parser("report", help="rebuild summary.csv, summary.md and the plots of a (finished or partial) sweep")
+    rep.add_argument("dir", metavar="DIR", help="the sweep directory")
     sub.add_parser("keys", help="list every config key with its default and allowed values")
     return p
+
+
+def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import shlex
+
+    from .sweep import run_sweep
+
+    out = run_sweep(args.grid, args.out, workers=args.workers, threads=args.threads, force=args.force,
+                    progress=not args.quiet and sys.stderr.isatty(), max_cells=args.max_cells,
+                    command="brmtrl " + " ".join(shlex.quote(a) for a in argv))
+    failed = "".join(f"\n  {name}: {err}" for name, err in out.failed)
+    print(f"{out.done} cells run, {out.skipped} already done, {len(out.failed)} failed, {out.pending} left; "
+          f"{out.wall_s:.1f} s; summary in {args.out}/summary.md{failed}")
+    return 1 if out.failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .sweep_report import write_report
+
+    paths = write_report(Path(args.dir))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def _keys() -> int:
@@ -145,10 +181,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _execute(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     """Run ``cfg`` into ``run_dir`` (continuing its checkpoint with ``--resume``)."""
-    from .checkpoint import remove_stale_temps
-    from .engine import Simulation
-    from .report import write_outputs
-
     progress = not args.quiet and sys.stderr.isatty()
     if args.engine == "flower":
         from .flower.simulation import run_flower_simulation
@@ -157,16 +189,29 @@ def _execute(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
         results = run_flower_simulation(cfg, run_dir, progress=progress)
         _print_summary(results, run_dir)
         return 0
+    results = run_builtin(cfg, run_dir, progress=progress, resume=bool(args.resume), announce=True)
+    _print_summary(results, run_dir)
+    return 0
+
+
+def run_builtin(cfg: Config, run_dir: Path, *, progress: bool, resume: bool, announce: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` on the built-in engine into ``run_dir``, continuing its checkpoint when ``resume``,
+    and write the run's outputs; return ``results.json``'s dictionary. ``brmtrl run`` and every cell of
+    ``brmtrl sweep`` run through here."""
+    from .checkpoint import remove_stale_temps
+    from .engine import Simulation
+    from .report import write_outputs
+
     sim = Simulation(cfg, out_dir=run_dir, progress=progress)
-    if args.resume:
+    if resume:
         remove_stale_temps(run_dir)
         sim.restore(run_dir)
-        print(f"resuming {run_dir} at round {sim.start_round}", file=sys.stderr)
+        if announce:
+            print(f"resuming {run_dir} at round {sim.start_round}", file=sys.stderr)
     write_json_dir(run_dir, cfg)  # on resume too: the directory describes what was run (train.rounds, ...)
     results = sim.run()
     write_outputs(run_dir, results)
-    _print_summary(results, run_dir)
-    return 0
+    return results
 
 
 def write_json_dir(run_dir: Path, cfg: Any) -> None:
@@ -224,10 +269,15 @@ def _deploy(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="brmtrl: %(levelname)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "keys":
             return _keys()
+        if args.command == "sweep":
+            return _sweep(args, argv)
+        if args.command == "report":
+            return _report(args)
         if args.command == "deploy-local":
             return _deploy(args)
         if args.command == "flower-app":
@@ -241,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `brmtrl keys | head`
         return 0
     except KeyboardInterrupt:
-        hint = ("every Flower process it started was stopped" if args.command == "deploy-local"
-                else "continue with `brmtrl run --resume DIR`")
+        hint = {"deploy-local": "every Flower process it started was stopped",
+                "sweep": "run the same brmtrl sweep command again to continue"}.get(
+                    args.command, "continue with `brmtrl run --resume DIR`")
         print(f"brmtrl: interrupted; {hint}", file=sys.stderr)
         return 130
 
