@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="torch threads per cell unless the grid sets 'threads' (default: cores // N)")
     sw.add_argument("--force", action="store_true", help="reuse a DIR made from a different grid "
                                                          "(cells whose configuration changed start again)")
-    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     sw.add_argument("--max-cells", type=int, default=0, help=argparse.SUPPRESS)  # debugging: stop after K cells
     rep = sub.add_parser("report", help="rebuild summary.csv, summary.md and the plots of a (finished or partial) sweep")
     rep.add_argument("dir", metavar="DIR", help="the sweep directory")
@@ -88,7 +88,7 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .sweep import run_sweep
 
     out = run_sweep(args.grid, args.out, workers=args.workers, threads=args.threads, force=args.force,
-                    progress=not args.quiet and sys.stderr.isatty(), max_cells=args.max_cells,
+                    progress="off" if args.quiet else "bar" if sys.stderr.isatty() else "lines", max_cells=args.max_cells,
                     command="brmtrl " + " ".join(shlex.quote(a) for a in argv))
     failed = "".join(f"\n  {name}: {err}" for name, err in out.failed)
     print(f"{out.done} cells run, {out.skipped} already done, {len(out.failed)} failed, {out.pending} left; "

@@ -399,13 +399,15 @@ class SweepOutcome:
 
 
 class _Progress:
-    """One bar over the cells (a tty), or one line per finished cell."""
+    """How finished cells are shown: ``bar`` (one bar over the cells, with an ETA), ``lines`` (a line
+    per cell) or ``off``."""
 
-    def __init__(self, total: int, initial: int, show_bar: bool):
+    def __init__(self, total: int, initial: int, mode: str):
         self.count = initial
         self.total = total
+        self.mode = mode
         self.bar = None
-        if show_bar:
+        if mode == "bar":
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="cells", unit="cell", dynamic_ncols=True)
@@ -418,7 +420,7 @@ class _Progress:
             if outcome["status"] != "done":
                 self.bar.write(line, file=sys.stderr)
             self.bar.update(1)
-        else:
+        elif self.mode == "lines":
             print(line, file=sys.stderr)
 
     def close(self) -> None:
@@ -427,14 +429,17 @@ class _Progress:
 
 
 def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threads: int = 0, force: bool = False,
-              progress: bool = False, max_cells: int = 0, command: str = "") -> SweepOutcome:
+              progress: str = "lines", max_cells: int = 0, command: str = "") -> SweepOutcome:
     """Run every unfinished cell of the grid into ``out`` (see the module docstring) and write the
-    summary; ``max_cells`` > 0 stops after that many cells have run (a debugging aid)."""
+    summary. ``progress``: ``bar`` (and each cell's bar of rounds with one worker), ``lines`` or
+    ``off``; ``max_cells`` > 0 stops after that many cells have run (a debugging aid)."""
     from .report import write_json
     from .sweep_report import write_report
 
     if workers < 1:
         raise GridError(f"--workers must be >= 1, got {workers}")
+    if progress not in ("bar", "lines", "off"):
+        raise ValueError(f"progress must be 'bar', 'lines' or 'off', not {progress!r}")
     if threads < 0:
         raise GridError(f"--threads must be >= 0, got {threads}")
     grid = load_grid(grid_path)
@@ -448,7 +453,7 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threa
     bar = _Progress(len(grid.cells), result.skipped, progress)
     t0 = time.perf_counter()
     try:
-        for name, outcome in _execute(todo, out, workers, threads, progress and workers == 1, force):
+        for name, outcome in _execute(todo, out, workers, threads, progress == "bar" and workers == 1, force):
             bar.finished(name, outcome)
             if outcome["status"] == "done":
                 result.done += 1
