@@ -70,6 +70,7 @@ GRID_COPY = "grid.toml"
 STATE_FILE = "sweep.json"
 CELL_FILE = "cell.json"
 ERROR_LOG = "error.log"
+LOCK = ".lock"
 RESULTS = "results.json"
 TOP_KEYS = ("config", "set", "grid", "exclude")
 
@@ -314,14 +315,45 @@ def cell_status(cell_dir: Path, cfg: Mapping[str, Any] | None = None) -> str:
     return "missing"
 
 
+@contextmanager
+def _cell_lock(folder: Path) -> Iterator[bool]:
+    """An exclusive lock on ``folder/.lock`` (POSIX); yields False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield True
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_cell(cell_dir: str, values: dict[str, Any], progress: bool, restart_on_mismatch: bool) -> dict[str, Any]:
     """Run (or continue) one cell in this process; never raises for a failing run: the outcome says
     ``status`` (``done`` / ``error``), ``error`` (one line) and ``wall_s``; the traceback goes to
-    ``cell_dir/error.log``. A worker process of the sweep calls this."""
-    from .cli import run_builtin
-
+    ``cell_dir/error.log``. A worker process of the sweep calls this. A cell that another process is
+    running (a sweep started twice on one DIR) is an error of this attempt, left to the other."""
     folder = Path(cell_dir)
     t0 = time.perf_counter()
+    with _cell_lock(folder) as mine:
+        if not mine:
+            return {"status": "error", "error": "another process is running this cell (is the sweep running twice?)",
+                    "wall_s": 0.0}
+        return _run_locked(folder, values, progress, restart_on_mismatch, t0)
+
+
+def _run_locked(folder: Path, values: dict[str, Any], progress: bool, restart_on_mismatch: bool,
+                t0: float) -> dict[str, Any]:
+    from .cli import run_builtin
+
     try:
         cfg = validate(values)
         resume = (folder / CHECKPOINT).is_file()
@@ -469,6 +501,19 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threa
     return result
 
 
+def _watch_parent(parent: int) -> None:
+    """In a worker: exit when the sweep that started it is gone (killed), so that no orphan keeps
+    running cells that a restarted sweep runs too; the cells' checkpoints are written atomically."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="brmtrl-parent-watch", daemon=True).start()
+
+
 def _execute(cells: Sequence[Cell], out: Path, workers: int, threads: int, cell_bars: bool,
              force: bool) -> Iterator[tuple[str, dict[str, Any]]]:
     """Run ``cells``: in this process with one worker, else in a pool of spawned processes; yield
@@ -477,7 +522,8 @@ def _execute(cells: Sequence[Cell], out: Path, workers: int, threads: int, cell_
         for c in cells:
             yield c.name, run_cell(str(out / c.name), _cell_values(c, threads), cell_bars, force)
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(cells))), mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(cells))), mp_context=get_context("spawn"),
+                               initializer=_watch_parent, initargs=(os.getpid(),))
     try:
         futures: dict[Future[dict[str, Any]], str] = {
             pool.submit(run_cell, str(out / c.name), _cell_values(c, threads), False, force): c.name for c in cells}
