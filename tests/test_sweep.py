@@ -291,3 +291,26 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path: Path, capsys
 def test_the_committed_example_grid_is_valid() -> None:
     grid = load_grid(Path(__file__).resolve().parents[1] / "configs" / "grids" / "quick_smoke.toml")
     assert len(grid.cells) == 8 and all(c.config["train.rounds"] == 10 for c in grid.cells)
+
+
+def test_raising_the_rounds_extends_the_finished_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = write_grid(tmp_path, GRID.replace("seed = [0, 1]", "seed = [0]"))
+    out = tmp_path / "sweep"
+    assert sweep(grid, out, "--threads", "1") == 0
+    grid.write_text(grid.read_text().replace('"train.rounds" = 3', '"train.rounds" = 5'))
+    restored: list[str] = []
+    real_restore = sweep_mod_restore()
+    monkeypatch.setattr("brmtrl.engine.Simulation.restore",
+                        lambda self, d: restored.append(Path(d).name) or real_restore(self, d))
+    assert sweep(grid, out, "--threads", "1") == 0  # the same experiments, longer: no --force needed
+    assert len(restored) == 4 and {r["rounds"] for r in summary(out).values()} == {"5"}
+
+
+def test_a_cell_another_process_runs_is_left_to_it(tmp_path: Path) -> None:
+    cell = load_grid(write_grid(tmp_path)).cells[0]
+    folder = tmp_path / "sweep" / cell.name
+    with sweep_mod._cell_lock(folder) as mine:
+        assert mine
+        outcome = sweep_mod.run_cell(str(folder), dict(cell.config), False, False)
+    assert outcome["status"] == "error" and "another process" in outcome["error"]
+    assert not (folder / "results.json").exists()
