@@ -302,7 +302,9 @@ def test_raising_the_rounds_extends_the_finished_cells(tmp_path: Path, monkeypat
     real_restore = sweep_mod_restore()
     monkeypatch.setattr("brmtrl.engine.Simulation.restore",
                         lambda self, d: restored.append(Path(d).name) or real_restore(self, d))
-    assert sweep(grid, out, "--threads", "1") == 0  # the same experiments, longer: no --force needed
+    assert sweep(grid, out, "--threads", "1", "--max-cells", "1") == 0  # the same experiments, longer: no --force
+    assert [r["status"] for r in summary(out).values()] == ["done", "partial", "partial", "partial"]
+    assert sweep(grid, out, "--threads", "1") == 0
     assert len(restored) == 4 and {r["rounds"] for r in summary(out).values()} == {"5"}
 
 

@@ -300,13 +300,15 @@ def finished(cell_dir: Path, cfg: Mapping[str, Any]) -> bool:
 
 def cell_status(cell_dir: Path, cfg: Mapping[str, Any] | None = None) -> str:
     """``done`` (complete results), ``error`` (the last attempt failed), ``partial`` (a checkpoint to
-    continue from) or ``missing``. Without ``cfg``, any results.json whose rounds are all done counts."""
+    continue from) or ``missing``. Without ``cfg``, a results.json counts when all its rounds are done
+    (and are the ``train.rounds`` of the cell's ``cell.json`` overrides, when they set it)."""
     if cfg is not None and finished(cell_dir, cfg):
         return "done"
     if cfg is None:
         res = _load_json(cell_dir / RESULTS)
         rounds = (res or {}).get("config", {}).get("train", {}).get("rounds") if isinstance(res, dict) else None
-        if isinstance(res, dict) and rounds is not None and (res.get("final") or {}).get("rounds") == rounds:
+        wanted = ((_load_json(cell_dir / CELL_FILE) or {}).get("overrides") or {}).get("train.rounds", rounds)
+        if isinstance(res, dict) and rounds is not None and (res.get("final") or {}).get("rounds") == rounds == wanted:
             return "done"
     if (cell_dir / ERROR_LOG).is_file():
         return "error"
