@@ -1,0 +1,157 @@
+"""Robust aggregation rules: pure functions on a stacked ``(n, d)`` tensor, one row per client.
+
+Every rule takes the rows as a 2-D tensor and returns a 1-D tensor of length ``d`` in the input's
+dtype; hyperparameters are keyword-only. Distances come from one Gram matrix of the rows centred on a
+central row (never on the mean, which one row can move anywhere), accumulated in float64, so that
+``d = 10⁶`` costs one GEMM and the rest is O(n²); rows of any finite size, up to float64's range, are
+handled (see :func:`pairwise_sq_distances` and :func:`geometric_median_result`). No rule takes sample
+counts: a Byzantine client could report any count.
+
+:func:`aggregate` is the one entry point the server uses: pre-aggregation steps (:data:`PRE_STEPS`), then
+the rule, with each input row's *trust* (:class:`AggregateResult`).
+
+One module per family: :mod:`.base` (input checks, :class:`Rule`, :class:`AggregateResult`), :mod:`.gram`
+(pairwise distances), :mod:`.geometric_median`, :mod:`.krum` (Krum, Multi-Krum, Bulyan), :mod:`.averages`
+(mean, median, trimmed mean), :mod:`.clipping` (centered clipping), :mod:`.pre` (NNM, bucketing).
+
+>>> import torch
+>>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.2, 0.2], [100.0, 100.0]])
+>>> krum(x, f=1)
+tensor([0.2000, 0.2000])
+>>> mean(x)
+tensor([20.2400, 20.2400])
+>>> geometric_median(x).round(decimals=2)
+tensor([0.2100, 0.2100])
+>>> res = aggregate("krum", x, f=1)
+>>> res.trust
+tensor([0., 0., 0., 1., 0.], dtype=torch.float64)
+>>> aggregate("geometric_median", x).flagged
+tensor([False, False, False, False,  True])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .averages import mean, mean_trusted, median, median_trusted, trimmed_mean, trimmed_mean_trusted
+from .base import FLAG_BELOW, AggregateResult, Rule, _rows
+from .clipping import centered_clipping, centered_clipping_trusted
+from .geometric_median import (GeometricMedianResult, geometric_median, geometric_median_result,
+                               geometric_median_trust, geometric_median_trusted, weiszfeld_reference)
+from .gram import pairwise_sq_distances
+from .krum import bulyan, bulyan_trusted, krum, krum_scores, krum_trusted, multi_krum, multi_krum_trusted
+from .pre import PRE_STEPS, PreStep, bucketing, nnm
+
+__all__ = [
+    "AGGREGATORS",
+    "FLAG_BELOW",
+    "PRE_STEPS",
+    "AggregateResult",
+    "GeometricMedianResult",
+    "PreStep",
+    "Rule",
+    "aggregate",
+    "bucketing",
+    "bulyan",
+    "bulyan_trusted",
+    "centered_clipping",
+    "centered_clipping_trusted",
+    "geometric_median",
+    "geometric_median_result",
+    "geometric_median_trust",
+    "geometric_median_trusted",
+    "krum",
+    "krum_scores",
+    "krum_trusted",
+    "mean",
+    "mean_trusted",
+    "median",
+    "median_trusted",
+    "multi_krum",
+    "multi_krum_trusted",
+    "nnm",
+    "pairwise_sq_distances",
+    "rows_after",
+    "trimmed_mean",
+    "trimmed_mean_trusted",
+    "weiszfeld_reference",
+]
+
+#: config name -> rule
+AGGREGATORS: dict[str, Rule] = {
+    "mean": Rule(mean, result=mean_trusted),
+    "median": Rule(median, result=median_trusted),
+    "trimmed_mean": Rule(trimmed_mean, ("f",), lambda f: 2 * f + 1, trimmed_mean_trusted),
+    "geometric_median": Rule(geometric_median, ("tol", "max_iter", "eps"), result=geometric_median_trusted),
+    "krum": Rule(krum, ("f",), lambda f: 2 * f + 3, krum_trusted),
+    "multi_krum": Rule(multi_krum, ("f", "m"), lambda f: 2 * f + 3, multi_krum_trusted),
+    "bulyan": Rule(bulyan, ("f",), lambda f: 4 * f + 3, bulyan_trusted),
+    "centered_clipping": Rule(centered_clipping, ("tau", "iters"), result=centered_clipping_trusted),
+}
+
+
+def _unknown(kind: str, name: Any, known: Sequence[str]) -> ValueError:
+    return ValueError(f"aggregate: unknown {kind} {name!r}; expected one of {', '.join(map(repr, sorted(known)))}")
+
+
+def rows_after(pre: Sequence[str], n: int, **params: Any) -> int:
+    """How many rows the rule sees after the ``pre`` steps, from n rows (bucketing: ⌈n/s⌉)."""
+    for name in pre:
+        if name not in PRE_STEPS:
+            raise _unknown("pre-aggregation step", name, list(PRE_STEPS))
+        step = PRE_STEPS[name]
+        n = step.rows_out(n, **{k: params[k] for k in step.params if k in params})
+    return n
+
+
+def aggregate(name: str, x: torch.Tensor, *, pre: Sequence[str] = (), generator: torch.Generator | None = None,
+              **params: Any) -> AggregateResult:
+    """Run the ``pre`` steps in order (:data:`PRE_STEPS`), then the rule ``name`` (:data:`AGGREGATORS`),
+    and map the rule's trust back to the input rows.
+
+    ``params`` are the steps' and the rule's keyword arguments (``f`` goes to every one that takes it);
+    one that none of them takes is an error. ``generator`` is the CPU ``torch.Generator`` of the random
+    steps (bucketing). With M = M_k ⋯ M_1 the product of the steps' row-stochastic mixing matrices
+    (x' = M x) and t' the rule's trust of the rows it saw, the trust of input row i is
+
+        trust_i = (Mᵀ t')_i / (Mᵀ 1)_i,
+
+    the trust of the mixed rows it went into, weighted by how much of it went into each. Returns an
+    :class:`AggregateResult` with the point, the trust (n,) of the input rows, and ``info`` (the rule's,
+    plus ``rows_aggregated`` when a step changed the rows).
+    """
+    if name not in AGGREGATORS:
+        raise _unknown("rule", name, list(AGGREGATORS))
+    if isinstance(pre, str):
+        raise ValueError(f"aggregate: pre must be a sequence of step names. Got the string {pre!r} instead.")
+    rule = AGGREGATORS[name]
+    rows = _rows(x, name)
+    n = rows.shape[0]
+    used: set[str] = set()
+    mix: torch.Tensor | None = None
+    for step_name in pre:
+        if step_name not in PRE_STEPS:
+            raise _unknown("pre-aggregation step", step_name, list(PRE_STEPS))
+        step = PRE_STEPS[step_name]
+        kwargs = {k: params[k] for k in step.params if k in params}
+        used.update(kwargs)
+        if step.random:
+            kwargs["generator"] = generator
+        rows, m = step.fn(rows, **kwargs)
+        mix = m if mix is None else m @ mix
+    kwargs = {k: params[k] for k in rule.params if k in params}
+    used.update(kwargs)
+    extra = sorted(set(params) - used)
+    if extra:
+        raise TypeError(f"aggregate: {name} with pre={list(pre)} takes no parameter {extra[0]!r} "
+                        f"(it takes {', '.join(map(repr, rule.params)) or 'none'})")
+    assert rule.result is not None
+    res = rule.result(rows, **kwargs)
+    if mix is None:
+        return res
+    t = res.trust.to(torch.float64).cpu()
+    share = mix.sum(dim=0)
+    trust = torch.where(share > 0, (mix.T @ t) / torch.where(share > 0, share, 1.0), torch.zeros(n, dtype=torch.float64))
+    return AggregateResult(res.point, trust.clamp(0.0, 1.0).to(x.device), {**res.info, "rows_aggregated": rows.shape[0]})

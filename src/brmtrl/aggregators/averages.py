@@ -1,0 +1,74 @@
+"""The mean and the coordinate-wise median and trimmed mean (Yin, Chen, Ramchandran & Bartlett, ICML 2018)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import AggregateResult, _check_f, _rows, _share_trust
+
+__all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
+
+
+def _used(idx: torch.Tensor, n: int, d: int) -> torch.Tensor:
+    """Fraction of the d coordinates in which each of the n rows appears in ``idx`` (k, d)."""
+    if d == 0:
+        return torch.full((n,), float(idx.shape[0]) / n, dtype=torch.float64, device=idx.device)
+    return torch.bincount(idx.reshape(-1), minlength=n).to(torch.float64) / d
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    """Arithmetic mean x̄ = (1/n) Σ_i x_i (plain FedRep / FedAvg with equal weights). Not robust."""
+    x = _rows(x, "mean")
+    return x.to(torch.float64).mean(dim=0).to(x.dtype)
+
+
+def mean_trusted(x: torch.Tensor) -> AggregateResult:
+    """:func:`mean`; every row is fully counted (trust 1)."""
+    point = mean(x)
+    return AggregateResult(point, torch.ones(x.shape[0], dtype=torch.float64, device=x.device))
+
+
+def _median(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coordinate-wise median and the rows whose values it takes, (1, d) for odd n, (2, d) for even n."""
+    n = x.shape[0]
+    if n % 2:
+        res = x.median(dim=0)
+        return res.values, res.indices[None]
+    top = torch.topk(x, n // 2 + 1, dim=0, largest=False, sorted=True)
+    mid = top.values[-2:].to(torch.float64)
+    return (0.5 * mid[0] + 0.5 * mid[1]).to(x.dtype), top.indices[-2:]
+
+
+def median(x: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise median (Yin, Chen, Ramchandran & Bartlett, ICML 2018): per coordinate, with
+    v_(1) ≤ … ≤ v_(n) the sorted values, v_((n+1)/2) for odd n and (v_(n/2) + v_(n/2+1)) / 2 for even n
+    (the average is taken in float64 and rounded once to the input's dtype)."""
+    x = _rows(x, "median")
+    return _median(x)[0]
+
+
+def median_trusted(x: torch.Tensor) -> AggregateResult:
+    """:func:`median` and each row's trust: the fraction u_i of coordinates where the row's value is the
+    median (one of the two middle values for even n), relative to a row's fair share k/n (k = 1 or 2
+    values used per coordinate) and capped at 1: trust_i = min(1, u_i n / k)."""
+    x = _rows(x, "median")
+    n, d = x.shape
+    point, idx = _median(x)
+    return AggregateResult(point, _share_trust(_used(idx, n, d), idx.shape[0], n))
+
+
+def trimmed_mean(x: torch.Tensor, *, f: int = 0) -> torch.Tensor:
+    """Coordinate-wise trimmed mean: per coordinate drop the f largest and f smallest values, average
+    the rest (Yin et al., ICML 2018). Needs n >= 2f + 1."""
+    return trimmed_mean_trusted(x, f=f).point
+
+
+def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
+    """:func:`trimmed_mean` and each row's trust: the fraction u_i of coordinates where the row's value was
+    kept (not among the f largest or f smallest), relative to the fair share (n − 2f)/n, capped at 1."""
+    x = _rows(x, "trimmed_mean")
+    n, d = x.shape
+    _check_f("trimmed_mean", f, n, 2 * f + 1)
+    s = x.to(torch.float64).sort(dim=0)
+    point = s.values[f:n - f].mean(dim=0).to(x.dtype)
+    return AggregateResult(point, _share_trust(_used(s.indices[f:n - f], n, d), n - 2 * f, n), {"f_used": f})

@@ -1,0 +1,102 @@
+"""What every rule shares: the input checks, the result with per-row trust, the registry entry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["FLAG_BELOW", "AggregateResult", "Rule"]
+
+#: a row whose trust is below this is *flagged*: the rule discarded most of it
+FLAG_BELOW = 0.5
+
+
+def _rows(x: torch.Tensor, rule: str) -> torch.Tensor:
+    """The one input check every rule shares."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{rule}: expected a torch.Tensor of shape (n, d), got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{rule}: expected a 2-D tensor (one row per client), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{rule}: no rows to aggregate")
+    if not x.is_floating_point():
+        raise TypeError(f"{rule}: expected a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def _check_f(rule: str, f: int, n: int, need: int) -> None:
+    """``need`` is the smallest n as a function of f: 2f+1 (median-type) or 2f+3 (Krum)."""
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"{rule}: f must be an int >= 0. Got {f!r} instead.")
+    if n < need:
+        raise ValueError(f"{rule}: cannot tolerate f={f} Byzantine rows among n={n}; it needs n >= {need}")
+
+
+def _check_int(rule: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+    """An int hyperparameter in [low, high], or a ValueError naming it and the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        where = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+        raise ValueError(f"{rule}: {name} must be {where}. Got {value!r} instead.")
+    return value
+
+
+def _check_float(rule: str, name: str, value: Any, *, zero_ok: bool = False) -> float:
+    """A finite float hyperparameter > 0 (>= 0 with ``zero_ok``), or a ValueError naming it and the value."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        (value >= 0 if zero_ok else value > 0)
+    if not ok:
+        raise ValueError(f"{rule}: {name} must be a float {'>=' if zero_ok else '>'} 0. Got {value!r} instead.")
+    return float(value)
+
+
+def _safe_norms(v: torch.Tensor) -> torch.Tensor:
+    """Row norms of v (float64) with no square overflowing: ‖v_i‖ = m_i ‖v_i / m_i‖, m_i = max_j |v_ij|."""
+    m = v.abs().amax(dim=1)
+    return m * torch.linalg.vector_norm(v / torch.where(m > 0, m, 1.0)[:, None], dim=1)
+
+
+def _share_trust(used: torch.Tensor, kept: int, rows: int) -> torch.Tensor:
+    """Trust from per-coordinate selection: ``used`` (n,) the fraction of coordinates where each row's value
+    was among the ``kept`` of ``rows`` values the rule combined, relative to a row's fair share kept/rows,
+    capped at 1. A row used as often as an average row has trust 1; one never used, 0."""
+    return torch.clamp(used.to(torch.float64) * (rows / kept), max=1.0)
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """A rule's output: the aggregate ``point`` (d,), in the input's dtype, and ``trust`` (n,) float64 in
+    [0, 1], how much of each input row the rule counted (1: fully, 0: discarded). A row with trust below
+    :data:`FLAG_BELOW` is *flagged*. ``info``: what else the rule reports (iterations, f used, ...)."""
+
+    point: torch.Tensor
+    trust: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> torch.Tensor:
+        """Boolean mask of the rows with trust < :data:`FLAG_BELOW`."""
+        return self.trust < FLAG_BELOW
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A registry entry: the callable, the ``aggregator.*`` config keys it takes as keyword
+    arguments, the fewest rows it needs for a given f (None: any number), and the same rule
+    returning an :class:`AggregateResult` (the point and each row's trust)."""
+
+    fn: Callable[..., torch.Tensor]
+    params: tuple[str, ...] = ()
+    min_rows: Callable[[int], int] | None = None
+    result: Callable[..., AggregateResult] | None = None
+
+    def largest_f(self, n: int) -> int:
+        """The largest f this rule tolerates among n rows."""
+        if self.min_rows is None:
+            return n
+        f = 0
+        while self.min_rows(f + 1) <= n:
+            f += 1
+        return f

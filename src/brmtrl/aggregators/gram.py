@@ -1,0 +1,223 @@
+"""Distances between rows from one Gram matrix about a central row (float64, overflow-safe)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import _rows
+
+__all__ = ["pairwise_sq_distances"]
+
+
+# --------------------------------------------------------------------------- Gram matrix about a central row
+#
+# Every distance-based rule needs ‖x_i − x_j‖ (Krum) or ‖z − x_i‖ for z = Σ α_j x_j (Weiszfeld). Both come
+# from one Gram matrix G_ij = <x_i − c, x_j − c> in float64, built in one pass over X, and the centre c
+# decides the precision: ‖x_i − x_j‖² = G_ii + G_jj − 2 G_ij has an absolute rounding error of about
+# γ (‖x_i − c‖ + ‖x_j − c‖)², so the distances between rows near c keep their relative precision and
+# rows far from c only lose precision in their own (large) distances. The mean is a bad centre (one row
+# of size M moves it by M/n and the honest distances cancel); the centre here is a *row near the bulk of
+# the data*, chosen cheaply and then checked on the Gram matrix itself.
+
+_SAMPLE_BLOCKS, _SAMPLE_WIDTH = 16, 16   # columns read to choose the first centre: 16 blocks of 16
+_FAST_LIMIT = 2.0 ** 900                 # a Gram entry beyond this, or non-finite: the rescaled float64 pass
+_CAP_LOG2 = 256                          # overflow guard: rows beyond 2^256 σ from the centre are pulled in
+_MAX_PASSES = 4                          # Gram passes over X (first centre + re-centrings), at most
+_U64 = 2.0 ** -53
+
+
+def _chunk(n: int) -> int:
+    """Columns per block: ~2²¹ entries, so that a block stays in cache for its GEMM."""
+    return max(4096, (1 << 21) // max(n, 1))
+
+
+def _gamma(u: float, m: int, blocks: int) -> float:
+    """Relative rounding level of a Gram entry, |ΔG_ij| ≲ γ ‖x_i − c‖‖x_j − c‖: the centring subtraction
+    (2u), a length-m dot product in precision u with blocked/SIMD accumulation (u·m^¼, the probabilistic
+    model of Higham & Mary, SIAM J. Sci. Comput. 2019, for a √m-blocked sum), and the float64 sum of the
+    block Grams. A model of the typical error, not a worst-case bound (that would be m·u)."""
+    return u * (4.0 + m ** 0.25) + _U64 * blocks
+
+
+def _pow2(e: np.ndarray) -> np.ndarray:
+    """2^e elementwise, exactly (0 or inf beyond float64's range)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return np.ldexp(1.0, np.clip(e, -1100, 1100).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class _Gram:
+    """G_ij = <y_i, y_j>, y_i = (x_i − x_k) 2^(−p_i), float64 on the host."""
+
+    g: np.ndarray      # (n, n)
+    p: np.ndarray      # (n,) int64 row exponents; all 0 unless the rescaled pass was needed
+    k: int             # the centre row
+    gamma: float       # rounding level of the entries (see _gamma)
+
+
+@dataclass(frozen=True)
+class _Units:
+    """The Gram matrix in units of σ = 2^E (E: log2 of the median distance of the rows to the centre),
+    with the rows farther than 2^256 σ from the centre pulled in to that distance along the ray from the
+    centre. Row i in these units is y'_i = D_i y_i."""
+
+    g: np.ndarray        # (n, n) <y'_i, y'_j>
+    a: np.ndarray        # (n,) ‖y'_i‖: distances to the centre, in units of σ
+    d: np.ndarray        # (n,) D_i
+    e: int               # E
+    capped: np.ndarray   # (n,) bool
+
+
+def _first_centre(x: torch.Tensor) -> int:
+    """A row near the bulk: the row nearest the coordinate-wise median of a column sample (16 evenly spread
+    blocks of 16 columns; all columns if d ≤ 256). Cheap (n × 256 values) and right for any attack that
+    does not single out the sampled columns; :func:`_central_gram` checks it either way."""
+    n, d = x.shape
+    if n <= 2 or d == 0:
+        return 0
+    if d <= _SAMPLE_BLOCKS * _SAMPLE_WIDTH:
+        s = x
+    else:
+        starts = np.linspace(0, d - _SAMPLE_WIDTH, _SAMPLE_BLOCKS).astype(np.int64).tolist()
+        s = torch.cat([x[:, i:i + _SAMPLE_WIDTH] for i in starts], dim=1)
+    s = s.to(torch.float64) * 0.5                      # halves: no difference overflows
+    diff = s - s.median(dim=0).values
+    big = diff.abs().amax(dim=1)
+    r = torch.linalg.vector_norm(diff / torch.where(big > 0, big, 1.0)[:, None], dim=1)
+    key = torch.nan_to_num(torch.log2(big) + torch.log2(r), nan=math.inf)   # log2 of the distance, no overflow
+    return int(torch.argmin(key))
+
+
+def _gram_about(x: torch.Tensor, k: int) -> _Gram:
+    """G = (X − x_k)(X − x_k)ᵀ in one pass: column blocks centred in the input's precision, each block's
+    GEMM in that precision, summed in float64. If an entry overflows (or exceeds 2^900) the pass is
+    redone in float64 with each row scaled by a power of two (:func:`_gram_rescaled`)."""
+    n, d = x.shape
+    step = _chunk(n)
+    g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    for start in range(0, d, step):
+        c = x[:, start:start + step]
+        c = c - c[k]
+        g += (c @ c.T).to(torch.float64)
+    gh = g.cpu().numpy()
+    if np.isfinite(gh).all() and float(np.abs(gh).max(initial=0.0)) <= _FAST_LIMIT:
+        u = torch.finfo(x.dtype).eps / 2
+        return _Gram(gh, np.zeros(n, np.int64), k, _gamma(u, min(step, max(d, 1)), -(-d // step)))
+    return _gram_rescaled(x, k)
+
+
+def _gram_rescaled(x: torch.Tensor, k: int) -> _Gram:
+    """The overflow guard for the Gram: y_i = (x_i − x_k) 2^(−p_i), 2^(p_i) the power of two just above
+    max_j |x_ij − x_kj| (found in a first pass on halves, which cannot overflow), so every |y_ij| < 1
+    and G = YYᵀ is computed in float64 without overflow for any finite input. Inputs narrower than float64
+    only need the float64 pass (p = 0): their squares cannot overflow it."""
+    n, d = x.shape
+    step = _chunk(n)
+    f64 = torch.float64
+    p = np.zeros(n, np.int64)
+    if torch.finfo(x.dtype).max > 1e300:
+        big = torch.zeros(n, dtype=f64, device=x.device)
+        for start in range(0, d, step):
+            c = x[:, start:start + step].to(f64) * 0.5
+            big = torch.maximum(big, (c - c[k]).abs().amax(dim=1))
+        b = big.cpu().numpy()
+        ok = np.isfinite(b) & (b > 0)
+        p[ok] = np.clip(np.frexp(b[ok])[1].astype(np.int64) + 1, -1000, 1025)
+    scale = torch.from_numpy(_pow2(-p)).to(x.device)[:, None]
+    g = torch.zeros(n, n, dtype=f64, device=x.device)
+    for start in range(0, d, step):
+        c = x[:, start:start + step].to(f64)
+        y = c * scale - c[k] * scale
+        g += y @ y.T
+    return _Gram(g.cpu().numpy(), p, k, _gamma(_U64, min(step, max(d, 1)), -(-d // step)))
+
+
+def _units(gr: _Gram, floor: float = 0.0) -> _Units:
+    """Express the Gram in units of σ = 2^E, E = ⌊log2 max(floor, median_i ‖x_i − x_k‖)⌋, a scale no
+    minority of rows can inflate once the centre is central (``floor`` is the geometric median's
+    smoothing ν, which keeps ν ≤ σ), and pull the rows farther than R = 2^256 σ from the centre in to
+    distance R along the ray from the centre: the overflow guard, which keeps every entry below ~2^520.
+    A row's pull on the geometric median depends only on its direction (optimality condition
+    Σ_i (z − x_i)/‖z − x_i‖ = 0; Kuhn, Math. Programming 1973), and moving it along the ray from x_k
+    turns that direction by at most ‖z* − x_k‖/R, so the median moves by ~2^-256 of the rows' spread."""
+    g0, p = gr.g, gr.p
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        diag = np.maximum(np.diagonal(g0), 0.0)
+        la = p + 0.5 * np.log2(diag)                        # log2 ‖x_i − x_k‖ (−inf for the centre)
+        fin = np.sort(la[np.isfinite(la)])
+        e = float(fin[len(fin) // 2]) if fin.size else -math.inf
+        if floor > 0:
+            e = max(e, math.log2(floor))
+        e = int(min(max(math.floor(e), -1070), 1023)) if math.isfinite(e) else 0
+        capped = la - e > _CAP_LOG2                         # False for NaN and −inf
+        dd = np.ldexp(1.0, np.clip(p - e, -1100, 1100))
+        if capped.any():
+            dd[capped] = 2.0 ** _CAP_LOG2 / np.sqrt(diag[capped])
+        g = dd[:, None] * g0 * dd[None, :]
+        a = np.sqrt(np.maximum(np.diagonal(g), 0.0))
+    return _Units(g, a, dd, e, capped)
+
+
+def _off_centre(gr: _Gram, un: _Units) -> int | None:
+    """None if the centre x_k is central: ‖x_m − x_k‖ ≤ 3 q_m for the medoid m, q_i the median distance of
+    row i to the others (upper bounds, rounding included). Otherwise m, the row to re-centre on: then the
+    distances among the rows near m are ≳ γ‖x_m − x_k‖², still resolved well enough to find m."""
+    n = len(un.a)
+    if n <= 2:
+        return None
+    diag, a = np.diagonal(un.g), un.a
+    with np.errstate(over="ignore", invalid="ignore"):
+        hi = np.sqrt(np.maximum(diag[:, None] + diag[None, :] - 2.0 * un.g, 0.0)
+                     + gr.gamma * (a[:, None] + a[None, :]) ** 2)
+    np.fill_diagonal(hi, np.inf)
+    q = np.partition(hi, (n - 1) // 2, axis=1)[:, (n - 1) // 2]
+    if not np.isfinite(q).all():
+        return None
+    m = int(np.argmin(q))
+    return None if m == gr.k or a[m] <= 3.0 * q[m] else m
+
+
+def _central_gram(x: torch.Tensor, floor: float = 0.0) -> tuple[_Gram, _Units]:
+    """The Gram matrix about a central row: :func:`_first_centre`, then re-centred on the medoid while
+    :func:`_off_centre` says so (one more pass each; at most ``_MAX_PASSES`` passes)."""
+    gr = _gram_about(x, _first_centre(x))
+    un = _units(gr, floor)
+    for _ in range(_MAX_PASSES - 1):
+        m = _off_centre(gr, un)
+        if m is None:
+            break
+        gr = _gram_about(x, m)
+        un = _units(gr, floor)
+    return gr, un
+
+
+def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
+    """‖x_i − x_j‖² for all pairs, (n, n) float64, from one Gram matrix about a central row x_k:
+
+        ‖x_i − x_j‖² = G_ii + G_jj − 2 G_ij,   G_ij = <x_i − x_k, x_j − x_k>.
+
+    The absolute error is about γ (‖x_i − x_k‖ + ‖x_j − x_k‖)², γ ≈ 50 u (u the input's unit roundoff), so
+    the distances among the majority keep their relative precision whatever the other rows hold; a squared
+    distance beyond float64's range is ``inf``. The centre is checked and re-chosen as described in
+    ``docs/aggregators.md``.
+    """
+    x = _rows(x, "pairwise_sq_distances")
+    gr, _ = _central_gram(x)
+    g, p = gr.g, gr.p
+    diag = np.diagonal(g)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not p.any():
+            d2 = diag[:, None] + diag[None, :] - 2.0 * g
+        else:   # rows in their own power-of-two scales: combine each pair at the larger one
+            top = np.maximum(p[:, None], p[None, :])
+            ri, rj = _pow2(p[:, None] - top), _pow2(p[None, :] - top)
+            d2 = np.maximum(ri * ri * diag[:, None] + rj * rj * diag[None, :] - 2.0 * ri * rj * g, 0.0)
+            d2 = np.ldexp(d2, np.clip(2 * top, -2200, 2200).astype(np.int64))
+    d2 = np.maximum(d2, 0.0)
+    np.fill_diagonal(d2, 0.0)
+    return torch.from_numpy(d2).to(x.device)
+

@@ -1,0 +1,103 @@
+"""Pre-aggregation steps that compose with any rule: nearest-neighbour mixing (Allouah et al., AISTATS 2023)
+and bucketing (Karimireddy, He & Jaggi, ICLR 2022).
+
+A step maps the n rows to n' new rows, each a convex combination of the old ones, and returns them with
+the row-stochastic mixing matrix M (n', n), x' = M x, so that what a rule says about the new rows (its
+trust) can be mapped back to the clients: trust = Mᵀt' / Mᵀ1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .base import _check_f, _check_int, _rows
+from .gram import pairwise_sq_distances
+
+__all__ = ["PRE_STEPS", "PreStep", "bucketing", "nnm"]
+
+
+def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x' = M x in float64, returned in x's dtype."""
+    return (m.to(x.device) @ x.to(torch.float64)).to(x.dtype)
+
+
+def nnm(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-neighbour mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot & Stephan, "Fixing by
+    Mixing", AISTATS 2023): each row is replaced by the mean of its n − f nearest rows, itself included,
+
+        x'_i = (1/(n − f)) Σ_{j ∈ N_i} x_j,   N_i = x_i and the n − f − 1 rows nearest to it,
+
+    with the distances of :func:`pairwise_sq_distances` (exact among the majority whatever the other rows
+    hold; ties: the lower index). Symbols: n rows, f Byzantine rows assumed. Needs n >= 2f + 1.
+    Returns the n mixed rows (the input's dtype, averaged in float64) and M (n, n), M_ij = 1/(n − f) for
+    j ∈ N_i. Cost: one Gram matrix (O(n²d)) and the mixing GEMM (O(n²d)).
+    """
+    x = _rows(x, "nnm")
+    n = x.shape[0]
+    _check_f("nnm", f, n, 2 * f + 1)
+    d2 = pairwise_sq_distances(x).cpu()
+    d2.fill_diagonal_(-1.0)                                    # itself first, whatever duplicates there are
+    near = torch.argsort(d2, dim=1, stable=True)[:, :n - f]
+    m = torch.zeros(n, n, dtype=torch.float64)
+    m.scatter_(1, near, 1.0 / (n - f))
+    return _mix(m, x), m
+
+
+def bucketing(x: torch.Tensor, *, bucket_size: int = 2,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bucketing (Karimireddy, He & Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
+    Bucketing", ICLR 2022): shuffle the rows with a random permutation π, cut them into ⌈n/s⌉ buckets of
+    s = ``bucket_size`` consecutive rows (the last bucket may be smaller) and average each bucket,
+
+        x'_b = (1/|B_b|) Σ_{i ∈ B_b} x_i,   B_b = {π(bs), …, π(bs + s − 1)} ∩ [0, n).
+
+    The permutation is drawn with ``generator`` (a CPU ``torch.Generator``; None: torch's global one),
+    so the same seeded generator gives the same buckets. Each Byzantine row spoils at most one bucket:
+    the rule after it sees at most f bad rows among ⌈n/s⌉ less heterogeneous ones. Returns the bucket
+    means (the input's dtype, averaged in float64) and M (⌈n/s⌉, n), M_bi = 1/|B_b| for i ∈ B_b.
+    ``bucket_size = 1`` only permutes the rows.
+    """
+    x = _rows(x, "bucketing")
+    n = x.shape[0]
+    s = _check_int("bucketing", "bucket_size", bucket_size, 1)
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+        raise ValueError(f"bucketing: generator must be a CPU torch.Generator or None. Got {generator!r} instead.")
+    perm = torch.randperm(n, generator=generator)
+    bucket = torch.arange(n) // s
+    sizes = torch.bincount(bucket).to(torch.float64)
+    m = torch.zeros(len(sizes), n, dtype=torch.float64)
+    m[bucket, perm] = 1.0 / sizes[bucket]
+    return _mix(m, x), m
+
+
+@dataclass(frozen=True)
+class PreStep:
+    """A registry entry: the step, the ``aggregator.*`` config keys it takes, whether it draws random
+    numbers (then it gets the ``generator``), the fewest rows it needs for a given f, and the number of
+    rows it returns for n rows and its parameters."""
+
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    params: tuple[str, ...] = ()
+    random: bool = False
+    min_rows: Callable[[int], int] | None = None
+    rows_out: Callable[..., int] = lambda n, **_: n
+
+    def largest_f(self, n: int) -> int:
+        """The largest f this step tolerates among n rows."""
+        if self.min_rows is None:
+            return n
+        f = 0
+        while self.min_rows(f + 1) <= n:
+            f += 1
+        return f
+
+
+#: config name (``aggregator.pre``) -> step
+PRE_STEPS: dict[str, PreStep] = {
+    "bucketing": PreStep(bucketing, ("bucket_size",), random=True,
+                         rows_out=lambda n, bucket_size=2, **_: -(-n // bucket_size)),
+    "nnm": PreStep(nnm, ("f",), min_rows=lambda f: 2 * f + 1),
+}
