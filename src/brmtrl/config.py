@@ -173,7 +173,11 @@ def _fmt(x: float) -> str:
 DATASETS = ("synthetic_classification", "synthetic_linear", "cifar10", "femnist")
 MODELS = ("auto", "cnn_cifar", "cnn_femnist", "mlp", "linear")
 ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedavg_ft", "fedper", "lg_fedavg", "local")
-AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "median", "trimmed_mean")
+# the names of brmtrl.aggregators.AGGREGATORS and PRE_STEPS (kept literal so that reading a config does not
+# import torch; tests/test_defenses.py checks they match the registries)
+AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "bulyan", "median", "trimmed_mean",
+               "centered_clipping")
+PRE_STEPS = ("nnm", "bucketing")
 ATTACKS = ("none", "gaussian", "sign_flip", "label_flip", "random")
 
 POS_INT = Interval(int, 1, None)
@@ -233,11 +237,20 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "aggregator.name": ("auto", Options(AGGREGATORS), "rule combining the clients' updates; 'auto' = "
                         "geometric_median for brmtrl, mean for every other algorithm (fedrep is FedRep: the mean)"),
     "aggregator.f": ("auto", AnyOf((NONNEG_INT, Options(("auto",)))),
-                     "Byzantine rows assumed per round; 'auto' = the 95th percentile of the Byzantine count among the sampled"),
+                     "Byzantine rows assumed per round (krum, multi_krum, bulyan, trimmed_mean, nnm); 'auto' = the "
+                     "95th percentile of the Byzantine count among the sampled"),
     "aggregator.m": (0, NONNEG_INT, "multi_krum: rows averaged; 0 means n - f"),
     "aggregator.tol": (1e-8, POS_FLOAT, "geometric_median: relative tolerance"),
     "aggregator.max_iter": (1000, POS_INT, "geometric_median: iteration cap"),
     "aggregator.eps": (1e-8, POS_FLOAT, "geometric_median: smoothing ν of the Weiszfeld weights"),
+    "aggregator.pre": ([], ListOf(Options(PRE_STEPS)),
+                       "pre-aggregation steps run in order before the rule, e.g. [\"nnm\", \"bucketing\"]: 'nnm' "
+                       "replaces each update by the mean of its n - f nearest, 'bucketing' averages random buckets "
+                       "of aggregator.bucket_size updates"),
+    "aggregator.bucket_size": (2, POS_INT, "bucketing: updates per bucket (the last bucket may be smaller)"),
+    "aggregator.tau": (0.0, NONNEG_FLOAT, "centered_clipping: clipping radius τ; 0 = automatic, the median distance "
+                       "of the updates to the start point (their coordinate-wise median)"),
+    "aggregator.iters": (3, POS_INT, "centered_clipping: clipping iterations"),
     "aggregator.max_norm": (0.0, NONNEG_FLOAT, "reject updates whose L2 norm exceeds this (0: no limit; "
                             "non-finite values and overflowing norms are always rejected)"),
     # evaluation

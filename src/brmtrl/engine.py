@@ -178,7 +178,8 @@ class Simulation:
             record.rejected.append(entry)
             self.rejected.append(entry)
         flagged = [e["client"] for e in step.rejected] + list(step.info.get("flagged", []))
-        self.identification.append({**flag_counts(senders, flagged, byz).as_dict(r), "flagged": sorted(flagged)})
+        self.identification.append({**flag_counts(senders, flagged, byz).as_dict(r), "flagged": sorted(flagged),
+                                    "accepted": list(step.accepted), "trust": step.info.get("trust", [])})
         record.aggregator_info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
         record.aggregator_info.update(flagged=len(flagged), flag_precision=self.identification[-1]["precision"],
                                       flag_recall=self.identification[-1]["recall"])
@@ -235,7 +236,7 @@ class Simulation:
                 return out
         byz = set(self.byzantine)
         return server_step(updates, senders, self.agg, size=self.shared.numel(), round_=r, attack=attack,
-                           byzantine=[c in byz for c in senders])
+                           byzantine=[c in byz for c in senders], seed=self.cfg["seed"])
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, r: int) -> dict[str, Any]:

@@ -4,8 +4,11 @@
 each, as received: anything may arrive) and who sent them; it screens them (:func:`screen`: not a
 floating-point tensor, wrong size, non-finite values, a norm that overflows or exceeds
 ``aggregator.max_norm``), combines the accepted ones with the configured robust rule in float64
-(:func:`aggregate`) and returns the step for φ with a record of the round: who was accepted, who was
-rejected and why, and what the rule reported. Sample counts are never used: a Byzantine client could
+(:func:`aggregate`: the ``aggregator.pre`` steps, then the rule, through
+:func:`brmtrl.aggregators.aggregate`) and returns the step for φ with a record of the round: who was
+accepted, who was rejected and why, what the rule reported, how much it trusted each accepted client
+(``info["trust"]``) and which accepted clients it flagged (``info["flagged"]``: trust below
+:data:`brmtrl.aggregators.FLAG_BELOW`). Sample counts are never used: a Byzantine client could
 report any. The built-in simulation and the Flower ``ServerApp`` (:mod:`brmtrl.flower`) both call it.
 """
 
@@ -16,12 +19,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from . import aggregators as agg_mod
 from .config import ConfigError
 
-__all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", "screen", "server_step"]
+__all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", "pre_generator", "screen",
+           "server_step"]
 
 log = logging.getLogger("brmtrl")
 
@@ -31,13 +36,35 @@ ServerAttack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Aggregation:
-    """The configured rule: its name, the f it assumes per round, its other keyword arguments and the
-    largest update norm accepted (0: no limit beyond finiteness)."""
+    """The configured rule: its name, the f it assumes per round, its other keyword arguments (and the
+    pre-aggregation steps'), the largest update norm accepted (0: no limit beyond finiteness) and the
+    pre-aggregation steps, in order."""
 
     name: str
     f: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
     max_norm: float = 0.0
+    pre: tuple[str, ...] = ()
+
+    def rows_after_pre(self, n: int) -> int:
+        """How many rows the rule sees when n updates are accepted (bucketing: ⌈n / bucket_size⌉)."""
+        return agg_mod.rows_after(self.pre, n, **self.params)
+
+    def largest_f(self, n: int) -> int:
+        """The largest f that the steps and the rule that take f tolerate with n accepted updates
+        (n itself when none takes f)."""
+        limit = n
+        for name in self.pre:
+            step = agg_mod.PRE_STEPS[name]
+            if "f" in step.params:
+                limit = min(limit, step.largest_f(n))
+            n = step.rows_out(n, **{k: self.params[k] for k in step.params if k in self.params})
+        rule = agg_mod.AGGREGATORS[self.name]
+        return min(limit, rule.largest_f(n)) if "f" in rule.params else limit
+
+    @property
+    def uses_f(self) -> bool:
+        return "f" in agg_mod.AGGREGATORS[self.name].params or any("f" in agg_mod.PRE_STEPS[p].params for p in self.pre)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], per_round: int, byzantine: int, pool: int) -> "Aggregation":
@@ -45,26 +72,38 @@ class Aggregation:
         follows a hypergeometric law (``byzantine`` of ``pool`` clients are Byzantine); 'auto' takes its
         95th percentile, so that the assumed f is exceeded in at most 5 % of rounds (the expected count,
         ⌈fraction · per_round⌉, is exceeded in about a third). Each round records the assumed and the
-        true count. An f the rule cannot tolerate with ``per_round`` rows is lowered to the largest it
-        can, with a warning (``'auto'``), or is a config error (an explicit value)."""
+        true count. An f the rule (or a pre-aggregation step) cannot tolerate with ``per_round`` rows is
+        lowered to the largest it can, with a warning (``'auto'``), or is a config error (an explicit
+        value). With ``aggregator.pre``, the rule's needs apply to the rows it sees after the steps."""
         name = cfg["aggregator.name"]
         rule = agg_mod.AGGREGATORS[name]
-        if rule.min_rows is not None and per_round < rule.min_rows(0):
+        pre = tuple(cfg.get("aggregator.pre", ()))
+        keys = set(rule.params).union(*(agg_mod.PRE_STEPS[p].params for p in pre))
+        params = {k: cfg[f"aggregator.{k}"] for k in sorted(keys) if k != "f"}
+        agg = cls(name, 0, params, float(cfg["aggregator.max_norm"]), pre)
+        rows = agg.rows_after_pre(per_round)
+        if rule.min_rows is not None and rows < rule.min_rows(0):
+            after = f" ({rows} after aggregator.pre = {list(pre)})" if pre else ""
             raise ConfigError(f"config key 'aggregator.name' = {name!r} needs at least {rule.min_rows(0)} clients "
-                              f"per round, but train.participation samples {per_round}; raise train.participation")
+                              f"per round, but train.participation samples {per_round}{after}; raise "
+                              "train.participation")
         f = cfg["aggregator.f"]
+        largest = agg.largest_f(per_round)
         if f == "auto":
             f = hypergeometric_quantile(0.95, pool, byzantine, per_round)
-            if f > rule.largest_f(per_round):
+            if f > largest:
                 log.warning("aggregator.f='auto' gives f=%d, more than %s tolerates with %d clients per round; "
-                            "it assumes f=%d", f, name, per_round, rule.largest_f(per_round))
-                f = rule.largest_f(per_round)
-        elif rule.min_rows is not None and per_round < rule.min_rows(f):
+                            "it assumes f=%d", f, agg.describe(), per_round, largest)
+                f = largest
+        elif f > largest and agg.uses_f:
             raise ConfigError(
-                f"config key 'aggregator.f' = {f} is too large for {name} with {per_round} clients sampled per "
-                f"round (needs {rule.min_rows(f)} or more); lower aggregator.f or raise train.participation")
-        params = {k: cfg[f"aggregator.{k}"] for k in rule.params if k != "f"}
-        return cls(name, int(f), params, float(cfg["aggregator.max_norm"]))
+                f"config key 'aggregator.f' = {f} is too large for {agg.describe()} with {per_round} clients sampled "
+                f"per round (it tolerates f <= {largest}); lower aggregator.f or raise train.participation")
+        return cls(name, int(f), params, agg.max_norm, pre)
+
+    def describe(self) -> str:
+        """The rule with its pre-aggregation steps, e.g. ``nnm + bucketing + centered_clipping``."""
+        return " + ".join([*self.pre, self.name])
 
 
 def hypergeometric_quantile(q: float, pool: int, marked: int, draws: int) -> int:
@@ -122,32 +161,44 @@ def screen(updates: Sequence[Any], clients: Sequence[Any], *, size: int,
     return kept, rejected
 
 
-def aggregate(x: torch.Tensor, agg: Aggregation) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Combine the stacked accepted updates ``x`` (n, d) with the rule, in float64. f is lowered to
-    what the rule tolerates among the n rows that are left (rows may have been rejected)."""
+def pre_generator(seed: int, round_: int) -> torch.Generator:
+    """The CPU generator of the random pre-aggregation steps (bucketing) in round ``round_``: a function of
+    the run's seed and the round only, so a resumed run, or another engine, draws the same buckets."""
+    state = np.random.SeedSequence([int(seed), int(round_), 0xB0C4]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def aggregate(x: torch.Tensor, agg: Aggregation, *,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Combine the stacked accepted updates ``x`` (n, d) with the pre-aggregation steps and the rule
+    (:func:`brmtrl.aggregators.aggregate`), in float64. f is lowered to what the steps and the rule
+    tolerate among the n rows that are left (rows may have been rejected). ``info["trust"]`` holds each
+    row's trust (floats in [0, 1], the rows' order)."""
     x = x.to(torch.float64)
     n = x.shape[0]
-    rule = agg_mod.AGGREGATORS[agg.name]
     info: dict[str, Any] = {}
-    if agg.name == "geometric_median":
-        res = agg_mod.geometric_median_result(x, **agg.params)
-        return res.point, {"gm_iterations": res.iterations, "gm_converged": res.converged}
     kwargs: dict[str, Any] = dict(agg.params)
-    if "f" in rule.params:
-        kwargs["f"] = min(agg.f, rule.largest_f(n))
+    if agg.uses_f:
+        kwargs["f"] = min(agg.f, agg.largest_f(n))
         info["f_used"] = kwargs["f"]
     if "m" in kwargs:
-        kwargs["m"] = min(kwargs["m"], n) or None
-    return rule.fn(x, **kwargs), info
+        kwargs["m"] = min(kwargs["m"], agg.rows_after_pre(n)) or None
+    res = agg_mod.aggregate(agg.name, x, pre=agg.pre, generator=generator, **kwargs)
+    info.update({k: v for k, v in res.info.items() if k != "f_used"})
+    info["trust"] = [float(t) for t in res.trust.cpu()]
+    return res.point, info
 
 
 def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation, *, size: int,
                 round_: int = 0, attack: ServerAttack | None = None,
-                byzantine: Sequence[bool] | None = None) -> StepResult:
+                byzantine: Sequence[bool] | None = None, seed: int = 0) -> StepResult:
     """Screen, (in simulation, apply an omniscient ``attack`` to the ``byzantine`` rows), aggregate.
 
     Returns the step to add to φ, or None when too few valid updates are left for the rule (φ is then
     left unchanged and the round's record says why). Rejections are logged with the client and reason.
+    ``info["trust"]`` lists the rule's trust in each accepted client (``accepted``'s order) and
+    ``info["flagged"]`` the accepted clients trusted less than :data:`brmtrl.aggregators.FLAG_BELOW`.
+    Random pre-aggregation steps draw from :func:`pre_generator` (``seed``, ``round_``).
     """
     kept, rejected = screen(updates, clients, size=size, max_norm=agg.max_norm)
     for entry in rejected:
@@ -164,11 +215,13 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
         if bool(mask.any()):
             x = attack(x, mask).to(torch.float64)
     rule = agg_mod.AGGREGATORS[agg.name]
-    if rule.min_rows is not None and len(kept) < rule.min_rows(0):
+    if rule.min_rows is not None and agg.rows_after_pre(len(kept)) < rule.min_rows(0):
         log.warning("round %d: only %d valid updates, fewer than %s needs; φ is left unchanged this round",
-                    round_, len(kept), agg.name)
-        info["skipped"] = f"{len(kept)} valid updates, fewer than {agg.name} needs ({rule.min_rows(0)})"
+                    round_, len(kept), agg.describe())
+        info["skipped"] = f"{len(kept)} valid updates, fewer than {agg.describe()} needs ({rule.min_rows(0)})"
         return StepResult(None, accepted, rejected, info)
-    step, rule_info = aggregate(x, agg)
+    gen = pre_generator(seed, round_) if any(agg_mod.PRE_STEPS[p].random for p in agg.pre) else None
+    step, rule_info = aggregate(x, agg, generator=gen)
     info.update(rule_info)
+    info["flagged"] = [c for c, t in zip(accepted, info["trust"]) if t < agg_mod.FLAG_BELOW]
     return StepResult(step, accepted, rejected, info)

@@ -213,7 +213,8 @@ class BRMTRLStrategy(Strategy):
                 return out
         t_agg = time.perf_counter()
         step = server_step(updates, senders, self.agg, size=self.roster.shared_size, round_=server_round,
-                           attack=attack, byzantine=[p in self.roster.byzantine for p in senders])
+                           attack=attack, byzantine=[p in self.roster.byzantine for p in senders],
+                           seed=int(self.cfg["seed"]))
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6),
                          slowest_node_train_s=round(slowest, 6))
         for e in step.rejected:
@@ -223,7 +224,8 @@ class BRMTRLStrategy(Strategy):
         byz = self.roster.byzantine
         flagged = [e["client"] for e in step.rejected] + list(step.info.get("flagged", []))
         self.identification.append({**flag_counts(senders, flagged, byz).as_dict(server_round),
-                                    "flagged": sorted(flagged)})
+                                    "flagged": sorted(flagged), "accepted": list(step.accepted),
+                                    "trust": step.info.get("trust", [])})
         info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
         info.update(flagged=len(flagged), flag_precision=self.identification[-1]["precision"],
                     flag_recall=self.identification[-1]["recall"])
