@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import AggregateResult, _check_f, _rows, _share_trust
+from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
-
-
-def _used(idx: torch.Tensor, n: int, d: int) -> torch.Tensor:
-    """Fraction of the d coordinates in which each of the n rows appears in ``idx`` (k, d)."""
-    if d == 0:
-        return torch.full((n,), float(idx.shape[0]) / n, dtype=torch.float64, device=idx.device)
-    return torch.bincount(idx.reshape(-1), minlength=n).to(torch.float64) / d
 
 
 def mean(x: torch.Tensor) -> torch.Tensor:
@@ -29,14 +22,14 @@ def mean_trusted(x: torch.Tensor) -> AggregateResult:
 
 
 def _median(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The coordinate-wise median and the rows whose values it takes, (1, d) for odd n, (2, d) for even n."""
+    """The coordinate-wise median and the values it takes, (1, d) for odd n, (2, d) for even n."""
     n = x.shape[0]
     if n % 2:
-        res = x.median(dim=0)
-        return res.values, res.indices[None]
-    top = torch.topk(x, n // 2 + 1, dim=0, largest=False, sorted=True)
-    mid = top.values[-2:].to(torch.float64)
-    return (0.5 * mid[0] + 0.5 * mid[1]).to(x.dtype), top.indices[-2:]
+        med = x.median(dim=0).values
+        return med, med[None]
+    mid = torch.topk(x, n // 2 + 1, dim=0, largest=False, sorted=True).values[-2:]
+    m64 = mid.to(torch.float64)
+    return (0.5 * m64[0] + 0.5 * m64[1]).to(x.dtype), mid
 
 
 def median(x: torch.Tensor) -> torch.Tensor:
@@ -49,12 +42,13 @@ def median(x: torch.Tensor) -> torch.Tensor:
 
 def median_trusted(x: torch.Tensor) -> AggregateResult:
     """:func:`median` and each row's trust: the fraction u_i of coordinates where the row's value is the
-    median (one of the two middle values for even n), relative to a row's fair share k/n (k = 1 or 2
-    values used per coordinate) and capped at 1: trust_i = min(1, u_i n / k)."""
+    median (one of the two middle values for even n; rows tied with it share the use), relative to a
+    row's fair share k/n (k = 1 or 2 values used per coordinate) and capped at 1: trust_i = min(1, u_i n / k)."""
     x = _rows(x, "median")
-    n, d = x.shape
-    point, idx = _median(x)
-    return AggregateResult(point, _share_trust(_used(idx, n, d), idx.shape[0], n))
+    n = x.shape[0]
+    point, mid = _median(x)
+    k = mid.shape[0]
+    return AggregateResult(point, _share_trust(_band_used(x, mid[0], mid[-1], k), k, n))
 
 
 def trimmed_mean(x: torch.Tensor, *, f: int = 0) -> torch.Tensor:
@@ -65,10 +59,12 @@ def trimmed_mean(x: torch.Tensor, *, f: int = 0) -> torch.Tensor:
 
 def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     """:func:`trimmed_mean` and each row's trust: the fraction u_i of coordinates where the row's value was
-    kept (not among the f largest or f smallest), relative to the fair share (n − 2f)/n, capped at 1."""
+    kept (not among the f largest or f smallest; rows tied with a kept value share its use), relative to
+    the fair share (n − 2f)/n, capped at 1."""
     x = _rows(x, "trimmed_mean")
-    n, d = x.shape
+    n = x.shape[0]
     _check_f("trimmed_mean", f, n, 2 * f + 1)
-    s = x.to(torch.float64).sort(dim=0)
-    point = s.values[f:n - f].mean(dim=0).to(x.dtype)
-    return AggregateResult(point, _share_trust(_used(s.indices[f:n - f], n, d), n - 2 * f, n), {"f_used": f})
+    s = x.to(torch.float64).sort(dim=0).values
+    point = s[f:n - f].mean(dim=0).to(x.dtype)
+    used = _band_used(x.to(torch.float64), s[f], s[n - f - 1], n - 2 * f)
+    return AggregateResult(point, _share_trust(used, n - 2 * f, n), {"f_used": f})

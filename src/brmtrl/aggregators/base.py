@@ -58,6 +58,19 @@ def _safe_norms(v: torch.Tensor) -> torch.Tensor:
     return m * torch.linalg.vector_norm(v / torch.where(m > 0, m, 1.0)[:, None], dim=1)
 
 
+def _band_used(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kept: int) -> torch.Tensor:
+    """For a coordinate-wise rule that combines ``kept`` of the m values of each coordinate, all within
+    [lo_j, hi_j]: the fraction of coordinates each row was used in, (m,) float64. A row whose value lies
+    in the band shares that coordinate's ``kept`` uses with the other rows there, so that rows tied with a
+    kept value (identical rows) share the credit instead of losing it to the order of a sort."""
+    m, d = v.shape
+    if d == 0:
+        return torch.full((m,), kept / m, dtype=torch.float64, device=v.device)
+    inband = (v >= lo) & (v <= hi)
+    share = kept / inband.sum(dim=0).clamp_min(1).to(torch.float64)
+    return (inband.to(torch.float64) * share).sum(dim=1) / d
+
+
 def _share_trust(used: torch.Tensor, kept: int, rows: int) -> torch.Tensor:
     """Trust from per-coordinate selection: ``used`` (n,) the fraction of coordinates where each row's value
     was among the ``kept`` of ``rows`` values the rule combined, relative to a row's fair share kept/rows,

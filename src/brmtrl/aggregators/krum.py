@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .averages import _median
-from .base import AggregateResult, _check_f, _rows, _share_trust
+from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
 from .gram import pairwise_sq_distances
 
 __all__ = ["bulyan", "bulyan_trusted", "krum", "krum_scores", "krum_trusted", "multi_krum", "multi_krum_trusted"]
@@ -68,17 +68,20 @@ def multi_krum_trusted(x: torch.Tensor, *, f: int, m: int | None = None) -> Aggr
 
 
 def _iterated_krum(d2: np.ndarray, f: int, count: int) -> list[int]:
-    """Bulyan's selection: ``count`` times, the Krum winner among the rows left (its score over its
-    max(r − f − 2, 1) nearest of the r rows left), which is then removed. One distance matrix serves
-    every step. Equal scores (two mutual nearest rows when one neighbour is scored) are broken by the
-    sum of the squared distances to all the rows left, then by the lowest index."""
-    left = list(range(len(d2)))
+    """Bulyan's selection: ``count`` times, the Krum winner among the r rows left, which is then removed;
+    a row's score sums its squared distances to its min(n − f − 2, r − 1) nearest rows left (Krum's
+    neighbourhood among all n rows, or every row left once fewer remain: a neighbourhood that shrank
+    with r would let f identical Byzantine rows, at distance 0 from each other, win the last steps).
+    One distance matrix serves every step. Equal scores are broken by the sum of the squared distances
+    to all the rows left, then by the lowest index."""
+    n = len(d2)
+    left = list(range(n))
     chosen: list[int] = []
     for _ in range(count):
         r = len(left)
         sub = d2[np.ix_(left, left)].copy()
         np.fill_diagonal(sub, np.inf)
-        k = min(max(r - f - 2, 1), r - 1)
+        k = min(n - f - 2, r - 1)
         with np.errstate(over="ignore", invalid="ignore"):
             score = np.sort(sub, axis=1)[:, :k].sum(axis=1)
             np.fill_diagonal(sub, 0.0)
@@ -92,7 +95,8 @@ def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
     """Bulyan (El Mhamdi, Guerraoui & Rouault, "The Hidden Vulnerability of Distributed Learning in
     Byzantium", ICML 2018), over Krum:
 
-    1. select θ = n − 2f rows S by iterated Krum: θ times, the Krum winner among the rows left,
+    1. select θ = n − 2f rows S by iterated Krum: θ times, the Krum winner among the rows left (score:
+       the sum of the squared distances to its min(n − f − 2, r − 1) nearest of the r rows left),
        removed once selected (see :func:`_iterated_krum`);
     2. per coordinate j, with m_j the coordinate-wise median of the selected values {x_ij : i ∈ S}, average
        the β = θ − 2f of them closest to m_j:  out_j = (1/β) Σ_{i ∈ B_j} x_ij,  B_j = the β values of S
@@ -107,8 +111,8 @@ def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
 
 def bulyan_trusted(x: torch.Tensor, *, f: int) -> AggregateResult:
     """:func:`bulyan` and each row's trust: 0 for a row the Krum stage left out; for a selected row, the
-    fraction u_i of coordinates where its value was among the β kept, relative to the fair share β/θ and
-    capped at 1."""
+    fraction u_i of coordinates where its value was among the β kept (rows tied with a kept value share
+    its use), relative to the fair share β/θ and capped at 1."""
     x = _rows(x, "bulyan")
     n, d = x.shape
     _check_f("bulyan", f, n, 4 * f + 3)
@@ -119,10 +123,8 @@ def bulyan_trusted(x: torch.Tensor, *, f: int) -> AggregateResult:
     sel = x[idx].to(torch.float64)
     centre = _median(sel)[0]
     keep = torch.argsort((sel - centre).abs(), dim=0, stable=True)[:beta]      # (β, d) positions in S
-    point = torch.gather(sel, 0, keep).mean(dim=0).to(x.dtype)
+    kept = torch.gather(sel, 0, keep)
+    point = kept.mean(dim=0).to(x.dtype)
     used = torch.zeros(n, dtype=torch.float64, device=x.device)
-    if d:
-        used[idx] = torch.bincount(keep.reshape(-1), minlength=theta).to(torch.float64) / d
-    else:
-        used[idx] = beta / theta
+    used[idx] = _band_used(sel, kept.amin(dim=0), kept.amax(dim=0), beta) if d else beta / theta
     return AggregateResult(point, _share_trust(used, beta, theta), {"f_used": f})

@@ -1,0 +1,361 @@
+"""Bulyan, centered clipping, the pre-aggregation steps (NNM, bucketing), each row's trust, and the server
+and CLI around them (issue 8). Every rule is checked against a plain loop written here, in float64."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from brmtrl import aggregators as agg
+from brmtrl.aggregators import (AGGREGATORS, FLAG_BELOW, PRE_STEPS, aggregate, bucketing, bulyan, bulyan_trusted,
+                                centered_clipping, centered_clipping_trusted, nnm)
+from brmtrl.cli import main
+from brmtrl.config import AGGREGATORS as CONFIG_RULES, PRE_STEPS as CONFIG_PRE, ConfigError, load_config
+from brmtrl.server import Aggregation, pre_generator, server_step
+
+from .conftest import CONFIGS
+
+
+def rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- plain references (loops, float64)
+def ref_sq_dist(a: np.ndarray, b: np.ndarray) -> float:
+    return float(sum((float(p) - float(q)) ** 2 for p, q in zip(a, b)))
+
+
+def ref_bulyan(x: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """Iterated Krum (score over min(n − f − 2, r − 1) neighbours, ties by the total distance, then index),
+    then per coordinate the mean of the β values nearest the median of the selected ones."""
+    n, d = x.shape
+    theta, beta = n - 2 * f, n - 4 * f
+    left, chosen = list(range(n)), []
+    for _ in range(theta):
+        r = len(left)
+        k = min(n - f - 2, r - 1)
+        best = None
+        for pos, i in enumerate(left):
+            dist = sorted(ref_sq_dist(x[i], x[j]) for j in left if j != i)
+            key = (sum(dist[:k]), sum(dist), pos)
+            best = key if best is None or key < best else best
+        chosen.append(left.pop(best[2]))
+    out, used = np.zeros(d), np.zeros(n)
+    for j in range(d):
+        vals = sorted((x[i, j], i) for i in chosen)
+        mid = vals[theta // 2][0] if theta % 2 else 0.5 * (vals[theta // 2 - 1][0] + vals[theta // 2][0])
+        near = sorted(range(theta), key=lambda p: (abs(x[chosen[p], j] - mid), p))[:beta]
+        out[j] = sum(x[chosen[p], j] for p in near) / beta
+        for p in near:
+            used[chosen[p]] += 1
+    return out, np.minimum(used / d * theta / beta, 1.0)
+
+
+def ref_centered_clipping(x: np.ndarray, tau: float, iters: int, v0: np.ndarray | None = None):
+    n, d = x.shape
+    v = np.median(x, axis=0) if v0 is None else v0.copy()
+    if tau == 0:
+        tau = float(np.median([math.sqrt(ref_sq_dist(x[i], v)) for i in range(n)]))
+    scale = np.ones(n)
+    for _ in range(iters):
+        step = np.zeros(d)
+        for i in range(n):
+            norm = math.sqrt(ref_sq_dist(x[i], v))
+            scale[i] = min(1.0, tau / norm) if norm > 0 else 1.0
+            step += (x[i] - v) * scale[i]
+        v = v + step / n
+    return v, scale, tau
+
+
+def ref_nnm(x: np.ndarray, f: int) -> np.ndarray:
+    n = len(x)
+    out = np.zeros_like(x)
+    for i in range(n):
+        others = sorted((ref_sq_dist(x[i], x[j]), j) for j in range(n) if j != i)
+        near = [i] + [j for _, j in others[:n - f - 1]]
+        out[i] = sum(x[j] for j in near) / (n - f)
+    return out
+
+
+# --------------------------------------------------------------------------- Bulyan
+@pytest.mark.parametrize("n,f,d,seed", [(7, 1, 5, 0), (11, 2, 8, 1), (12, 2, 3, 2), (3, 0, 4, 3), (15, 3, 6, 4)])
+def test_bulyan_matches_the_plain_loop(n, f, d, seed):
+    x = rows(n, d, seed)
+    x[:f] = x[:f] * 50 + 20          # f far rows
+    point, trust = ref_bulyan(x.numpy(), f)
+    res = bulyan_trusted(x, f=f)
+    np.testing.assert_allclose(res.point.numpy(), point, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(res.trust.numpy(), trust, rtol=1e-13, atol=1e-13)
+    assert torch.equal(bulyan(x, f=f), res.point)
+
+
+def test_bulyan_needs_4f_plus_3_and_float32_stays_float32():
+    assert AGGREGATORS["bulyan"].largest_f(10) == 1 and AGGREGATORS["bulyan"].largest_f(11) == 2
+    with pytest.raises(ValueError, match=r"bulyan: cannot tolerate f=2 Byzantine rows among n=10; it needs n >= 11"):
+        bulyan(rows(10, 3), f=2)
+    out = bulyan(rows(11, 4).float(), f=2)
+    assert out.dtype == torch.float32 and out.shape == (4,)
+
+
+# --------------------------------------------------------------------------- centered clipping
+@pytest.mark.parametrize("tau,iters", [(0.0, 1), (0.0, 3), (0.5, 5), (100.0, 2)])
+def test_centered_clipping_matches_the_plain_loop(tau, iters):
+    x = rows(9, 6, 5)
+    x[0] += 30.0
+    v, scale, tau_used = ref_centered_clipping(x.numpy(), tau, iters)
+    res = centered_clipping_trusted(x, tau=tau, iters=iters)
+    np.testing.assert_allclose(res.point.numpy(), v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(res.trust.numpy(), scale, rtol=1e-12, atol=1e-12)
+    assert res.info["tau"] == pytest.approx(tau_used, rel=1e-12)
+
+
+def test_centered_clipping_from_a_given_centre_and_huge_rows():
+    x = rows(8, 5, 6)
+    centre = torch.full((5,), 0.3, dtype=torch.float64)
+    v, _, _ = ref_centered_clipping(x.numpy(), 1.0, 4, centre.numpy())
+    np.testing.assert_allclose(centered_clipping(x, tau=1.0, iters=4, centre=centre).numpy(), v, rtol=1e-12, atol=1e-12)
+    # rows up to 1e300: no overflow; each far row moves v by at most τ/n per iteration
+    y = rows(10, 200, 7)
+    y[:3] = 1e300
+    out = centered_clipping_trusted(y, iters=3)
+    assert torch.isfinite(out.point).all()
+    honest_v, _, _ = ref_centered_clipping(y[3:].numpy(), 0.0, 1)
+    assert float(torch.linalg.vector_norm(out.point - y[3:].median(dim=0).values)) <= 3 * 3 * out.info["tau"] / 10 + 1e-9
+    assert (out.trust[:3] < 1e-250).all() and (out.trust[3:] >= FLAG_BELOW).all()
+    assert np.isfinite(honest_v).all()
+
+
+# --------------------------------------------------------------------------- pre-aggregation
+@pytest.mark.parametrize("n,f", [(5, 0), (7, 2), (10, 3), (9, 4)])
+def test_nnm_matches_the_plain_loop(n, f):
+    x = rows(n, 6, n + f)
+    x[0] += 40.0
+    mixed, m = nnm(x, f=f)
+    np.testing.assert_allclose(mixed.numpy(), ref_nnm(x.numpy(), f), rtol=1e-13, atol=1e-13)
+    assert m.shape == (n, n) and torch.allclose(m.sum(dim=1), torch.ones(n, dtype=torch.float64))
+    assert (torch.diagonal(m) == 1.0 / (n - f)).all()   # each row keeps itself
+    torch.testing.assert_close(m @ x, mixed, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("n,s", [(10, 2), (10, 3), (7, 7), (5, 9), (6, 1)])
+def test_bucketing_puts_each_row_in_exactly_one_bucket(n, s):
+    x = rows(n, 4, n)
+    out, m = bucketing(x, bucket_size=s, generator=gen(3))
+    buckets = math.ceil(n / s)
+    assert out.shape == (buckets, 4) and m.shape == (buckets, n)
+    assert ((m > 0).sum(dim=0) == 1).all()                          # every row in exactly one bucket
+    sizes = (m > 0).sum(dim=1).tolist()
+    assert sizes[:-1] == [s] * (buckets - 1) and 1 <= sizes[-1] <= s   # only the last may be smaller
+    for b in range(buckets):
+        members = torch.nonzero(m[b]).flatten()
+        torch.testing.assert_close(out[b], x[members].mean(dim=0), rtol=0, atol=1e-14)
+    again, m2 = bucketing(x, bucket_size=s, generator=gen(3))
+    assert torch.equal(again, out) and torch.equal(m2, m)          # same seed, same buckets
+
+
+def test_bucketing_of_size_one_permutes_the_rows():
+    x = rows(9, 5, 1)
+    out, m = bucketing(x, bucket_size=1, generator=gen(0))
+    perm = m.argmax(dim=1)
+    assert sorted(perm.tolist()) == list(range(9)) and torch.equal(out, x[perm])
+
+
+def test_chained_pre_steps_and_trust_through_the_mixing_matrices():
+    x = rows(10, 6, 2)
+    x[4] = 1e3
+    res = aggregate("geometric_median", x, pre=["nnm", "bucketing"], f=2, bucket_size=2, generator=gen(5))
+    mixed, m1 = nnm(x, f=2)
+    buckets, m2 = bucketing(mixed, bucket_size=2, generator=gen(5))
+    inner = agg.geometric_median_trusted(buckets)
+    torch.testing.assert_close(res.point, inner.point, rtol=0, atol=0)
+    m = m2 @ m1
+    np.testing.assert_allclose(res.trust.numpy(), (m.T @ inner.trust / m.sum(dim=0)).numpy(), rtol=1e-14)
+    assert res.info["rows_aggregated"] == 5
+    assert float(res.trust[4]) < FLAG_BELOW
+
+
+# --------------------------------------------------------------------------- trust
+ROBUST = ["geometric_median", "krum", "multi_krum", "bulyan", "median", "trimmed_mean", "centered_clipping"]
+
+
+def outliers(m: float, n: int = 11, d: int = 500, bad: tuple[int, ...] = (2, 7)) -> torch.Tensor:
+    x = rows(n, d, 9)
+    signs = torch.where(rows(1, d, 10)[0] > 0, 1.0, -1.0).to(torch.float64)
+    for i in bad:
+        x[i] = m * signs
+    return x
+
+
+def kwargs_for(rule: str, n: int = 11) -> dict:
+    entry = AGGREGATORS[rule]
+    return {"f": min(2, entry.largest_f(n))} if "f" in entry.params else {}
+
+
+@pytest.mark.parametrize("m", [1e3, 1e30])
+@pytest.mark.parametrize("rule", ROBUST)
+def test_trust_of_outliers_is_low_and_of_honest_rows_high(rule, m):
+    bad = (2, 7)
+    x = outliers(m, bad=bad)
+    res = aggregate(rule, x, **kwargs_for(rule))
+    trust = res.trust
+    assert trust.dtype == torch.float64 and trust.shape == (11,) and ((0 <= trust) & (trust <= 1)).all()
+    honest = [i for i in range(11) if i not in bad]
+    assert (trust[list(bad)] < FLAG_BELOW).all(), trust
+    if rule == "krum":             # one row selected, an honest one
+        assert int((trust == 1).sum()) == 1 and int(torch.argmax(trust)) in honest
+    elif rule == "bulyan":         # θ = n − 2f honest rows selected, the other honest rows discarded
+        assert int((trust[honest] >= FLAG_BELOW).sum()) == 11 - 2 * 2
+    else:
+        assert (trust[honest] >= FLAG_BELOW).all(), trust
+    assert torch.equal(res.flagged, trust < FLAG_BELOW)
+
+
+@pytest.mark.parametrize("pre", [["nnm"], ["bucketing"], ["nnm", "bucketing"]])
+@pytest.mark.parametrize("rule", ["geometric_median", "centered_clipping", "median", "multi_krum"])
+def test_trust_of_an_outlier_is_low_through_pre_steps(rule, pre):
+    x = outliers(1e3, bad=(4,))
+    params = {"f": 1, "bucket_size": 2} if "bucketing" in pre else {"f": 1}
+    if "f" not in AGGREGATORS[rule].params and "nnm" not in pre:
+        params.pop("f")
+    res = aggregate(rule, x, pre=pre, generator=gen(1), **params)
+    assert float(res.trust[4]) < FLAG_BELOW
+    if pre == ["nnm"]:
+        assert (res.trust[[i for i in range(11) if i != 4]] >= FLAG_BELOW).all()
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean", "bulyan"])
+def test_identical_rows_share_the_trust_of_a_coordinate(rule):
+    # ties: which of several equal values a sort keeps must not decide who is trusted
+    x = torch.ones(11, 20, dtype=torch.float64)
+    x[3] = 1e3
+    trust = aggregate(rule, x, **kwargs_for(rule)).trust
+    honest = trust[[i for i in range(11) if i != 3]]
+    assert float(trust[3]) == 0.0
+    assert int((honest >= FLAG_BELOW).sum()) == (11 - 4 if rule == "bulyan" else 10)
+
+
+def test_mean_trusts_every_row():
+    res = aggregate("mean", outliers(1e30))
+    assert torch.equal(res.trust, torch.ones(11, dtype=torch.float64)) and not res.flagged.any()
+
+
+def test_trust_is_read_off_what_the_rule_computed():
+    # geometric median: min(1, median distance / own distance) to the point, from the Weiszfeld weights
+    x = outliers(1e3)
+    res = aggregate("geometric_median", x, tol=1e-12)
+    dist = torch.linalg.vector_norm(x - res.point, dim=1)
+    np.testing.assert_allclose(res.trust.numpy(), torch.clamp(dist.median() / dist, max=1.0).numpy(), rtol=1e-3)
+    # trimmed mean: fraction of coordinates kept, over the fair share (n − 2f)/n
+    x = rows(7, 40, 3)
+    s = torch.sort(x, dim=0).indices[1:-1]
+    used = torch.bincount(s.flatten(), minlength=7).double() / 40
+    np.testing.assert_allclose(aggregate("trimmed_mean", x, f=1).trust.numpy(),
+                               torch.clamp(used * 7 / 5, max=1).numpy())
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("call,match", [
+    (lambda: bulyan(rows(10, 3), f=2), r"bulyan: cannot tolerate f=2 Byzantine rows among n=10; it needs n >= 11"),
+    (lambda: bulyan(rows(10, 3), f=-1), r"bulyan: f must be an int >= 0. Got -1 instead"),
+    (lambda: bulyan(rows(10, 3), f=1.5), r"bulyan: f must be an int >= 0. Got 1.5 instead"),
+    (lambda: centered_clipping(rows(5, 3), tau=-1.0), r"centered_clipping: tau must be a float >= 0. Got -1.0 instead"),
+    (lambda: centered_clipping(rows(5, 3), tau=float("inf")), r"centered_clipping: tau must be a float >= 0. Got inf"),
+    (lambda: centered_clipping(rows(5, 3), iters=0), r"centered_clipping: iters must be an int >= 1. Got 0 instead"),
+    (lambda: centered_clipping(rows(5, 3), centre=torch.zeros(4)), r"centre must be a finite floating-point tensor "
+                                                                     r"of shape \(3,\). Got a torch.float32 tensor of shape \(4,\)"),
+    (lambda: nnm(rows(5, 3), f=3), r"nnm: cannot tolerate f=3 Byzantine rows among n=5; it needs n >= 7"),
+    (lambda: bucketing(rows(5, 3), bucket_size=0), r"bucketing: bucket_size must be an int >= 1. Got 0 instead"),
+    (lambda: bucketing(rows(5, 3), generator=3), r"bucketing: generator must be a CPU torch.Generator or None. Got 3"),
+    (lambda: aggregate("average", rows(5, 3)), r"aggregate: unknown rule 'average'; expected one of 'bulyan'"),
+    (lambda: aggregate("mean", rows(5, 3), pre=["nnn"]), r"unknown pre-aggregation step 'nnn'; expected one of 'bucketing', 'nnm'"),
+    (lambda: aggregate("mean", rows(5, 3), pre="nnm"), r"pre must be a sequence of step names"),
+    (lambda: aggregate("mean", rows(5, 3), tau=1.0), r"aggregate: mean with pre=\[\] takes no parameter 'tau'"),
+    (lambda: aggregate("median", torch.zeros(3)), r"median: expected a 2-D tensor"),
+])
+def test_invalid_parameters_give_errors_naming_them(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+# --------------------------------------------------------------------------- config and server
+def test_config_names_match_the_registries():
+    assert set(CONFIG_RULES) - {"auto"} == set(AGGREGATORS)
+    assert set(CONFIG_PRE) == set(PRE_STEPS)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["aggregator.pre=[\"nnm\", \"bucket\"]"], "config key 'aggregator.pre' must be a list of items, each one of 'nnm'"),
+    (["aggregator.pre=\"nnm\""], "config key 'aggregator.pre' must be a list"),
+    (["aggregator.bucket_size=0"], "config key 'aggregator.bucket_size' must be an int in the range [1, inf)"),
+    (["aggregator.tau=-1"], "config key 'aggregator.tau' must be a float in the range [0, inf)"),
+    (["aggregator.iters=0"], "config key 'aggregator.iters' must be an int in the range [1, inf)"),
+])
+def test_config_errors_for_the_new_keys(overrides, needle):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, overrides)
+    assert needle in str(exc.value)
+
+
+def test_f_auto_respects_bulyans_4f_plus_3_and_explicit_f_is_checked(tiny_cfg):
+    cfg = tiny_cfg("aggregator.name=bulyan", "attack.byzantine_fraction=0.3")
+    a = Aggregation.from_config(cfg, per_round=10, byzantine=6, pool=20)
+    assert a.f == 1                                     # 4f + 3 <= 10
+    with pytest.raises(ConfigError, match=r"'aggregator.f' = 2 is too large for bulyan"):
+        Aggregation.from_config(tiny_cfg("aggregator.name=bulyan", "aggregator.f=2"), 10, 0, 20)
+    # after bucketing Krum sees ⌈10/2⌉ = 5 rows: f <= 1
+    b = Aggregation.from_config(tiny_cfg("aggregator.name=krum", "aggregator.pre=[\"bucketing\"]",
+                                         "attack.byzantine_fraction=0.3"), 10, 6, 20)
+    assert b.f == 1 and b.pre == ("bucketing",) and b.params == {"bucket_size": 2}
+    with pytest.raises(ConfigError, match=r"needs at least 3 clients per round, but .* \(2 after aggregator.pre"):
+        Aggregation.from_config(tiny_cfg("aggregator.name=krum", "aggregator.pre=[\"bucketing\"]",
+                                         "aggregator.bucket_size=3"), 6, 0, 20)
+
+
+def test_server_step_records_trust_and_flagged_and_seeds_bucketing():
+    x = outliers(1e3, n=9, d=50, bad=(3,))
+    updates, clients = list(x), [10 + i for i in range(9)]
+    a = Aggregation("centered_clipping", 1, {"tau": 0.0, "iters": 3, "bucket_size": 3}, 0.0, ("bucketing",))
+    s1 = server_step(updates, clients, a, size=50, round_=4, seed=7)
+    s2 = server_step(updates, clients, a, size=50, round_=4, seed=7)
+    assert s1.info["trust"] == s2.info["trust"] and torch.equal(s1.step, s2.step)
+    assert len(s1.info["trust"]) == len(s1.accepted) == 9 and 13 in s1.info["flagged"]
+    assert s1.info["flagged"] == [c for c, t in zip(s1.accepted, s1.info["trust"]) if t < FLAG_BELOW]
+    p1 = torch.randperm(9, generator=pre_generator(7, 4))
+    assert torch.equal(p1, torch.randperm(9, generator=pre_generator(7, 4)))
+    assert not torch.equal(p1, torch.randperm(9, generator=pre_generator(7, 5)))
+    # a rejected update is not in the trust list
+    bad = updates[:]
+    bad[0] = torch.full((50,), float("nan"), dtype=torch.float64)
+    s3 = server_step(bad, clients, Aggregation("geometric_median"), size=50)
+    assert s3.accepted == clients[1:] and len(s3.info["trust"]) == 8 and s3.info["flagged"] == [13]
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("extra", [
+    ["aggregator.name=bulyan"],
+    ["aggregator.name=centered_clipping", "aggregator.pre=[\"nnm\", \"bucketing\"]"],
+])
+def test_brmtrl_run_records_trust_and_flagged(extra, tmp_path):
+    out = tmp_path / "run"
+    sets = ["train.rounds=2", "dataset.num_clients=10", "dataset.samples_per_client=20", "train.eval_every=1",
+            "device=cpu", "train.participation=1.0", *extra]
+    args = ["run", "--config", str(CONFIGS / "quick.toml"), "--out", str(out), "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    rounds = res["identification"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    byz = set(res["final"]["byzantine_clients"])
+    for r in rounds:
+        assert len(r["trust"]) == len(r["accepted"]) == 10 and all(0.0 <= t <= 1.0 for t in r["trust"])
+        assert r["flagged"] == sorted(c for c, t in zip(r["accepted"], r["trust"]) if t < FLAG_BELOW)
+        assert byz <= set(r["flagged"])                 # sign-flipping ×5: far from the honest updates
