@@ -2,12 +2,17 @@
 
 Stand-alone script (not part of the test suite). Run from the repository root::
 
-    python benchmarks/aggregators.py
+    python benchmarks/aggregators.py            # the full table (minutes)
+    python benchmarks/aggregators.py --quick    # small sizes only: checks that it runs
 
 It times, on a float32 tensor X of shape (n, d):
 
 * bound: GEMM = ``X @ X.T`` (float32), PASS = ``X.sum(0)`` (one pass over the data), BOUND = GEMM + PASS;
 * ours:  ``brmtrl.aggregators.geometric_median(X)`` (default tolerance) and ``krum(X, f=f)``;
+  ``bulyan(X, f=fb)`` (fb the largest f Bulyan tolerates, capped at n//4), ``centered_clipping(X)``
+  (τ automatic, 3 iterations) and, through the server's entry point ``aggregate``, NNM + geometric
+  median (``pre=["nnm"]``, Krum's f) and bucketing + geometric median (``pre=["bucketing"]``, s = 2),
+  each row's trust included;
 * Flower (flwr 1.41, optional): ``flwr.serverapp.strategy.multikrum.select_multikrum`` with
   ``num_nodes_to_select=1`` (Krum) followed by ``strategy_utils.aggregate_arrayrecords`` -- the same two
   calls ``MultiKrum.aggregate_train`` makes. The conversion X -> list[RecordDict] (one ArrayRecord per
@@ -24,6 +29,7 @@ as "not installed".
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib
 import importlib.util
@@ -47,11 +53,17 @@ THREADS = 2
 CAP_S = 60.0        # wall-clock cap for one rule on one (n, d), warm-up included
 MAX_REPS = 5
 CONFIGS = [(10, 100_000), (10, 1_000_000), (100, 100_000), (100, 200_000), (100, 1_000_000)]
+QUICK_CONFIGS = [(10, 10_000), (20, 20_000)]
 
 
 def krum_f(n: int) -> int:
     """Byzantine count used for Krum: the largest Krum tolerates, (n - 3) // 2, capped at n // 4."""
     return min((n - 3) // 2, n // 4)
+
+
+def bulyan_f(n: int) -> int:
+    """Byzantine count used for Bulyan: the largest it tolerates, (n - 3) // 4, capped at n // 4."""
+    return min((n - 3) // 4, n // 4)
 
 
 # --------------------------------------------------------------------------- optional peers
@@ -171,7 +183,11 @@ def objective(x64: torch.Tensor, z: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- main
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"small sizes only {QUICK_CONFIGS}: checks that it runs")
+    args = parser.parse_args(argv)
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
     t_start = time.perf_counter()
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
@@ -200,7 +216,9 @@ def main() -> None:
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"- data: float32, seed {SEED}; n − f honest rows mu + 0.5·N(0, I), f rows 5·N(0, I); "
-          f"Krum f = min((n − 3)//2, n//4) (n=10: f={krum_f(10)}, n=100: f={krum_f(100)})")
+          f"Krum and NNM f = min((n − 3)//2, n//4) (n=10: f={krum_f(10)}, n=100: f={krum_f(100)}); "
+          f"Bulyan f = min((n − 3)//4, n//4) (n=10: f={bulyan_f(10)}, n=100: f={bulyan_f(100)}); "
+          "CC = centered_clipping (τ automatic, 3 iterations); bucketing s = 2")
     print(f"- each cell: median of up to {MAX_REPS} runs after 1 warm-up (number of runs in the checks "
           f"table); a rule is skipped if it would exceed ~{CAP_S:.0f} s on one row")
     print("- Flower Krum = `select_multikrum(contents, num_malicious_nodes=f, num_nodes_to_select=1)` + "
@@ -210,10 +228,11 @@ def main() -> None:
           "ByzFL Krum = `Krum(f=f)(X)`\n")
     sys.stdout.flush()
 
-    timers = {k: Timer() for k in ("gemm", "pass", "gm", "krum", "fl_krum", "bz_gm", "bz_krum")}
+    ours = ("gm", "krum", "bulyan", "cc", "nnm_gm", "bkt_gm")
+    timers = {k: Timer() for k in ("gemm", "pass", *ours, "fl_krum", "bz_gm", "bz_krum")}
     rows, checks = [], []
     gen = torch.Generator().manual_seed(SEED)
-    for n, d in CONFIGS:
+    for n, d in configs:
         f = krum_f(n)
         x = make_data(n, d, f, gen)
         cell: dict[str, tuple[float | None, str, object]] = {}
@@ -222,6 +241,13 @@ def main() -> None:
         cell["gm"] = timers["gm"].run(lambda: agg.geometric_median(x), n, d)
         iters = agg.geometric_median_result(x)
         cell["krum"] = timers["krum"].run(lambda: agg.krum(x, f=f), n, d)
+        fb = bulyan_f(n)
+        cell["bulyan"] = timers["bulyan"].run(lambda: agg.bulyan(x, f=fb), n, d)
+        cell["cc"] = timers["cc"].run(lambda: agg.centered_clipping(x), n, d)
+        cell["nnm_gm"] = timers["nnm_gm"].run(lambda: agg.aggregate("geometric_median", x, pre=["nnm"], f=f), n, d)
+        cell["bkt_gm"] = timers["bkt_gm"].run(
+            lambda: agg.aggregate("geometric_median", x, pre=["bucketing"], bucket_size=2,
+                                  generator=torch.Generator().manual_seed(SEED)), n, d)
 
         if flower is not None:
             contents = [flower.RecordDict({"arrays": flower.ArrayRecord([row.numpy()]),
@@ -242,6 +268,8 @@ def main() -> None:
         row = [str(n), fmt_d(d), fmt_s(cell["gemm"][0]), fmt_s(cell["pass"][0]),
                fmt_s(bound), fmt_s(cell["gm"][0], cell["gm"][1]), fmt_ratio(cell["gm"][0], bound),
                fmt_s(cell["krum"][0], cell["krum"][1]), fmt_ratio(cell["krum"][0], bound)]
+        for k in ("bulyan", "cc", "nnm_gm", "bkt_gm"):
+            row += [fmt_s(cell[k][0], cell[k][1]), fmt_ratio(cell[k][0], bound)]
         row.append(fmt_s(cell["fl_krum"][0], cell["fl_krum"][1]) if flower else "not installed")
         if byz:
             row += [fmt_s(cell["bz_gm"][0], cell["bz_gm"][1]), fmt_s(cell["bz_krum"][0], cell["bz_krum"][1])]
@@ -285,7 +313,8 @@ def main() -> None:
 
     print("\n## Times (median wall clock)\n")
     head = ["n", "d", "GEMM", "PASS", "BOUND", "ours GM", "GM/BOUND", "ours Krum", "Krum/BOUND",
-            "Flower Krum", "ByzFL GM (T=3)", "ByzFL Krum"]
+            "ours Bulyan", "Bulyan/BOUND", "ours CC", "CC/BOUND", "ours NNM+GM", "NNM+GM/BOUND",
+            "ours Bucketing+GM", "Bucketing+GM/BOUND", "Flower Krum", "ByzFL GM (T=3)", "ByzFL Krum"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---:" for _ in head) + "|")
     for row in rows:
