@@ -131,7 +131,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not (out / "progress.json").is_file():
+        while time.time() < deadline and not (out / "progress.json").is_file() and proc.poll() is None:
             time.sleep(0.2)
         assert (out / "progress.json").is_file(), proc.stderr.read() if proc.poll() is not None else "no progress"
         assert flower_processes_of(out / "deploy")  # the federation is running

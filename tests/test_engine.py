@@ -57,7 +57,8 @@ def test_every_rule_learns(tiny_cfg, algo):
 @pytest.mark.parametrize("agg", ["krum", "multi_krum", "median", "trimmed_mean", "geometric_median"])
 def test_attack_and_aggregator_grid_runs(tiny_cfg, attack, agg):
     cfg = tiny_cfg(f"attack.name={attack}", "attack.byzantine_fraction=0.2", f"aggregator.name={agg}",
-                   "train.rounds=8", "attack.magnitude=1e12", "attack.sigma=100")
+                   "train.rounds=8", "attack.magnitude=1e12", "attack.sigma=100",
+                   "aggregator.max_norm_ratio=0")  # the rule itself must hold: no norm screening
     res = Simulation(cfg).run()
     hist = res["history"]
     assert [h["round"] for h in hist] == list(range(1, 9))
@@ -71,10 +72,14 @@ def test_attack_and_aggregator_grid_runs(tiny_cfg, attack, agg):
 
 
 def test_mean_is_steered_where_robust_rules_hold(tiny_cfg):
-    loss = {agg: Simulation(tiny_cfg("attack.name=random", "attack.byzantine_fraction=0.2", "attack.magnitude=1e12",
-                                     f"aggregator.name={agg}", "train.rounds=8")).run()["final"]["honest_loss_mean"]
-            for agg in ("mean", "geometric_median")}
-    assert loss["geometric_median"] < 2.0 and loss["mean"] > 100.0, loss
+    def loss(agg: str, *extra: str) -> float:
+        return Simulation(tiny_cfg("attack.name=random", "attack.byzantine_fraction=0.2", "attack.magnitude=1e12",
+                                   f"aggregator.name={agg}", "train.rounds=8", *extra)).run()["final"]["honest_loss_mean"]
+
+    unscreened = {agg: loss(agg, "aggregator.max_norm_ratio=0") for agg in ("mean", "geometric_median")}
+    assert unscreened["geometric_median"] < 2.0 and unscreened["mean"] > 100.0, unscreened
+    # by default absurd norms (over 1e6 x the round's median) are rejected before any rule sees them
+    assert loss("mean") < 2.0
 
 
 def test_linear_mtrl_recovers_the_subspace():

@@ -55,7 +55,8 @@ class EvalResult:
 def client_generator(seed: int, round_: int, client: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for one client in one round, independent of every other (seed, round, client,
     stream): stream 0 trains, 2 attacks, 3 transfers, 4 refits heads for evaluation, 5 fine-tunes
-    (``fedavg_ft``), 6 draws the few-shot samples of ``transfer.shots``. Every engine
+    (``fedavg_ft``), 6 draws the few-shot samples of ``transfer.shots``, 7 (client 0) the server step's
+    omniscient attack of the round. Every engine
     draws from these, so a client trains the same wherever it runs."""
     state = np.random.SeedSequence([seed, round_, client, stream]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
@@ -114,8 +115,8 @@ def sent_update(cfg: Mapping[str, Any], delta: torch.Tensor, client: int, r: int
     name = cfg["attack.name"]
     if not byzantine or name == "none" or attack_mod.is_omniscient(name):
         return delta
-    params = {k: cfg[f"attack.{k}"] for k in attack_mod.ATTACKS[name][1]}
-    return attack_update(delta, name, params, client_generator(cfg["seed"], r, client, stream=2))
+    return attack_update(delta, name, attack_mod.attack_kwargs(cfg, name),
+                         client_generator(cfg["seed"], r, client, stream=2))
 
 
 def transfer_sample(data: Data, samples: int, generator: torch.Generator) -> Data:
@@ -128,12 +129,12 @@ def transfer_sample(data: Data, samples: int, generator: torch.Generator) -> Dat
 def attack_update(delta: torch.Tensor, attack: str, params: Mapping[str, Any],
                   generator: torch.Generator) -> torch.Tensor:
     """What a Byzantine client sends instead of its honest ``delta`` under a non-omniscient attack
-    (:data:`brmtrl.attacks.ATTACKS`): the attack sees this client's update only."""
-    fn, keys = attack_mod.ATTACKS[attack]
+    (:data:`brmtrl.attacks.ATTACKS`; ``params`` its keyword arguments): the attack sees this client's
+    update only."""
     if attack_mod.is_omniscient(attack):
         raise ValueError(f"attack {attack!r} needs the honest updates of the round; it runs in the server step")
-    out = fn(delta.unsqueeze(0), delta.new_zeros((0, delta.numel())), generator=generator,
-             **{k: params[k] for k in keys})
+    out = attack_mod.ATTACKS[attack].fn(delta.unsqueeze(0), delta.new_zeros((0, delta.numel())),
+                                        generator=generator, **params)
     return out[0].to(delta.dtype)
 
 

@@ -178,7 +178,9 @@ ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedavg_ft", "fedper", "lg_fedavg", 
 AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "bulyan", "median", "trimmed_mean",
                "centered_clipping")
 PRE_STEPS = ("nnm", "bucketing")
-ATTACKS = ("none", "gaussian", "sign_flip", "label_flip", "random")
+# the names of brmtrl.attacks.ATTACKS (literal for the same reason)
+ATTACKS = ("none", "gaussian", "sign_flip", "label_flip", "random", "nan", "inf", "alie", "ipm", "min_max",
+           "min_sum", "mimic", "fang")
 
 POS_INT = Interval(int, 1, None)
 NONNEG_INT = Interval(int, 0, None)
@@ -253,6 +255,8 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "aggregator.iters": (3, POS_INT, "centered_clipping: clipping iterations"),
     "aggregator.max_norm": (0.0, NONNEG_FLOAT, "reject updates whose L2 norm exceeds this (0: no limit; "
                             "non-finite values and overflowing norms are always rejected)"),
+    "aggregator.max_norm_ratio": (1e6, NONNEG_FLOAT, "reject updates whose L2 norm exceeds this many times the "
+                                  "median norm of the round's valid updates (absurd norms; 0: no limit)"),
     # evaluation
     "eval.protocol": ("brmtrl", Options(("brmtrl", "fedrep")),
                       "'brmtrl': unweighted mean over honest clients, each with the head it holds; 'fedrep': "
@@ -283,6 +287,14 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "attack.sigma": (1.0, NONNEG_FLOAT, "gaussian: noise std added to the update"),
     "attack.scale": (5.0, POS_FLOAT, "sign_flip: the update sent is -scale x the honest one"),
     "attack.magnitude": (1000.0, POS_FLOAT, "random: values uniform in [-magnitude, magnitude]"),
+    "attack.z": (0.0, NONNEG_FLOAT, "alie: the update sent is mean - z x std of the honest updates; 0 takes the "
+                 "paper's z_max for the round's n and Byzantine count"),
+    "attack.epsilon": (0.1, POS_FLOAT, "ipm: the update sent is -epsilon x the honest mean"),
+    "attack.perturbation": ("std", Options(("std", "sign", "unit")),
+                            "min_max, min_sum: the perturbation direction, -std, -sign(mean) or -mean/|mean|"),
+    "attack.fang_target": ("auto", Options(("auto", "krum", "trimmed_mean")),
+                           "fang: the rule the attack is crafted for; auto: krum for krum, multi_krum and bulyan, "
+                           "trimmed_mean for every other rule"),
 }
 
 SECTIONS = sorted({k.split(".")[0] for k in SCHEMA if "." in k})
@@ -390,13 +402,16 @@ def _cross_checks(c: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- loading
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=0.05"`` -> ``("train.lr", 0.05)``; values are read as TOML, else as plain strings."""
+    """``"train.lr=0.05"`` -> ``("train.lr", 0.05)``; values are read as TOML, else as plain strings
+    (always as strings for string-valued keys, so that ``attack.name=inf`` names the attack)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like KEY=VALUE (for example train.rounds=5)")
     key, raw = text.split("=", 1)
     key, raw = key.strip(), raw.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key; it must look like KEY=VALUE")
+    if key in SCHEMA and isinstance(SCHEMA[key][1], Options):
+        return key, raw[1:-1] if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "\"'" else raw  # attack.name=inf
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -223,17 +223,7 @@ class Simulation:
 
     def server_step(self, updates: list[torch.Tensor], senders: list[int], r: int) -> StepResult:
         """:func:`brmtrl.server.server_step`; omniscient attacks (simulation only) run inside it."""
-        name = self.cfg["attack.name"]
-        attack = None
-        if attack_mod.is_omniscient(name):
-            fn, keys = attack_mod.ATTACKS[name]
-            kwargs = {k: self.cfg[f"attack.{k}"] for k in keys}
-            gen = client_generator(self.cfg["seed"], r, 0, stream=2)
-
-            def attack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                out = x.clone()
-                out[mask] = fn(x[mask], x[~mask], generator=gen, **kwargs).to(out.dtype)
-                return out
+        attack = attack_mod.server_attack(self.cfg, client_generator(self.cfg["seed"], r, 0, stream=7))
         byz = set(self.byzantine)
         return server_step(updates, senders, self.agg, size=self.shared.numel(), round_=r, attack=attack,
                            byzantine=[c in byz for c in senders], seed=self.cfg["seed"])
@@ -326,6 +316,7 @@ class Simulation:
         final["byzantine_clients"] = list(self.byzantine)
         final["aggregator_f"] = self.f
         final["rounds_byzantine_exceeded_f"] = list(self.f_exceeded_rounds)
+        final["updates_rejected"] = len(self.rejected)
         if self.data.client_names:
             final["byzantine_client_names"] = [self.data.client_names[i] for i in self.byzantine]
         final["rounds"] = last.get("round", 0)

@@ -31,6 +31,7 @@ __all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", 
 log = logging.getLogger("brmtrl")
 
 #: an attack run in the server step (simulation only): (stacked updates, Byzantine mask) -> updates
+#: (:func:`brmtrl.attacks.server_attack`)
 ServerAttack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -45,6 +46,7 @@ class Aggregation:
     params: Mapping[str, Any] = field(default_factory=dict)
     max_norm: float = 0.0
     pre: tuple[str, ...] = ()
+    max_norm_ratio: float = 0.0
 
     def rows_after_pre(self, n: int) -> int:
         """How many rows the rule sees when n updates are accepted (bucketing: ⌈n / bucket_size⌉)."""
@@ -80,7 +82,8 @@ class Aggregation:
         pre = tuple(cfg.get("aggregator.pre", ()))
         keys = set(rule.params).union(*(agg_mod.PRE_STEPS[p].params for p in pre))
         params = {k: cfg[f"aggregator.{k}"] for k in sorted(keys) if k != "f"}
-        agg = cls(name, 0, params, float(cfg["aggregator.max_norm"]), pre)
+        agg = cls(name, 0, params, float(cfg["aggregator.max_norm"]), pre,
+                  float(cfg.get("aggregator.max_norm_ratio", 0.0)))
         rows = agg.rows_after_pre(per_round)
         if rule.min_rows is not None and rows < rule.min_rows(0):
             after = f" ({rows} after aggregator.pre = {list(pre)})" if pre else ""
@@ -99,7 +102,7 @@ class Aggregation:
             raise ConfigError(
                 f"config key 'aggregator.f' = {f} is too large for {agg.describe()} with {per_round} clients sampled "
                 f"per round (it tolerates f <= {largest}); lower aggregator.f or raise train.participation")
-        return cls(name, int(f), params, agg.max_norm, pre)
+        return cls(name, int(f), params, agg.max_norm, pre, agg.max_norm_ratio)
 
     def describe(self) -> str:
         """The rule with its pre-aggregation steps, e.g. ``nnm + bucketing + centered_clipping``."""
@@ -147,10 +150,14 @@ def _reason(update: Any, size: int, max_norm: float) -> str | None:
     return None
 
 
-def screen(updates: Sequence[Any], clients: Sequence[Any], *, size: int,
-           max_norm: float = 0.0) -> tuple[list[int], list[dict[str, Any]]]:
+def screen(updates: Sequence[Any], clients: Sequence[Any], *, size: int, max_norm: float = 0.0,
+           max_norm_ratio: float = 0.0) -> tuple[list[int], list[dict[str, Any]]]:
     """Check every update before anything is stacked: the positions of the acceptable ones, and a
-    ``{"client", "reason"}`` entry for each rejected one."""
+    ``{"client", "reason"}`` entry for each rejected one. Checked in order: a floating-point tensor, a
+    flat vector of ``size`` values, finite values, a norm that fits float64 and is at most
+    ``max_norm`` (0: no limit), then, among those left, a norm at most ``max_norm_ratio`` times their
+    median norm (0: no limit; the median, not the mean, so that fewer than half the clients cannot
+    move the bar)."""
     kept, rejected = [], []
     for i, (u, c) in enumerate(zip(updates, clients)):
         why = _reason(u, size, max_norm)
@@ -158,6 +165,16 @@ def screen(updates: Sequence[Any], clients: Sequence[Any], *, size: int,
             kept.append(i)
         else:
             rejected.append({"client": c, "reason": why})
+    if max_norm_ratio and len(kept) > 1:
+        norms = [float(torch.linalg.vector_norm(updates[i].to(torch.float64))) for i in kept]
+        bar = max_norm_ratio * float(np.median(norms))
+        if bar > 0:
+            out = [(i, nrm) for i, nrm in zip(kept, norms) if nrm > bar]
+            for i, nrm in out:
+                rejected.append({"client": clients[i], "reason": f"update norm {nrm:.3g} exceeds aggregator.max_norm_ratio "
+                                 f"= {max_norm_ratio:g} x the round's median norm {bar / max_norm_ratio:.3g}"})
+            drop = {i for i, _ in out}
+            kept = [i for i in kept if i not in drop]
     return kept, rejected
 
 
@@ -200,7 +217,18 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
     ``info["flagged"]`` the accepted clients trusted less than :data:`brmtrl.aggregators.FLAG_BELOW`.
     Random pre-aggregation steps draw from :func:`pre_generator` (``seed``, ``round_``).
     """
-    kept, rejected = screen(updates, clients, size=size, max_norm=agg.max_norm)
+    kept, rejected = screen(updates, clients, size=size, max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
+    if attack is not None and byzantine is not None and any(byzantine[i] for i in kept):
+        # simulation: the omniscient attack crafts the Byzantine rows from the honest ones, and what it
+        # crafted is screened as if it had been sent
+        x = torch.stack([updates[i].to(torch.float64) for i in kept])
+        x = attack(x, torch.tensor([bool(byzantine[i]) for i in kept], device=x.device))
+        updates = list(updates)
+        for j, i in enumerate(kept):
+            updates[i] = x[j]
+        again, late = screen([updates[i] for i in kept], [clients[i] for i in kept], size=size,
+                             max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
+        kept, rejected = [kept[j] for j in again], rejected + late
     for entry in rejected:
         log.warning("round %d: rejected the update of client %s (%s)", round_, entry["client"], entry["reason"])
     accepted = [clients[i] for i in kept]
@@ -210,10 +238,6 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
         info["skipped"] = "no valid update"
         return StepResult(None, accepted, rejected, info)
     x = torch.stack([updates[i].to(torch.float64) for i in kept])
-    if attack is not None and byzantine is not None:
-        mask = torch.tensor([bool(byzantine[i]) for i in kept], device=x.device)
-        if bool(mask.any()):
-            x = attack(x, mask).to(torch.float64)
     rule = agg_mod.AGGREGATORS[agg.name]
     if rule.min_rows is not None and agg.rows_after_pre(len(kept)) < rule.min_rows(0):
         log.warning("round %d: only %d valid updates, fewer than %s needs; φ is left unchanged this round",

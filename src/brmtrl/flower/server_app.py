@@ -29,7 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from .. import attacks as attack_mod
-from ..client import EvalResult
+from ..client import EvalResult, client_generator
 from ..config import Config
 from ..evaluation import summarize
 from ..federation import build_model_for, num_sampled, sample_clients
@@ -200,17 +200,7 @@ class BRMTRLStrategy(Strategy):
                 updates.append(torch.from_numpy(np.ascontiguousarray(answered[p].numpy())))
             except Exception as exc:  # a malformed array is screened out below, with its reason
                 updates.append(f"unreadable array ({type(exc).__name__})")
-        attack = None
-        name = self.cfg["attack.name"]
-        if attack_mod.is_omniscient(name):
-            fn, keys = attack_mod.ATTACKS[name]
-            kwargs = {k: self.cfg[f"attack.{k}"] for k in keys}
-            gen = torch.Generator().manual_seed(int(self.cfg["seed"]) * 1_000_003 + server_round)
-
-            def attack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                out = x.clone()
-                out[mask] = fn(x[mask], x[~mask], generator=gen, **kwargs).to(out.dtype)
-                return out
+        attack = attack_mod.server_attack(self.cfg, client_generator(int(self.cfg["seed"]), server_round, 0, stream=7))
         t_agg = time.perf_counter()
         step = server_step(updates, senders, self.agg, size=self.roster.shared_size, round_=server_round,
                            attack=attack, byzantine=[p in self.roster.byzantine for p in senders],
@@ -310,6 +300,7 @@ class BRMTRLStrategy(Strategy):
             final["transfer_clients"] = sorted(self.roster.holdout)
         final["byzantine_clients"] = sorted(self.roster.byzantine)
         final["aggregator_f"] = self.agg.f
+        final["updates_rejected"] = len(self.rejected)
         final["rounds_byzantine_exceeded_f"] = [h["round"] for h in self.history
                                                 if "f_used" in h and h["byzantine_accepted"] > self.agg.f]
         final["rounds"] = last.get("round", 0)

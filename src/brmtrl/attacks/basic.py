@@ -1,16 +1,14 @@
-"""Byzantine attacks: pure functions from the updates Byzantine clients computed honestly to what
-they send. Each takes ``byzantine`` (b, d) and ``honest`` (h, d) stacked updates (deltas of φ) and a
-CPU ``torch.Generator``; hyperparameters are keyword-only. ``label_flip`` acts on the data instead
-(:func:`flip_labels`) and sends its update unchanged.
+"""Attacks that need nothing but the Byzantine client's own update (or nothing at all): what a real
+Byzantine node can do on its own. ``label_flip`` acts on the data instead (:func:`flip_labels`) and
+sends its update unchanged; ``nan`` and ``inf`` send non-finite values (the server step must reject
+them, never crash on them).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-__all__ = ["ATTACKS", "OMNISCIENT", "flip_labels", "is_omniscient", "gaussian", "label_flip", "none", "random", "sign_flip"]
+__all__ = ["flip_labels", "gaussian", "inf", "label_flip", "nan", "none", "random", "sign_flip"]
 
 
 def none(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
@@ -48,19 +46,11 @@ def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return num_classes - 1 - y
 
 
-#: config name -> (callable, the config keys ``attack.*`` it takes)
-ATTACKS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
-    "none": (none, ()),
-    "gaussian": (gaussian, ("sigma",)),
-    "sign_flip": (sign_flip, ("scale",)),
-    "random": (random, ("magnitude",)),
-    "label_flip": (label_flip, ()),
-}
-
-#: attacks that need the honest updates of the round (applied in the server step, in simulation only)
-OMNISCIENT: frozenset[str] = frozenset()
+def nan(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Send NaN in every coordinate (a crashed or hostile node); the server step rejects it."""
+    return torch.full_like(byzantine, float("nan"))
 
 
-def is_omniscient(name: str) -> bool:
-    """Whether attack ``name`` reads the honest clients' updates of the round."""
-    return name in OMNISCIENT
+def inf(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Send +Inf in every coordinate; the server step rejects it."""
+    return torch.full_like(byzantine, float("inf"))
