@@ -316,3 +316,50 @@ def test_a_cell_another_process_runs_is_left_to_it(tmp_path: Path) -> None:
         outcome = sweep_mod.run_cell(str(folder), dict(cell.config), False, False)
     assert outcome["status"] == "error" and "another process" in outcome["error"]
     assert not (folder / "results.json").exists()
+
+
+VARIANTS = """
+config = "base.toml"
+[set]
+"train.rounds" = 2
+[grid]
+defense = ["gm", "nnm_gm"]
+"attack.name" = ["sign_flip", "alie"]
+[variants.defense]
+gm = { "aggregator.name" = "geometric_median" }
+nnm_gm = { "aggregator.name" = "geometric_median", "aggregator.pre" = ["nnm"] }
+"""
+
+
+def test_a_variant_axis_sets_its_overrides_together(tmp_path):
+    grid = load_grid(write_grid(tmp_path, VARIANTS))
+    assert grid.keys == ["defense", "attack.name"]
+    cells = {(c.grid["defense"], c.grid["attack.name"]): c for c in grid.cells}
+    assert len(cells) == 4
+    assert cells["gm", "alie"].config["aggregator.pre"] == [] and cells["gm", "alie"].config["attack.name"] == "alie"
+    assert cells["nnm_gm", "sign_flip"].config["aggregator.pre"] == ["nnm"]
+    assert cells["nnm_gm", "sign_flip"].config["aggregator.name"] == "geometric_median"
+    assert cells["nnm_gm", "sign_flip"].name.startswith("nnm_gm-sign_flip-")
+
+
+def test_a_sweep_with_variants_writes_a_defense_by_attack_heatmap(tmp_path):
+    grid = write_grid(tmp_path, VARIANTS)
+    assert sweep(grid, tmp_path / "out", "--threads", "1") == 0
+    rows = summary(tmp_path / "out")
+    assert {(r["defense"], r["attack.name"]) for r in rows.values()} == {
+        ("gm", "sign_flip"), ("gm", "alie"), ("nnm_gm", "sign_flip"), ("nnm_gm", "alie")}
+    assert all(r["status"] == "done" for r in rows.values())
+    assert (tmp_path / "out" / "heatmap.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda g: g.replace('defense = ["gm", "nnm_gm"]', 'defense = ["gm", "bulyan9"]'), "'bulyan9' is not a variant"),
+    (lambda g: g.replace('gm = { "aggregator.name"', 'gm = { "aggregator.nam"'), "aggregator.nam"),
+    (lambda g: g.replace('defense = ["gm", "nnm_gm"]\n', ''), "'defense' is not a [grid] key"),
+    (lambda g: g.replace('"attack.name" = ["sign_flip", "alie"]',
+                         '"attack.name" = ["sign_flip", "alie"]\n"aggregator.name" = ["mean"]'), "sets 'aggregator.name'"),
+])
+def test_variant_errors_name_the_axis_and_the_key(tmp_path, edit, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_grid(write_grid(tmp_path, edit(VARIANTS)))
+    assert needle in str(err.value), str(err.value)

@@ -13,6 +13,15 @@ A grid file is TOML::
     "aggregator.name" = "mean"          # (a list value matches any of its items)
     "attack.name" = "gaussian"
 
+A grid key that is not a config key is a *variant axis*: its values name tables of overrides given
+under ``[variants.<axis>]``, for settings that go together (a rule and its pre-aggregation steps)::
+
+    [grid]
+    defense = ["geometric_median", "nnm_gm"]
+    [variants.defense]
+    geometric_median = { "aggregator.name" = "geometric_median" }
+    nnm_gm = { "aggregator.name" = "geometric_median", "aggregator.pre" = ["nnm"] }
+
 Each cell runs in ``DIR/<name>/`` through the same code as ``brmtrl run``
 (:func:`brmtrl.cli.run_builtin`); its name joins the values of the keys that vary with a short hash of
 its overrides. Finished cells are skipped when the sweep is started again, unfinished ones continue
@@ -72,7 +81,7 @@ CELL_FILE = "cell.json"
 ERROR_LOG = "error.log"
 LOCK = ".lock"
 RESULTS = "results.json"
-TOP_KEYS = ("config", "set", "grid", "exclude")
+TOP_KEYS = ("config", "set", "grid", "exclude", "variants")
 
 
 class GridError(ConfigError):
@@ -134,10 +143,46 @@ def _known_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     return flat
 
 
-def _axes(table: Any, where: str) -> dict[str, list[Any]]:
+def _variants(raw: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """``[variants.<axis>]``: for each variant axis, each variant's name and its overrides."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise GridError(f"{where}: variants must be tables [variants.AXIS] of NAME = {{ KEY = value, ... }}")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for axis, table in raw.items():
+        if "." in axis or not isinstance(table, Mapping) or not table:
+            raise GridError(f"{where}: [variants.{axis}] must be a non-empty table of NAME = {{ KEY = value, ... }} "
+                            "(an axis name without dots)")
+        out[axis] = {}
+        for name, overrides in table.items():
+            if not isinstance(overrides, Mapping):
+                raise GridError(f"{where}: [variants.{axis}] {name!r} must be a table of KEY = value")
+            out[axis][name] = _known_keys(overrides, f"{where} [variants.{axis}] {name!r}")
+    return out
+
+
+def _axes(table: Any, where: str, variants: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, list[Any]]:
     if not isinstance(table, Mapping) or not table:
         raise GridError(f"{where}: [grid] must be a table of KEY = [values, ...] with at least one key")
-    axes = _known_keys(table, where + " [grid]")
+    variants = variants or {}
+    plain = {k: v for k, v in table.items() if k not in variants}
+    axes = _known_keys(plain, where + " [grid]")
+    for axis in variants:
+        if axis not in table:
+            raise GridError(f"{where}: [variants.{axis}] is given but {axis!r} is not a [grid] key")
+        values = table[axis]
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{where} [grid]: {axis!r} must be a non-empty list of variant names. Got {values!r} instead.")
+        for v in values:
+            if v not in variants[axis]:
+                raise GridError(f"{where} [grid]: {axis!r} = {v!r} is not a variant of [variants.{axis}] "
+                                f"({', '.join(map(repr, variants[axis]))})")
+        axes[axis] = values
+    ordered: dict[str, list[Any]] = {}
+    for k in table:  # the file's order
+        ordered.update({a: v for a, v in axes.items() if a == k or (k not in variants and a.startswith(k + "."))})
+    axes = ordered
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise GridError(f"{where} [grid]: {key!r} must be a non-empty list of values. Got {values!r} instead.")
@@ -258,10 +303,17 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(fixed_raw, Mapping):
         raise GridError(f"{where}: set must be a table of KEY = value")
     fixed = _known_keys(fixed_raw, where + " [set]")
-    axes = _axes(table.get("grid"), where)
+    variants = _variants(table.get("variants"), where)
+    axes = _axes(table.get("grid"), where, variants)
     both = [k for k in axes if k in fixed]
     if both:
         raise GridError(f"{where}: {both[0]!r} is both in [set] and in [grid]; keep one")
+    for axis, named in variants.items():
+        for vname, vals in named.items():
+            clash = [k for k in vals if k in fixed or k in axes]
+            if clash:
+                raise GridError(f"{where}: [variants.{axis}] {vname!r} sets {clash[0]!r}, which [set] or [grid] "
+                                "sets too; keep one")
     exclude = _excludes(table.get("exclude"), axes, where)
     combos = expand(axes, exclude)
     if not combos:
@@ -270,7 +322,9 @@ def load_grid(path: str | Path) -> Grid:
     cells = []
     with _quiet_log():
         for combo in combos:
-            overrides = {**fixed, **combo}
+            overrides = {**fixed, **{k: v for k, v in combo.items() if k not in variants}}
+            for axis in variants:
+                overrides.update(variants[axis][combo[axis]])
             name = cell_name(combo, varying, overrides)
             try:
                 cfg = _resolve(base, overrides, where)

@@ -224,29 +224,39 @@ def plot_curves(path: Path, keys: Sequence[str], rows: Sequence[CellRow],
     return True
 
 
+def _heatmap_axes(keys: Sequence[str]) -> tuple[str, str] | None:
+    """The row key (a ``defense`` variant axis, else ``aggregator.name``) and the column key (an
+    ``attack`` variant axis, else ``attack.name``) of the heatmaps, when the grid has both."""
+    row = next((k for k in ("defense", "aggregator.name") if k in keys), None)
+    col = next((k for k in ("attack", "attack.name") if k in keys), None)
+    return (row, col) if row and col else None
+
+
 def plot_heatmaps(out: Path, keys: Sequence[str], rows: Sequence[CellRow]) -> list[Path]:
-    """Final accuracy per attack (columns) × aggregator (rows), mean over seeds, one heatmap per
-    combination of the other grid keys; only when both ``attack.name`` and ``aggregator.name`` vary."""
+    """Final accuracy per attack (columns) × defense (rows), mean over seeds, one heatmap per
+    combination of the other grid keys; only when both vary (:func:`_heatmap_axes`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not {"attack.name", "aggregator.name"} <= set(keys):
+    axes = _heatmap_axes(keys)
+    if axes is None:
         return []
-    attacks = list(dict.fromkeys(_text(r["attack.name"]) for r in rows))
-    aggs = list(dict.fromkeys(_text(r["aggregator.name"]) for r in rows))
+    row_key, col_key = axes
+    attacks = list(dict.fromkeys(_text(r[col_key]) for r in rows))
+    aggs = list(dict.fromkeys(_text(r[row_key]) for r in rows))
     if len(attacks) < 2 or len(aggs) < 2:
         return []
     metric, label = _metric(rows)
-    other = [k for k in keys if k not in ("seed", "attack.name", "aggregator.name")]
+    other = [k for k in keys if k not in ("seed", col_key, row_key)]
     paths = []
     for values, members in _groups(other, rows).items():
         grid = np.full((len(aggs), len(attacks)), np.nan)
         for i, agg in enumerate(aggs):
             for j, att in enumerate(attacks):
-                vals = _done([r for r in members if _text(r["aggregator.name"]) == agg
-                              and _text(r["attack.name"]) == att], metric)
+                vals = _done([r for r in members if _text(r[row_key]) == agg
+                              and _text(r[col_key]) == att], metric)
                 if vals:
                     grid[i, j] = float(np.mean(vals))
         fig, ax = plt.subplots(figsize=(1.6 * len(attacks) + 2.5, 0.6 * len(aggs) + 1.8))
@@ -259,8 +269,8 @@ def plot_heatmaps(out: Path, keys: Sequence[str], rows: Sequence[CellRow]) -> li
                         color="black" if math.isnan(v) or v > 0.6 else "white")
         ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(aggs)), aggs, fontsize=8)
-        ax.set_xlabel("attack")
-        ax.set_ylabel("aggregator")
+        ax.set_xlabel(_key_label(col_key))
+        ax.set_ylabel(_key_label(row_key))
         ax.set_title(f"final {label} · {_label(other, values)}", fontsize=9)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
