@@ -142,3 +142,14 @@ def test_ctrl_c_stops_every_process(tmp_path):
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in err
     assert flower_processes_of(out / "deploy") == []
+
+
+def test_an_omniscient_attack_is_refused_on_a_real_federation(tmp_path, capsys):
+    from brmtrl.cli import main
+
+    code = main(["deploy-local", "--config", str(CONFIGS / "quick.toml"), "--set", "attack.name=alie",
+                 "--supernodes", "2", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "'alie' reads the honest updates" in err and "simulation only" in err
+    assert not (tmp_path / "run" / "deploy").exists()  # refused before anything started

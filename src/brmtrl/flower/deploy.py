@@ -330,7 +330,9 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
                  progress: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
     """Run ``cfg`` on a SuperLink and ``supernodes`` SuperNodes started here; return results.json."""
     from ..data import load_data
+    from .errors import check_real_attack
 
+    check_real_attack(cfg, "flower")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = load_data(cfg).num_clients

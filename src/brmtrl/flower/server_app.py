@@ -38,7 +38,7 @@ from ..report import write_json, write_outputs
 from ..identification import flag_counts, overall as identification_overall
 from ..server import Aggregation, server_step
 from ..split import get_flat
-from .errors import FederationError
+from .errors import FederationError, check_real_attack
 from .node import config_from_json, config_to_json
 from .records import arrays_of, config_of, floats, has, ints, metrics_of, scalar
 
@@ -317,7 +317,9 @@ class BRMTRLStrategy(Strategy):
             "transfer": None,
             "identification": {"rounds": self.identification, "overall": identification_overall(self.identification)},
             "notes": ["Byzantine roles come from each node's config (or the seed); attacks that need the "
-                      "round's honest updates run in the server step (simulation only)"]
+                      "round's honest updates run in the server step (Flower simulation only)"]
+            + ([f"attack.name = {self.cfg['attack.name']!r} read the round's honest updates: applied in the server "
+                "step, in simulation"] if attack_mod.is_omniscient(self.cfg["attack.name"]) else [])
             + (["transfer.shots (the few-shot study of new clients) runs on the built-in engine only"]
                if self.cfg["transfer.shots"] else []),
             "timing": {"total_s": round(wall_s, 4), "per_round_s": round(self.timing["train_s"] / rounds, 4),
@@ -339,6 +341,7 @@ def initial_shared(cfg: Config, roster: Roster) -> torch.Tensor:
 def run_server(grid: Grid, cfg: Config, out_dir: Path, *, engine: str, expected_clients: int | None = None,
                progress: bool = False) -> dict[str, Any]:
     """Drive the federation: discover the nodes, run ``train.rounds`` rounds, write the outputs."""
+    check_real_attack(cfg, engine)
     t0 = time.perf_counter()
     cfg_json = config_to_json(cfg)
     expected = expected_clients if expected_clients is not None else cfg["dataset.num_clients"]
