@@ -207,8 +207,19 @@ def test_fedrep_protocol_weights_by_test_size_and_refits_heads(tiny_cfg):
     theirs = Simulation(cfg.replace(eval__protocol="fedrep"))
     theirs.run()
     assert torch.equal(ours.shared, theirs.shared)  # the protocol changes the scoring, not the training
+    heads = theirs.private.clone()
     a, b = ours.evaluate(3), theirs.evaluate(3)
     assert a["honest_acc_mean"] != b["honest_acc_mean"] and 0.0 <= b["honest_acc_mean"] <= 1.0
+    assert torch.equal(theirs.private, heads)  # refitted heads score only; the clients keep their own
+    # the refit itself matters: the same weighting with the clients' own heads scores differently
+    from brmtrl.client import evaluate_client
+
+    own = []
+    for c in theirs.honest:
+        idx = torch.as_tensor(theirs.data.test_idx[c], dtype=torch.long)
+        own.append(evaluate_client(theirs.model, theirs.rule, theirs.shared, theirs.private[c],
+                                   (theirs.data.test_x[idx], theirs.data.test_y[idx])))
+    assert summarize(own, weighted=True)["honest_acc_mean"] != b["honest_acc_mean"]
 
 
 def test_cifar10_paper_config_runs_one_round():

@@ -1,0 +1,156 @@
+"""Issue 8's attack x defense matrix, as tables: read finished (or partial) sweeps of
+``configs/grids/robustness_*.toml`` and write the Markdown tables and heatmaps ``docs/robustness.md``
+embeds.
+
+    brmtrl sweep --grid configs/grids/robustness_quick.toml --out runs/robustness-quick --workers 1 --threads 1
+    brmtrl sweep --grid configs/grids/robustness_cifar10.toml --out runs/robustness-cifar10 --workers 1 --threads 1
+    python experiments/robustness.py runs/robustness-quick --name quick --out docs/robustness
+    python experiments/robustness.py runs/robustness-cifar10 --name cifar10 --out docs/robustness
+
+For each sweep it writes ``<out>/<name>.md`` (final honest accuracy per defense and attack, mean ± std
+over seeds; the gap of each cell to attack-free FedRep = ``mean`` under ``none``; per attack the best
+defense; per defense its worst attack; the identification precision and recall) and
+``<out>/<name>-heatmap.png``. Nothing here runs an experiment: every figure is read off ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from brmtrl.sweep_report import collect  # noqa: E402
+
+REFERENCE = ("mean", "none")  # attack-free FedRep
+
+
+def _fmt(vals: list[float]) -> str:
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", type=Path, default=Path("docs/robustness"))
+    ap.add_argument("--recommended", default="nnm_gm", help="the defense whose identification is reported")
+    args = ap.parse_args()
+    state, rows, _ = collect(args.sweep)
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    attacks = list(dict.fromkeys(r["attack.name"] for r in rows))
+    acc: dict[tuple[str, str], list[float]] = {}
+    by_seed: dict[tuple[str, str, int], float] = {}
+    ident: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["status"] != "done" or not isinstance(r.get("honest_acc_mean"), (int, float)):
+            continue
+        key = (r["defense"], r["attack.name"])
+        acc.setdefault(key, []).append(float(r["honest_acc_mean"]))
+        by_seed[(*key, int(r.get("seed", 0)))] = float(r["honest_acc_mean"])
+        res = _load(args.sweep / r["cell"] / "results.json")
+        ident.setdefault(key, []).append((res.get("identification") or {}).get("overall") or {})
+    seeds = sorted({s for (_, _, s) in by_seed})
+    ref = acc.get(REFERENCE, [])
+    ref_mean = float(np.mean(ref)) if ref else math.nan
+
+    def gap(d: str, a: str) -> float:
+        """Mean over seeds of (cell − attack-free FedRep of the same seed), in points."""
+        diffs = [100 * (by_seed[(d, a, s)] - by_seed[(*REFERENCE, s)]) for s in seeds
+                 if (d, a, s) in by_seed and (*REFERENCE, s) in by_seed]
+        return float(np.mean(diffs)) if diffs else math.nan
+
+    done = sum(r["status"] == "done" for r in rows)
+    lines = [f"Sweep `{args.sweep}`: {done} of {len(rows)} cells done; seeds {seeds}; total wall time "
+             f"{float(state.get('wall_s', 0.0)):.0f} s; command `{state.get('command', '')}`.", "",
+             f"Attack-free FedRep (`mean`, `none`): **{_fmt(ref)}**.", "",
+             "Final honest accuracy (mean ± std over seeds):", "",
+             "| defense | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]
+    for d in defenses:
+        lines.append(f"| `{d}` | " + " | ".join(_fmt(acc.get((d, a), [])) for a in attacks) + " |")
+    lines += ["", "Gap to attack-free FedRep, in points (mean over seeds of the per-seed difference; "
+              "negative = below):", "", "| defense | " + " | ".join(attacks) + " | worst |",
+              "|---|" + "---:|" * (len(attacks) + 1)]
+    worst: dict[str, tuple[float, str]] = {}
+    for d in defenses:
+        gaps = {a: gap(d, a) for a in attacks}
+        attacked = {a: g for a, g in gaps.items() if a != "none" and not math.isnan(g)}
+        w = min(attacked.items(), key=lambda kv: kv[1]) if attacked else ("—", math.nan)
+        worst[d] = (w[1], w[0])
+        lines.append(f"| `{d}` | " + " | ".join("—" if math.isnan(g) else f"{g:+.1f}" for g in gaps.values())
+                     + (f" | {w[1]:+.1f} ({w[0]}) |" if not math.isnan(w[1]) else " | — |"))
+    lines += ["", "Best defense per attack (target: within 3 points of attack-free FedRep):", "",
+              "| attack | best defense | accuracy | gap (points) | target met |", "|---|---|---:|---:|---|"]
+    for a in attacks:
+        if a == "none":
+            continue
+        cands = [(gap(d, a), d) for d in defenses if d != "mean" and not math.isnan(gap(d, a))]
+        if not cands:
+            continue
+        g, d = max(cands)
+        lines.append(f"| {a} | `{d}` | {_fmt(acc[(d, a)])} | {g:+.1f} | {'yes' if g >= -3 else f'no (by {-3 - g:.1f})'} |")
+    lines += ["", "Each defense's worst attack (target for the recommended default: within 5 points for every "
+              "attack at once):", "", "| defense | worst attack | gap (points) | within 5 |", "|---|---|---:|---|"]
+    for d, (g, a) in sorted(worst.items(), key=lambda kv: -kv[1][0] if not math.isnan(kv[1][0]) else 1e9):
+        if math.isnan(g):
+            continue
+        lines.append(f"| `{d}` | {a} | {g:+.1f} | {'yes' if g >= -5 else f'no (by {-5 - g:.1f})'} |")
+    rec = args.recommended
+    lines += ["", f"Identification by `{rec}` (the server step's rejections and the rule's distrusted clients "
+              "against the true Byzantine clients, over all rounds; mean over seeds):", "",
+              "| attack | precision | recall |", "|---|---:|---:|"]
+    for a in attacks:
+        vals = ident.get((rec, a), [])
+        p = [v["precision"] for v in vals if isinstance(v.get("precision"), (int, float))]
+        rc = [v["recall"] for v in vals if isinstance(v.get("recall"), (int, float))]
+        if a != "none" and (p or rc):
+            lines.append(f"| {a} | {_fmt(p)} | {_fmt(rc)} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    _heatmap(args.out / f"{args.name}-heatmap.png", defenses, attacks, acc, ref_mean, args.name)
+    print("\n".join(lines))
+
+
+def _heatmap(path: Path, defenses: list[str], attacks: list[str], acc: dict, ref: float, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.array([[np.mean(acc[(d, a)]) if (d, a) in acc else np.nan for a in attacks] for d in defenses])
+    fig, ax = plt.subplots(figsize=(0.85 * len(attacks) + 2.8, 0.5 * len(defenses) + 1.6))
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
+    for i in range(len(defenses)):
+        for j in range(len(attacks)):
+            v = grid[i, j]
+            ax.text(j, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if np.isnan(v) or v > 0.6 else "white")
+    ax.set_xticks(range(len(attacks)), attacks, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(defenses)), defenses, fontsize=8)
+    ax.set_xlabel("attack (20 % Byzantine clients)")
+    ax.set_ylabel("defense")
+    ax.set_title(f"{name}: final honest accuracy (attack-free FedRep {ref:.3f})", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
