@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from brmtrl.sweep_report import collect  # noqa: E402
+from brmtrl.sweep_report import collect, draw_heatmap  # noqa: E402
 
 REFERENCE = ("mean", "none")  # attack-free FedRep
 
@@ -128,28 +128,9 @@ def main() -> None:
 
 
 def _heatmap(path: Path, defenses: list[str], attacks: list[str], acc: dict, ref: float, name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grid = np.array([[np.mean(acc[(d, a)]) if (d, a) in acc else np.nan for a in attacks] for d in defenses])
-    fig, ax = plt.subplots(figsize=(0.85 * len(attacks) + 2.8, 0.5 * len(defenses) + 1.6))
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
-    for i in range(len(defenses)):
-        for j in range(len(attacks)):
-            v = grid[i, j]
-            ax.text(j, i, "—" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if np.isnan(v) or v > 0.6 else "white")
-    ax.set_xticks(range(len(attacks)), attacks, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(defenses)), defenses, fontsize=8)
-    ax.set_xlabel("attack (20 % Byzantine clients)")
-    ax.set_ylabel("defense")
-    ax.set_title(f"{name}: final honest accuracy (attack-free FedRep {ref:.3f})", fontsize=9)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    draw_heatmap(path, grid, defenses, attacks, f"{name}: final honest accuracy (attack-free FedRep {ref:.3f})",
+                 "attack (20 % Byzantine clients)", "defense")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ def plot_identification(path: Any, rounds: Sequence[Mapping[str, Any]], title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .report import finish_plot
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key in ("precision", "recall"):
         pts = [(r["round"], r[key]) for r in rounds if r[key] is not None]
@@ -69,9 +71,4 @@ def plot_identification(path: Any, rounds: Sequence[Mapping[str, Any]], title: s
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("round")
     ax.set_ylabel("flagging the Byzantine clients")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_plot(fig, ax, path, title, legend_size=8)

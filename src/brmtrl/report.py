@@ -47,6 +47,18 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
             w.writerow(_clean(row))
 
 
+def finish_plot(fig: Any, ax: Any, path: Path, title: str, legend_size: int | None = None) -> None:
+    """The common end of every line plot: title, grid, legend, tight layout, saved at 120 dpi, closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_history(path: Path, history: list[dict[str, Any]], title: str) -> None:
     import matplotlib
 
@@ -67,12 +79,7 @@ def plot_history(path: Path, history: list[dict[str, Any]], title: str) -> None:
         ax.set_ylabel("test loss (honest clients)")
         ax.set_yscale("log")
     ax.set_xlabel("round")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_plot(fig, ax, path, title)
 
 
 def write_outputs(out_dir: str | Path, results: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .checkpoint import atomic_file
 
-__all__ = ["CellRow", "collect", "machine", "write_report"]
+__all__ = ["CellRow", "collect", "draw_heatmap", "machine", "write_report"]
 
 CellRow = dict[str, Any]
 SUMMARY_CSV = "summary.csv"
@@ -235,11 +235,6 @@ def _heatmap_axes(keys: Sequence[str]) -> tuple[str, str] | None:
 def plot_heatmaps(out: Path, keys: Sequence[str], rows: Sequence[CellRow]) -> list[Path]:
     """Final accuracy per attack (columns) × defense (rows), mean over seeds, one heatmap per
     combination of the other grid keys; only when both vary (:func:`_heatmap_axes`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     axes = _heatmap_axes(keys)
     if axes is None:
         return []
@@ -259,27 +254,39 @@ def plot_heatmaps(out: Path, keys: Sequence[str], rows: Sequence[CellRow]) -> li
                               and _text(r[col_key]) == att], metric)
                 if vals:
                     grid[i, j] = float(np.mean(vals))
-        fig, ax = plt.subplots(figsize=(1.6 * len(attacks) + 2.5, 0.6 * len(aggs) + 1.8))
         lo, hi = (0.0, 1.0) if metric == "honest_acc_mean" else (None, None)
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=lo, vmax=hi)
-        for i in range(len(aggs)):
-            for j in range(len(attacks)):
-                v = grid[i, j]
-                ax.text(j, i, "missing" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
-                        color="black" if math.isnan(v) or v > 0.6 else "white")
-        ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(aggs)), aggs, fontsize=8)
-        ax.set_xlabel(_key_label(col_key))
-        ax.set_ylabel(_key_label(row_key))
-        ax.set_title(f"final {label} · {_label(other, values)}", fontsize=9)
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
         suffix = re.sub(r"[^A-Za-z0-9._]+", "-", "-".join(values)).strip("-")
         path = out / (f"heatmap-{suffix}.png" if suffix else "heatmap.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        draw_heatmap(path, grid, aggs, attacks, f"final {label} · {_label(other, values)}",
+                     _key_label(col_key), _key_label(row_key), lo, hi)
         paths.append(path)
     return paths
+
+
+def draw_heatmap(path: Path, grid: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
+                 xlabel: str, ylabel: str, lo: float | None = 0.0, hi: float | None = 1.0) -> None:
+    """A table of values as a heatmap with each cell's value written in it ('missing' for NaN)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.5, 0.55 * len(rows) + 1.8))
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=lo, vmax=hi)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = grid[i, j]
+            ax.text(j, i, "missing" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
+                    color="black" if math.isnan(v) or v > 0.6 else "white")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def write_report(out: str | Path) -> list[Path]:

@@ -129,6 +129,8 @@ def plot_transfer(path: Path, section: Mapping[str, Any], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .report import finish_plot
+
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method, per_k in section["methods"].items():
         ks = [int(k) for k, s in per_k.items() if s["mean"] is not None]
@@ -140,9 +142,4 @@ def plot_transfer(path: Path, section: Mapping[str, Any], title: str) -> None:
     ax.set_xticks(section["shots"], [str(k) for k in section["shots"]])
     ax.set_xlabel("labelled samples per class (k)")
     ax.set_ylabel("new clients' test accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_plot(fig, ax, path, title, legend_size=8)

@@ -94,6 +94,16 @@ class AggregateResult:
         return self.trust < FLAG_BELOW
 
 
+def largest_f(min_rows: Callable[[int], int] | None, n: int) -> int:
+    """The largest f with ``min_rows(f) <= n`` (n when nothing is needed)."""
+    if min_rows is None:
+        return n
+    f = 0
+    while min_rows(f + 1) <= n:
+        f += 1
+    return f
+
+
 @dataclass(frozen=True)
 class Rule:
     """A registry entry: the callable, the ``aggregator.*`` config keys it takes as keyword
@@ -107,9 +117,4 @@ class Rule:
 
     def largest_f(self, n: int) -> int:
         """The largest f this rule tolerates among n rows."""
-        if self.min_rows is None:
-            return n
-        f = 0
-        while self.min_rows(f + 1) <= n:
-            f += 1
-        return f
+        return largest_f(self.min_rows, n)

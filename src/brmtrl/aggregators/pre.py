@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .base import _check_f, _check_int, _rows
+from .base import _check_f, _check_int, _rows, largest_f
 from .gram import pairwise_sq_distances
 
 __all__ = ["PRE_STEPS", "PreStep", "bucketing", "nnm"]
@@ -87,12 +87,7 @@ class PreStep:
 
     def largest_f(self, n: int) -> int:
         """The largest f this step tolerates among n rows."""
-        if self.min_rows is None:
-            return n
-        f = 0
-        while self.min_rows(f + 1) <= n:
-            f += 1
-        return f
+        return largest_f(self.min_rows, n)
 
 
 #: config name (``aggregator.pre``) -> step
