@@ -253,6 +253,9 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "aggregator.tau": (0.0, NONNEG_FLOAT, "centered_clipping: clipping radius τ; 0 = automatic, the median distance "
                        "of the updates to the start point (their coordinate-wise median)"),
     "aggregator.iters": (3, POS_INT, "centered_clipping: clipping iterations"),
+    "aggregator.centre": ("median", Options(("median", "previous")),
+                          "centered_clipping: where clipping starts each round, the coordinate-wise median of the "
+                          "round's updates (stateless) or the previous round's aggregate (the paper's history)"),
     "aggregator.max_norm": (0.0, NONNEG_FLOAT, "reject updates whose L2 norm exceeds this (0: no limit; "
                             "non-finite values and overflowing norms are always rejected)"),
     "aggregator.max_norm_ratio": (1e6, NONNEG_FLOAT, "reject updates whose L2 norm exceeds this many times the "
@@ -387,6 +390,9 @@ def _cross_checks(c: dict[str, Any]) -> None:
                           f"Got {c['dataset.rank']} instead.")
     if c["algorithm.name"] in ("brmtrl", "fedrep") and c["train.head_epochs"] + c["train.rep_epochs"] == 0:
         raise ConfigError("config keys 'train.head_epochs' and 'train.rep_epochs' are both 0: nothing would be trained")
+    if c["aggregator.centre"] == "previous" and c["aggregator.name"] != "centered_clipping":
+        raise ConfigError("config key 'aggregator.centre' = 'previous' applies to aggregator.name = "
+                          f"'centered_clipping' only, not {c['aggregator.name']!r}")
     if c["transfer.clients"] >= c["dataset.num_clients"]:
         raise ConfigError(f"config key 'transfer.clients' must be < dataset.num_clients ({c['dataset.num_clients']}). "
                           f"Got {c['transfer.clients']} instead.")

@@ -102,6 +102,8 @@ class Simulation:
         self.history: list[dict[str, Any]] = []
         self.identification: list[dict[str, Any]] = []   # per round: who was flagged, precision, recall
         self.rejected: list[dict[str, Any]] = []
+        #: the previous round's aggregate, where centered clipping starts with aggregator.centre = 'previous'
+        self.last_step: torch.Tensor | None = None
         self.start_round = 1
         self.elapsed = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
 
@@ -193,6 +195,8 @@ class Simulation:
             self.f_exceeded_rounds.append(r)
         if step.step is not None:
             self.shared = self.shared + step.step.to(self.shared.dtype)
+            if self.agg.history:
+                self.last_step = step.step.to(torch.float64)
         return record
 
     def sample_clients(self, r: int) -> list[int]:
@@ -226,7 +230,8 @@ class Simulation:
         attack = attack_mod.server_attack(self.cfg, client_generator(self.cfg["seed"], r, 0, stream=7))
         byz = set(self.byzantine)
         return server_step(updates, senders, self.agg, size=self.shared.numel(), round_=r, attack=attack,
-                           byzantine=[c in byz for c in senders], seed=self.cfg["seed"])
+                           byzantine=[c in byz for c in senders], seed=self.cfg["seed"],
+                           centre=self.last_step if self.agg.history else None)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, r: int) -> dict[str, Any]:
@@ -350,6 +355,7 @@ class Simulation:
         return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(),
                 "history": self.history, "rejected": self.rejected, "elapsed": dict(self.elapsed),
                 "identification": self.identification,
+                "last_step": None if self.last_step is None else self.last_step.cpu(),
                 "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg)}
 
     def checkpoint(self, r: int) -> Path:
@@ -371,5 +377,7 @@ class Simulation:
         self.history = list(st["history"])
         self.rejected = list(st["rejected"])
         self.identification = list(st.get("identification", []))
+        last = st.get("last_step")
+        self.last_step = None if last is None else last.to(self.device)
         self.elapsed = dict(st["elapsed"])
         self.start_round = int(st["round"]) + 1

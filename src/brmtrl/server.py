@@ -47,6 +47,7 @@ class Aggregation:
     max_norm: float = 0.0
     pre: tuple[str, ...] = ()
     max_norm_ratio: float = 0.0
+    history: bool = False
 
     def rows_after_pre(self, n: int) -> int:
         """How many rows the rule sees when n updates are accepted (bucketing: ⌈n / bucket_size⌉)."""
@@ -81,9 +82,10 @@ class Aggregation:
         rule = agg_mod.AGGREGATORS[name]
         pre = tuple(cfg.get("aggregator.pre", ()))
         keys = set(rule.params).union(*(agg_mod.PRE_STEPS[p].params for p in pre))
-        params = {k: cfg[f"aggregator.{k}"] for k in sorted(keys) if k != "f"}
+        # f is resolved below; centre is the server's state (the previous aggregate), not a config value
+        params = {k: cfg[f"aggregator.{k}"] for k in sorted(keys) if k not in ("f", "centre")}
         agg = cls(name, 0, params, float(cfg["aggregator.max_norm"]), pre,
-                  float(cfg.get("aggregator.max_norm_ratio", 0.0)))
+                  float(cfg.get("aggregator.max_norm_ratio", 0.0)), cfg.get("aggregator.centre") == "previous")
         rows = agg.rows_after_pre(per_round)
         if rule.min_rows is not None and rows < rule.min_rows(0):
             after = f" ({rows} after aggregator.pre = {list(pre)})" if pre else ""
@@ -102,7 +104,7 @@ class Aggregation:
             raise ConfigError(
                 f"config key 'aggregator.f' = {f} is too large for {agg.describe()} with {per_round} clients sampled "
                 f"per round (it tolerates f <= {largest}); lower aggregator.f or raise train.participation")
-        return cls(name, int(f), params, agg.max_norm, pre, agg.max_norm_ratio)
+        return cls(name, int(f), params, agg.max_norm, pre, agg.max_norm_ratio, agg.history)
 
     def describe(self) -> str:
         """The rule with its pre-aggregation steps, e.g. ``nnm + bucketing + centered_clipping``."""
@@ -185,12 +187,13 @@ def pre_generator(seed: int, round_: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def aggregate(x: torch.Tensor, agg: Aggregation, *,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+def aggregate(x: torch.Tensor, agg: Aggregation, *, generator: torch.Generator | None = None,
+              centre: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Combine the stacked accepted updates ``x`` (n, d) with the pre-aggregation steps and the rule
     (:func:`brmtrl.aggregators.aggregate`), in float64. f is lowered to what the steps and the rule
     tolerate among the n rows that are left (rows may have been rejected). ``info["trust"]`` holds each
-    row's trust (floats in [0, 1], the rows' order)."""
+    row's trust (floats in [0, 1], the rows' order). ``centre``: where centered clipping starts (with
+    ``aggregator.centre = 'previous'``, the previous round's aggregate; None: the rule's default)."""
     x = x.to(torch.float64)
     n = x.shape[0]
     info: dict[str, Any] = {}
@@ -200,6 +203,8 @@ def aggregate(x: torch.Tensor, agg: Aggregation, *,
         info["f_used"] = kwargs["f"]
     if "m" in kwargs:
         kwargs["m"] = min(kwargs["m"], agg.rows_after_pre(n)) or None
+    if centre is not None and agg.history:
+        kwargs["centre"] = centre.to(device=x.device, dtype=torch.float64)
     res = agg_mod.aggregate(agg.name, x, pre=agg.pre, generator=generator, **kwargs)
     info.update({k: v for k, v in res.info.items() if k != "f_used"})
     info["trust"] = [float(t) for t in res.trust.cpu()]
@@ -208,14 +213,16 @@ def aggregate(x: torch.Tensor, agg: Aggregation, *,
 
 def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation, *, size: int,
                 round_: int = 0, attack: ServerAttack | None = None,
-                byzantine: Sequence[bool] | None = None, seed: int = 0) -> StepResult:
+                byzantine: Sequence[bool] | None = None, seed: int = 0,
+                centre: torch.Tensor | None = None) -> StepResult:
     """Screen, (in simulation, apply an omniscient ``attack`` to the ``byzantine`` rows), aggregate.
 
     Returns the step to add to φ, or None when too few valid updates are left for the rule (φ is then
     left unchanged and the round's record says why). Rejections are logged with the client and reason.
     ``info["trust"]`` lists the rule's trust in each accepted client (``accepted``'s order) and
     ``info["flagged"]`` the accepted clients trusted less than :data:`brmtrl.aggregators.FLAG_BELOW`.
-    Random pre-aggregation steps draw from :func:`pre_generator` (``seed``, ``round_``).
+    Random pre-aggregation steps draw from :func:`pre_generator` (``seed``, ``round_``). ``centre``:
+    the previous round's aggregate, for a rule that starts from it (``aggregator.centre = 'previous'``).
     """
     kept, rejected = screen(updates, clients, size=size, max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
     if attack is not None and byzantine is not None and any(byzantine[i] for i in kept):
@@ -245,7 +252,7 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
         info["skipped"] = f"{len(kept)} valid updates, fewer than {agg.describe()} needs ({rule.min_rows(0)})"
         return StepResult(None, accepted, rejected, info)
     gen = pre_generator(seed, round_) if any(agg_mod.PRE_STEPS[p].random for p in agg.pre) else None
-    step, rule_info = aggregate(x, agg, generator=gen)
+    step, rule_info = aggregate(x, agg, generator=gen, centre=centre)
     info.update(rule_info)
     info["flagged"] = [c for c, t in zip(accepted, info["trust"]) if t < agg_mod.FLAG_BELOW]
     return StepResult(step, accepted, rejected, info)

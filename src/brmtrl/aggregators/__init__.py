@@ -88,7 +88,7 @@ AGGREGATORS: dict[str, Rule] = {
     "krum": Rule(krum, ("f",), lambda f: 2 * f + 3, krum_trusted),
     "multi_krum": Rule(multi_krum, ("f", "m"), lambda f: 2 * f + 3, multi_krum_trusted),
     "bulyan": Rule(bulyan, ("f",), lambda f: 4 * f + 3, bulyan_trusted),
-    "centered_clipping": Rule(centered_clipping, ("tau", "iters"), result=centered_clipping_trusted),
+    "centered_clipping": Rule(centered_clipping, ("tau", "iters", "centre"), result=centered_clipping_trusted),
 }
 
 

@@ -127,6 +127,7 @@ class BRMTRLStrategy(Strategy):
                                            len(roster.training))
         self.history: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
+        self.last_step: torch.Tensor | None = None  # the previous aggregate (aggregator.centre = 'previous')
         self.identification: list[dict[str, Any]] = []
         self.short_rounds: list[dict[str, Any]] = []
         self.lost: set[int] = set()  # nodes that stopped answering
@@ -204,13 +205,14 @@ class BRMTRLStrategy(Strategy):
         t_agg = time.perf_counter()
         step = server_step(updates, senders, self.agg, size=self.roster.shared_size, round_=server_round,
                            attack=attack, byzantine=[p in self.roster.byzantine for p in senders],
-                           seed=int(self.cfg["seed"]))
+                           seed=int(self.cfg["seed"]), centre=self.last_step if self.agg.history else None)
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6),
                          slowest_node_train_s=round(slowest, 6))
         for e in step.rejected:
             self.rejected.append({"round": server_round, **e})
         if step.step is not None:
             self.shared = (self.shared.to(torch.float64) + step.step).to(torch.float32)
+            self.last_step = step.step.to(torch.float64)
         byz = self.roster.byzantine
         flagged = [e["client"] for e in step.rejected] + list(step.info.get("flagged", []))
         self.identification.append({**flag_counts(senders, flagged, byz).as_dict(server_round),
