@@ -95,12 +95,13 @@ def main() -> None:
         worst[d] = (w[1], w[0])
         lines.append(f"| `{d}` | " + " | ".join("—" if math.isnan(g) else f"{g:+.1f}" for g in gaps.values())
                      + (f" | {w[1]:+.1f} ({w[0]}) |" if not math.isnan(w[1]) else " | — |"))
-    lines += ["", "Best defense per attack (target: within 3 points of attack-free FedRep):", "",
+    lines += ["", "Best defense per attack (target: within 3 points of attack-free FedRep; the mean counts, "
+              "as a rule one could ship):", "",
               "| attack | best defense | accuracy | gap (points) | target met |", "|---|---|---:|---:|---|"]
     for a in attacks:
         if a == "none":
             continue
-        cands = [(gap(d, a), d) for d in defenses if d != "mean" and not math.isnan(gap(d, a))]
+        cands = [(gap(d, a), d) for d in defenses if not math.isnan(gap(d, a))]
         if not cands:
             continue
         g, d = max(cands)

@@ -166,16 +166,26 @@ def test_auto_f_records_true_and_assumed_byzantine_counts(tiny_cfg, caplog):
     assert "more than aggregator.f = 1 assumes" in caplog.text
 
 
-def test_auto_f_is_the_95th_percentile_of_the_byzantine_count(tiny_cfg):
+@pytest.mark.parametrize("q", [0.95, 0.999, 0.9999])
+def test_auto_f_is_the_configured_quantile_of_the_byzantine_count(tiny_cfg, q):
     from scipy.stats import hypergeom
 
     from brmtrl.server import hypergeometric_quantile
 
     for pool, marked, draws in [(20, 4, 10), (50, 10, 20), (100, 20, 10), (90, 18, 9)]:
-        assert hypergeometric_quantile(0.95, pool, marked, draws) == int(hypergeom(pool, marked, draws).ppf(0.95))
-    sim = Simulation(tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.2", "aggregator.name=krum",
-                              "train.participation=0.5"))
-    assert sim.f == int(hypergeom(20, 4, 10).ppf(0.95))
+        assert hypergeometric_quantile(q, pool, marked, draws) == int(hypergeom(pool, marked, draws).ppf(q))
+    sim = Simulation(tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.2", "aggregator.name=trimmed_mean",
+                              "train.participation=0.5", f"aggregator.f_quantile={q}"))
+    assert sim.f == min(int(hypergeom(20, 4, 10).ppf(q)), 4)  # trimmed_mean tolerates 4 of 10
+
+
+def test_auto_f_defaults_to_the_99_99th_percentile(tiny_cfg):
+    from scipy.stats import hypergeom
+
+    cfg = tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.2", "aggregator.name=median",
+                   "aggregator.pre=[\"nnm\"]", "dataset.num_clients=50", "train.participation=0.4")
+    assert cfg["aggregator.f_quantile"] == 0.9999
+    assert Simulation(cfg).f == int(hypergeom(50, 10, 20).ppf(0.9999)) == 9
 
 
 def test_auto_f_lowered_to_what_the_rule_tolerates_warns(tiny_cfg, caplog):

@@ -57,6 +57,7 @@ __all__ = [
     "check_config",
     "check_fits",
     "config_fingerprint",
+    "same_experiment",
     "config_identity",
     "load_checkpoint",
     "plain",
@@ -203,6 +204,16 @@ def config_fingerprint(cfg: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def same_experiment(saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> bool:
+    """Whether ``saved`` (a flat configuration stored with a checkpoint or a result) is the experiment
+    ``cfg`` describes. A key ``saved`` lacks is taken at its declared default: a key added to brmtrl
+    after the run was made leaves the run's experiment unchanged while it keeps the old behaviour."""
+    from .config import SCHEMA
+
+    filled = {**{k: v[0] for k, v in SCHEMA.items() if k not in saved}, **saved}
+    return config_fingerprint(filled) == config_fingerprint(cfg)
+
+
 def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], limit: int = 6) -> str:
     """``key (checkpoint A, now B)`` for each key whose value differs, in one line."""
     def shown(values: Mapping[str, Any], key: str) -> str:
@@ -225,6 +236,8 @@ def check_config(state: Mapping[str, Any], cfg: Mapping[str, Any], where: str = 
     if saved == config_fingerprint(cfg):
         return
     stored = state.get("config")
+    if isinstance(stored, dict) and same_experiment(stored, cfg):
+        return
     diff = _differences(stored, config_identity(cfg)) if isinstance(stored, dict) else ""
     raise CheckpointError(
         f"{where} was written for a different configuration: {diff or 'its fingerprint differs'}; "

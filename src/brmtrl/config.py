@@ -240,7 +240,11 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
                         "geometric_median for brmtrl, mean for every other algorithm (fedrep is FedRep: the mean)"),
     "aggregator.f": ("auto", AnyOf((NONNEG_INT, Options(("auto",)))),
                      "Byzantine rows assumed per round (krum, multi_krum, bulyan, trimmed_mean, nnm); 'auto' = the "
-                     "95th percentile of the Byzantine count among the sampled"),
+                     "aggregator.f_quantile quantile of the Byzantine count among the sampled"),
+    "aggregator.f_quantile": (0.9999, Interval(float, 0, 1, "neither"),
+                              "aggregator.f = 'auto': the quantile of the per-round Byzantine count taken as f; a "
+                              "round with more Byzantine updates than f can wreck f-based rules (nnm, krum, "
+                              "trimmed_mean), so the default leaves about 1 round in 10,000 above it"),
     "aggregator.m": (0, NONNEG_INT, "multi_krum: rows averaged; 0 means n - f"),
     "aggregator.tol": (1e-8, POS_FLOAT, "geometric_median: relative tolerance"),
     "aggregator.max_iter": (1000, POS_INT, "geometric_median: iteration cap"),

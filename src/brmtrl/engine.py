@@ -187,7 +187,7 @@ class Simulation:
                                       flag_recall=self.identification[-1]["recall"])
         true_byz = sum(c in byz for c in step.accepted)
         record.aggregator_info["byzantine_accepted"] = true_byz
-        if true_byz > self.f and "f" in self.agg_rule.params:
+        if true_byz > self.f and self.agg.uses_f:
             if not self.f_exceeded_rounds:
                 log.warning("round %d: %d Byzantine updates accepted, more than aggregator.f = %d assumes "
                             "(the sampled count varies by round); such rounds are listed in results.json",

@@ -73,8 +73,10 @@ class Aggregation:
     def from_config(cls, cfg: Mapping[str, Any], per_round: int, byzantine: int, pool: int) -> "Aggregation":
         """``aggregator.f = 'auto'``: the number of Byzantine clients among the ``per_round`` sampled
         follows a hypergeometric law (``byzantine`` of ``pool`` clients are Byzantine); 'auto' takes its
-        95th percentile, so that the assumed f is exceeded in at most 5 % of rounds (the expected count,
-        ⌈fraction · per_round⌉, is exceeded in about a third). Each round records the assumed and the
+        ``aggregator.f_quantile`` quantile (default 0.9999), so that the assumed f is exceeded in at most
+        1 round in 10,000 (the expected count, ⌈fraction · per_round⌉, is exceeded in about a third; the
+        95th percentile in up to 1 round in 20, and one such round can wreck an f-based rule such as NNM:
+        docs/robustness.md). Each round records the assumed and the
         true count. An f the rule (or a pre-aggregation step) cannot tolerate with ``per_round`` rows is
         lowered to the largest it can, with a warning (``'auto'``), or is a config error (an explicit
         value). With ``aggregator.pre``, the rule's needs apply to the rows it sees after the steps."""
@@ -95,7 +97,7 @@ class Aggregation:
         f = cfg["aggregator.f"]
         largest = agg.largest_f(per_round)
         if f == "auto":
-            f = hypergeometric_quantile(0.95, pool, byzantine, per_round)
+            f = hypergeometric_quantile(float(cfg.get("aggregator.f_quantile", 0.9999)), pool, byzantine, per_round)
             if f > largest:
                 log.warning("aggregator.f='auto' gives f=%d, more than %s tolerates with %d clients per round; "
                             "it assumes f=%d", f, agg.describe(), per_round, largest)

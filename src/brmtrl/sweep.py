@@ -49,7 +49,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT, RESUMABLE_KEYS, CheckpointError, config_fingerprint
+from .checkpoint import CHECKPOINT, RESUMABLE_KEYS, CheckpointError, config_fingerprint, same_experiment
 from .config import Config, ConfigError, _check_key, _flatten, validate
 
 if sys.version_info >= (3, 11):
@@ -349,7 +349,7 @@ def finished(cell_dir: Path, cfg: Mapping[str, Any]) -> bool:
     if not isinstance(res, dict) or not isinstance(res.get("config"), dict) or not isinstance(res.get("final"), dict):
         return False
     return res["final"].get("rounds") == cfg["train.rounds"] and \
-        config_fingerprint(_flatten(res["config"])) == config_fingerprint(cfg)
+        same_experiment(_flatten(res["config"]), cfg)
 
 
 def cell_status(cell_dir: Path, cfg: Mapping[str, Any] | None = None) -> str:
