@@ -7,7 +7,12 @@ import numpy as np
 import torch
 
 from .averages import _median
-from .base import AggregateResult, _check_float, _check_int, _rows, _safe_norms
+from .base import AggregateResult, _check_float, _check_int, _rows
+
+
+def _columns(n: int) -> int:
+    """Columns per block: ~2^20 float64 entries (8 MiB), so that a block's temporaries stay small."""
+    return max(1024, (1 << 20) // max(n, 1))
 
 __all__ = ["centered_clipping", "centered_clipping_trusted"]
 
@@ -50,20 +55,40 @@ def centered_clipping_trusted(x: torch.Tensor, *, tau: float = 0.0, iters: int =
             raise ValueError(f"centered_clipping: centre must be a finite floating-point tensor of shape ({d},). "
                              f"Got {got} instead.")
         v = centre.to(device=x.device, dtype=torch.float64)
-    half = x.to(torch.float64) * 0.5
+    cols = _columns(n)
 
-    def gaps(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_i − v)/2 and ‖x_i − v‖ (inf beyond float64's range), with no overflow on the way."""
-        u = half - 0.5 * v
-        return u, 2.0 * _safe_norms(u)
+    def gaps(v: torch.Tensor) -> torch.Tensor:
+        """‖x_i − v‖ (inf beyond float64's range) in one pass over column blocks of x, each block in
+        float64 as halved differences, the norms combined with a running scale (as LAPACK's nrm2), so
+        that no square overflows and no (n, d) float64 copy is made."""
+        big = torch.zeros(n, dtype=torch.float64, device=x.device)
+        ssq = torch.zeros(n, dtype=torch.float64, device=x.device)
+        for c in range(0, d, cols):
+            u = x[:, c:c + cols].to(torch.float64) * 0.5 - 0.5 * v[c:c + cols]
+            m = u.abs().amax(dim=1)
+            grow = m > big
+            ratio = torch.where(grow, big / torch.where(grow, m, 1.0), torch.ones_like(big))
+            ssq = torch.where(grow, ssq * ratio * ratio, ssq)
+            big = torch.maximum(big, m)
+            ssq = ssq + ((u / torch.where(big > 0, big, 1.0)[:, None]) ** 2).sum(dim=1)
+        return 2.0 * big * ssq.sqrt()
 
-    u, r = gaps(v)
+    def step(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """v + (1/n) Σ_i scale_i (x_i − v), block by block (each term has norm <= τ)."""
+        out = v.clone()
+        w = (2.0 * scale / n)[:, None]
+        for c in range(0, d, cols):
+            u = x[:, c:c + cols].to(torch.float64) * 0.5 - 0.5 * v[c:c + cols]
+            out[c:c + cols] += (u * w).sum(dim=0)
+        return out
+
+    r = gaps(v)
     if tau == 0.0:
         tau = float(np.median(r.cpu().numpy()))
     scale = torch.ones_like(r)
-    for step in range(iters):
-        if step:
-            u, r = gaps(v)
+    for it in range(iters):
+        if it:
+            r = gaps(v)
         scale = torch.where(r > tau, tau / r, torch.ones_like(r))
-        v = v + (u * (2.0 * scale)[:, None]).mean(dim=0)      # each term: norm <= τ
+        v = step(v, scale)
     return AggregateResult(v.to(x.dtype), scale, {"tau": tau})
