@@ -105,13 +105,13 @@ def main() -> None:
         if not cands:
             continue
         g, d = max(cands)
-        lines.append(f"| {a} | `{d}` | {_fmt(acc[(d, a)])} | {g:+.1f} | {'yes' if g >= -3 else f'no (by {-3 - g:.1f})'} |")
+        lines.append(f"| {a} | `{d}` | {_fmt(acc[(d, a)])} | {g:+.2f} | {'yes' if g >= -3 else f'no (by {-3 - g:.2f})'} |")
     lines += ["", "Each defense's worst attack (target for the recommended default: within 5 points for every "
               "attack at once):", "", "| defense | worst attack | gap (points) | within 5 |", "|---|---|---:|---|"]
     for d, (g, a) in sorted(worst.items(), key=lambda kv: -kv[1][0] if not math.isnan(kv[1][0]) else 1e9):
         if math.isnan(g):
             continue
-        lines.append(f"| `{d}` | {a} | {g:+.1f} | {'yes' if g >= -5 else f'no (by {-5 - g:.1f})'} |")
+        lines.append(f"| `{d}` | {a} | {g:+.2f} | {'yes' if g >= -5 else f'no (by {-5 - g:.2f})'} |")
     rec = args.recommended
     lines += ["", f"Identification by `{rec}` (the server step's rejections and the rule's distrusted clients "
               "against the true Byzantine clients, over all rounds; mean over seeds):", "",
