@@ -340,7 +340,7 @@ def test_server_step_records_trust_and_flagged_and_seeds_bucketing():
 
 # --------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("extra", [
-    ["aggregator.name=bulyan"],
+    ["aggregator.name=bulyan", "aggregator.pre=[]"],
     ["aggregator.name=centered_clipping", "aggregator.pre=[\"nnm\", \"bucketing\"]"],
 ])
 def test_brmtrl_run_records_trust_and_flagged(extra, tmp_path):

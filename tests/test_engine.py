@@ -19,10 +19,14 @@ def quick(*overrides):
 def test_geometric_median_beats_mean_under_sign_flip():
     accs = {}
     for name in ("mean", "geometric_median"):
-        res = Simulation(quick(f"aggregator.name={name}", "train.rounds=40")).run()
+        res = Simulation(quick(f"aggregator.name={name}", "aggregator.pre=[]", "train.rounds=40")).run()
         accs[name] = res["final"]["honest_acc_mean"]
         assert len(res["final"]["byzantine_clients"]) == 10  # 20 % of 50
     assert accs["geometric_median"] > accs["mean"] + 0.15, accs
+    # the shipped default, NNM + geometric median, holds too
+    shipped = quick("train.rounds=40")
+    assert shipped["aggregator.pre"] == ["nnm"] and shipped["aggregator.name"] == "geometric_median"
+    assert Simulation(shipped).run()["final"]["honest_acc_mean"] > accs["mean"] + 0.15
 
 
 def test_metrics_cover_honest_clients_only(tiny_cfg):
