@@ -101,7 +101,7 @@ def _min_max_sum(byzantine: torch.Tensor, honest: torch.Tensor, perturbation: st
         return _copies(mu, byzantine)
     c = mu.unsqueeze(0) - x                      # m − x_i = c_i + γ p
     lin, const = c @ p, (c * c).sum(dim=1)       # ‖c_i + γ p‖² = a γ² + 2 (c_i·p) γ + ‖c_i‖²
-    d2 = pairwise_sq_distances(x)
+    d2 = pairwise_sq_distances(x).to(x.device)
     if use_sum:                                  # Σ_i ‖m − x_i‖² <= max_i Σ_j ‖x_i − x_j‖²
         h = x.shape[0]
         gamma = _largest_gamma(h * a, lin.sum().reshape(1), const.sum().reshape(1), d2.sum(dim=1).max().reshape(1))
@@ -185,7 +185,7 @@ def _fang_krum(byzantine: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, thres
     s = torch.sign(mu)
     s_norm2, s_dot = float(s @ s), x @ s
     sq = (x * x).sum(dim=1)
-    d_hh = pairwise_sq_distances(x)
+    d_hh = pairwise_sq_distances(x).to(x.device)
     # Fang et al.'s upper bound on λ: distances (not squared) among the honest rows and from the current
     # φ (the zero delta); Γ̃_i the n − f − 2 honest rows nearest to x_i
     k = min(n - f - 2, h - 1)
