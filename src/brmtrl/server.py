@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import aggregators as agg_mod
+from .attacks import ServerAttack  # (stacked updates, Byzantine mask) -> updates; simulation only
 from .config import ConfigError
 
 __all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", "pre_generator", "screen",
@@ -30,9 +31,6 @@ __all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", 
 
 log = logging.getLogger("brmtrl")
 
-#: an attack run in the server step (simulation only): (stacked updates, Byzantine mask) -> updates
-#: (:func:`brmtrl.attacks.server_attack`)
-ServerAttack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
