@@ -271,11 +271,13 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     # transfer to new clients
     "transfer.clients": (0, NONNEG_INT, "clients held out of training; at each evaluation they fit only a head on φ"),
     "transfer.samples": (10, POS_INT, "training samples a held-out client fits its head on"),
-    "transfer.epochs": (10, POS_INT, "head epochs of a held-out client"),
+    "transfer.epochs": (100, POS_INT, "epochs a held-out client fits its fresh head for (on cached features, so cheap), "
+                        "and, with transfer.shots, that FedAvg's model is fine-tuned for"),
     "transfer.shots": ([], ListOf(Interval(int, 1, None), unique=True),
                        "after training, each held-out client fits on k labelled samples per class of its own "
                        "classes, for each k in the list (e.g. [1, 5, 10, 20]); results.json 'transfer', transfer.png"),
-    "transfer.scratch_epochs": (50, POS_INT, "transfer.shots: epochs of the baseline trained from scratch on the k-shot samples"),
+    "transfer.scratch_epochs": (100, POS_INT, "transfer.shots: epochs of the baseline trained from scratch on the k-shot "
+                                "samples (the same budget as transfer.epochs by default)"),
     "transfer.fedavg_run": ("", Text(), "transfer.shots: directory of a finished fedavg run on the same dataset and "
                             "model; its global model, fine-tuned on the same samples, is the third baseline"),
     # FedAvg with fine-tuning
