@@ -16,7 +16,6 @@ defense; per defense its worst attack; the identification precision and recall) 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -25,24 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import fmt as _fmt, load_json as _load  # noqa: E402
 from brmtrl.sweep_report import collect, draw_heatmap  # noqa: E402
 
 REFERENCE = ("mean", "none")  # attack-free FedRep
-
-
-def _fmt(vals: list[float]) -> str:
-    if not vals:
-        return "—"
-    if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
-
-
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def main() -> None:
