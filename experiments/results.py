@@ -121,6 +121,7 @@ def _transfer_rows(results: list[dict[str, Any]], labels: list[str]) -> tuple[li
                 if key not in seen_other:
                     seen_other.add(key)
                     cols.append((title, method, methods[method]))
+    cols.sort(key=lambda c: c[1] != "representation")   # every run's φ first, then the shared baselines
     lines = ["| k per class | " + " | ".join(c[0] for c in cols) + " |", "|---:|" + "---:|" * len(cols)]
     for k in shots:
         cells = []
