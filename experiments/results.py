@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -178,7 +179,7 @@ def runs_report(dirs: list[Path], labels: list[str], name: str, out: Path) -> li
             lines += [f"- {g}" for g in gains]
         for label, res in zip(labels, results):
             if res.get("transfer"):
-                safe = "".join(ch if ch.isalnum() else "-" for ch in label.lower()).strip("-")
+                safe = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
                 plot_transfer(out / f"{name}-transfer-{safe}.png", res["transfer"], f"transfer: {label}")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     return lines
