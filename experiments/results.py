@@ -104,12 +104,12 @@ def grid_report(sweep: Path, name: str, out: Path) -> list[str]:
     return lines
 
 
-def _transfer_rows(results: list[dict[str, Any]], labels: list[str]) -> tuple[list[str], list[str]]:
+def _transfer_rows(results: list[dict[str, Any]], labels: list[str]) -> tuple[list[str], list[str], dict[str, Any]]:
     shots: list[int] = []
     for res in results:
         shots += [k for k in (res.get("transfer") or {}).get("shots", []) if k not in shots]
     if not shots:
-        return [], []
+        return [], [], {}
     cols: list[tuple[str, str, dict[str, Any]]] = []   # (column label, method, per-k stats)
     seen_other: set[str] = set()   # the same baseline on the same samples (equal numbers): one column
     for label, res in zip(labels, results):
@@ -140,7 +140,7 @@ def _transfer_rows(results: list[dict[str, Any]], labels: list[str]) -> tuple[li
                 a, b = (per_k.get(str(k)) or {}).get("mean"), (scratch.get(str(k)) or {}).get("mean")
                 if a is not None and b is not None:
                     gains.append(f"{col}, k = {k}: {100 * (a - b):+.1f} points")
-    return lines, gains
+    return lines, gains, {"shots": shots, "methods": {c[0]: c[2] for c in cols}}
 
 
 def runs_report(dirs: list[Path], labels: list[str], name: str, out: Path) -> list[str]:
@@ -171,12 +171,13 @@ def runs_report(dirs: list[Path], labels: list[str], name: str, out: Path) -> li
     ax.set_ylim(0, 1)
     out.mkdir(parents=True, exist_ok=True)
     finish_plot(fig, ax, out / f"{name}-curves.png", f"{name}: accuracy against round", legend_size=8)
-    table, gains = _transfer_rows(results, labels)
+    table, gains, together = _transfer_rows(results, labels)
     if table:
         lines += ["", "Transfer to the held-out new clients (mean ± std over them, and their minimum):", "", *table]
         if gains:
             lines += ["", "φ + fresh head minus from scratch (target: at least +10 points at k = 10):", ""]
             lines += [f"- {g}" for g in gains]
+        plot_transfer(out / f"{name}-transfer.png", together, f"{name}: transfer to new clients")
         for label, res in zip(labels, results):
             if res.get("transfer"):
                 safe = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")

@@ -108,3 +108,4 @@ def test_runs_report_gives_final_accuracy_curves_and_the_transfer_table(tiny_cfg
     assert f"φ + fresh head: rep, k = 5: {gain:+.1f} points" in text
     assert (tmp_path / "docs" / "t-curves.png").stat().st_size > 0
     assert (tmp_path / "docs" / "t-transfer-rep.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "t-transfer.png").stat().st_size > 0
