@@ -40,13 +40,14 @@ ALGORITHMS = {"fedrep": "FedRep", "fedavg": "FedAvg", "fedavg_ft": "FedAvg + FT"
 REFERENCE = ("fedrep", "mean", "none")  # attack-free FedRep
 
 
-def _row_label(alg: str, defense: str) -> str:
+def _row_label(alg: str, defense: str, markdown: bool = True) -> str:
+    """'FedRep + `krum` (= brmtrl)' in the tables, 'FedRep + krum' on the heatmap."""
     name = ALGORITHMS.get(alg, alg)
-    if alg == "fedrep" and defense != "mean":
-        return f"{name} + `{defense}` (= brmtrl)"
     if alg == "local":
         return name
-    return f"{name} + `{defense}`"
+    if not markdown:
+        return f"{name} + {defense}"
+    return f"{name} + `{defense}`" + (" (= brmtrl)" if alg == "fedrep" and defense != "mean" else "")
 
 
 def grid_report(sweep: Path, name: str, out: Path) -> list[str]:
@@ -94,7 +95,7 @@ def grid_report(sweep: Path, name: str, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     grid = np.array([[np.mean(accs(a, d, t)) if accs(a, d, t) else np.nan for t in attacks] for a, d in present])
-    labels = [_row_label(a, d).replace("`", "").replace(" (= brmtrl)", "") for a, d in present]
+    labels = [_row_label(a, d, markdown=False) for a, d in present]
     draw_heatmap(out / f"{name}-heatmap.png", grid, labels, attacks,
                  f"{name}: final honest accuracy (attack-free FedRep {np.mean(ref) if ref else math.nan:.3f})",
                  "attack (20 % Byzantine clients)", "algorithm + defense")

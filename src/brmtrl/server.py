@@ -32,7 +32,6 @@ __all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", 
 log = logging.getLogger("brmtrl")
 
 
-
 @dataclass(frozen=True)
 class Aggregation:
     """The configured rule: its name, the f it assumes per round, its other keyword arguments (and the
