@@ -102,6 +102,8 @@ def grid_report(sweep: Path, name: str, out: Path) -> list[str]:
     curves = sweep / "accuracy.png"
     if curves.is_file():
         shutil.copyfile(curves, out / f"{name}-curves.png")
+    else:  # the sweep evaluated each cell once: no curve to show, and a stale copy would mislead
+        (out / f"{name}-curves.png").unlink(missing_ok=True)
     return lines
 
 

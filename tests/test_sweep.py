@@ -240,6 +240,19 @@ def test_report_on_a_partial_sweep(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (out / "heatmap.png").is_file() and (out / "accuracy.png").is_file()
 
 
+def test_curves_need_two_evaluated_rounds(tmp_path: Path) -> None:
+    from brmtrl.sweep_report import plot_curves
+
+    rows = [{"cell": f"c{i}", "attack.name": a, "seed": 0, "status": "done", "honest_acc_mean": 0.5}
+            for i, a in enumerate(["none", "sign_flip"])]
+    once = {r["cell"]: [{"round": 10, "honest_acc_mean": 0.5}] for r in rows}  # scored once, at the end
+    assert not plot_curves(tmp_path / "once.png", ["attack.name", "seed"], rows, once)
+    assert not (tmp_path / "once.png").exists()
+    twice = {r["cell"]: [{"round": 5, "honest_acc_mean": 0.4}, {"round": 10, "honest_acc_mean": 0.5}] for r in rows}
+    assert plot_curves(tmp_path / "twice.png", ["attack.name", "seed"], rows, twice)
+    assert (tmp_path / "twice.png").stat().st_size > 5000
+
+
 def test_report_of_a_directory_that_is_no_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a sweep directory" in capsys.readouterr().err

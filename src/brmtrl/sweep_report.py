@@ -188,27 +188,32 @@ def _mean_curve(histories: Sequence[list[dict[str, Any]]], metric: str) -> tuple
 def plot_curves(path: Path, keys: Sequence[str], rows: Sequence[CellRow],
                 histories: Mapping[str, list[dict[str, Any]]]) -> bool:
     """Accuracy against the round, one line per group (mean over seeds), one panel per attack when
-    ``attack.name`` varies. Returns whether anything was drawn."""
+    ``attack.name`` varies. Returns whether anything was drawn: nothing is when no group was evaluated
+    at two rounds or more (a grid scored once at the end has no curve; its table says it all)."""
+    metric, label = _metric(rows)
+    done = [r for r in rows if r["cell"] in histories]
+    group_keys = [k for k in keys if k != "seed"]
+    panel_key = "attack.name" if "attack.name" in group_keys and len({r["attack.name"] for r in done}) > 1 else None
+    line_keys = [k for k in group_keys if k != panel_key]
+    panels = list(dict.fromkeys(_text(r[panel_key]) for r in done)) if panel_key else [""]
+    curves: dict[str, list[tuple[str, tuple[list[int], list[float]]]]] = {}
+    for panel in panels:
+        members = [r for r in done if not panel_key or _text(r[panel_key]) == panel]
+        curves[panel] = [(_label(line_keys, values) + f" (n={len(group)})",
+                          _mean_curve([histories[r["cell"]] for r in group], metric))
+                         for values, group in _groups(line_keys, members).items()]
+    if not any(len(rounds) > 1 for lines in curves.values() for _, (rounds, _) in lines):
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric, label = _metric(rows)
-    done = [r for r in rows if r["cell"] in histories]
-    if not done:
-        return False
-    group_keys = [k for k in keys if k != "seed"]
-    panel_key = "attack.name" if "attack.name" in group_keys and len({r["attack.name"] for r in done}) > 1 else None
-    line_keys = [k for k in group_keys if k != panel_key]
-    panels = list(dict.fromkeys(_text(r[panel_key]) for r in done)) if panel_key else [""]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels):
-        members = [r for r in done if not panel_key or _text(r[panel_key]) == panel]
-        for values, group in _groups(line_keys, members).items():
-            rounds, ys = _mean_curve([histories[r["cell"]] for r in group], metric)
+        for line_label, (rounds, ys) in curves[panel]:
             if rounds:
-                ax.plot(rounds, ys, marker=".", label=_label(line_keys, values) + f" (n={len(group)})")
+                ax.plot(rounds, ys, marker=".", label=line_label)
         ax.set_title(f"attack={panel}" if panel_key else "", fontsize=9)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
@@ -299,5 +304,7 @@ def write_report(out: str | Path) -> list[Path]:
     write_markdown(written[1], state, keys, rows)
     if plot_curves(out / CURVES_PNG, keys, rows, histories):
         written.append(out / CURVES_PNG)
+    else:
+        (out / CURVES_PNG).unlink(missing_ok=True)  # a stale plot would show other numbers
     written += plot_heatmaps(out, keys, rows)
     return written
