@@ -150,7 +150,8 @@ def write_markdown(path: Path, state: Mapping[str, Any], keys: Sequence[str], ro
              f"{counts['done']} done, {counts['error']} failed, {counts['partial']} unfinished, "
              f"{counts['missing']} not started.", "",
              f"Machine: {mach.get('platform')}, {mach.get('cpus')} CPUs, torch {mach.get('torch')}; "
-             f"total wall time {float(state.get('wall_s', 0.0)):.1f} s.", "",
+             f"total wall time {float(state.get('wall_s', 0.0)):.1f} s (the sum over the invocations that ended; "
+             "a killed one records none).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for values, members in _groups(group_keys, rows).items():
         cells = list(values) if group_keys else ["all"]
