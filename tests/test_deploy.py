@@ -122,13 +122,20 @@ def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
     assert flower_processes_of(out / "deploy") == []
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A job started in the background by a non-interactive shell (CI scripts, ``cmd &``) inherits SIGINT
+    ignored, and Python then keeps it ignored; a terminal's foreground process has the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "brmtrl", "deploy-local", "--config", str(CONFIGS / "quick.toml"),
                              "--set", "dataset.num_clients=8", "--set", "train.rounds=50", "--set", "device=cpu",
                              "--supernodes", "2", "--out", str(out), "--quiet"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (out / "progress.json").is_file() and proc.poll() is None:
@@ -140,6 +147,14 @@ def test_ctrl_c_stops_every_process(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        left = flower_processes_of(out / "deploy")
+        for pid in left:  # never leave a federation running behind a failed test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not left, f"processes left running after Ctrl-C: {left}"
     assert proc.returncode == 130 and "interrupted" in err
     assert flower_processes_of(out / "deploy") == []
 
