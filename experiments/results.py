@@ -74,9 +74,10 @@ def grid_report(sweep: Path, name: str, out: Path) -> list[str]:
     cell_s = [float(r["wall_s"]) for r in rows_done if isinstance(r.get("wall_s"), (int, float))]
     m = machine()
     ref = accs(*REFERENCE)
-    lines = [f"Sweep `{sweep}`: {done} of {len(rows)} cells done; seeds {seeds}; wall time of the "
-             f"sweep's invocations that ended {float(state.get('wall_s', 0.0)):.0f} s (a killed one records none; cells' own time {sum(cell_s):.0f} s, "
-             f"{np.mean(cell_s) if cell_s else math.nan:.1f} s per cell); machine: {m['platform']}, {m['cpus']} CPUs, "
+    lines = [f"Sweep `{sweep}`: {done} of {len(rows)} cells done; seeds {seeds}; wall time of the sweep's "
+             f"invocations that ended {float(state.get('wall_s', 0.0)):.0f} s (a killed one records none; "
+             f"cells' own time {sum(cell_s):.0f} s, {np.mean(cell_s) if cell_s else math.nan:.1f} s per cell); "
+             f"machine: {m['platform']}, {m['cpus']} CPUs, "
              f"torch {m['torch']}.", "", f"Command: `{state.get('command', '')}`", "",
              f"Attack-free FedRep (`fedrep`, `mean`, `none`): **{fmt(ref)}**.", "",
              "Final honest accuracy (mean ± std over seeds):", "",
