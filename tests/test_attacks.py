@@ -59,6 +59,38 @@ def test_alie_z_max_known_answer_and_formula():
     np.testing.assert_allclose(out[1], mu - 1.5 * sd, rtol=1e-12, atol=1e-12)
 
 
+def test_alie_rejects_a_non_positive_z_goes_up_on_request_and_warns_when_it_is_a_no_op():
+    h = honest_rows()
+    mu, sd = stats(h)
+    for z in (0.0, -1.0):
+        with pytest.raises(ValueError, match="z must be > 0"):
+            A.alie(BYZ, h, generator=gen(), z=z)
+    up = A.alie(BYZ, h, generator=gen(), z=1.5, direction="up").numpy()
+    np.testing.assert_allclose(up[0], mu + 1.5 * sd, rtol=1e-12, atol=1e-12)
+    # n = 9 honest + 1 Byzantine = 10 (even), b = 1: s = 6 - 1 = 5, z_max = Φ⁻¹(5/10) = 0, it sends μ
+    assert A.alie_z(10, 1) == pytest.approx(0.0, abs=1e-12)
+    h9 = honest_rows(h=9)
+    with pytest.warns(RuntimeWarning, match="no-op"):
+        out = A.alie(BYZ[:1], h9, generator=gen())
+    np.testing.assert_allclose(out[0].numpy(), stats(h9)[0], rtol=1e-12, atol=1e-12)
+    cfg = load_config(None, ["attack.name=alie"])
+    assert cfg["attack.z"] == "auto" and A.attack_kwargs(cfg)["z"] is None
+    with pytest.raises(Exception, match="attack.z"):
+        load_config(None, ["attack.name=alie", "attack.z=0"])
+
+
+def test_gaussian_sends_pure_noise_independent_of_the_update():
+    """Li et al. (2019) / ByzFL: a Gaussian Byzantine worker sends N(0, σ² I), whatever it computed."""
+    d = 20000
+    u, v = torch.full((1, d), 7.0, dtype=torch.float64), torch.full((1, d), -3.0, dtype=torch.float64)
+    a = A.gaussian(u, u[:0], generator=gen(5), sigma=2.0)
+    b = A.gaussian(v, v[:0], generator=gen(5), sigma=2.0)
+    assert torch.equal(a, b)                                   # the update plays no part
+    assert abs(float(a.mean())) < 0.05 and abs(float(a.std()) - 2.0) < 0.05
+    added = A.gaussian_additive(u, u[:0], generator=gen(5), sigma=2.0)   # the former gaussian, renamed
+    torch.testing.assert_close(added, u + a)
+
+
 def test_ipm_sends_minus_epsilon_times_the_honest_mean():
     h = honest_rows()
     mu, _ = stats(h)
@@ -98,6 +130,40 @@ def test_min_sum_takes_the_largest_gamma_that_keeps_the_sum_of_distances():
     out = A.min_sum(BYZ, h, generator=gen()).numpy()
     np.testing.assert_allclose(out[1], mu - gamma * sd, rtol=1e-9, atol=1e-9)
     assert gamma > 0
+
+
+def _authors_min_sum_gamma(ok, start: float = 50.0, threshold: float = 1e-5) -> float:
+    """Shejwalkar & Houmansadr's released search for min-sum's γ, as a loop: start at γ = 50, move by
+    half the last step up on success and down on failure, stop when the step is below the threshold."""
+    lam, step, succ = start, start, 0.0
+    while abs(succ - lam) > threshold:
+        if ok(lam):
+            succ = lam
+            lam += step / 2
+        else:
+            lam -= step / 2
+        step /= 2
+    return succ
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_min_sum_authors_form_bounds_by_the_smallest_sum_and_caps_gamma(scale):
+    h = honest_rows() * scale
+    a = h.numpy()
+    mu, sd = stats(h)
+    p = -mu / np.linalg.norm(mu)
+    sums = [sum(np.sum((a[i] - a[j]) ** 2) for j in range(len(a))) for i in range(len(a))]
+    gamma = _authors_min_sum_gamma(lambda g: sum(np.sum((mu + g * p - r) ** 2) for r in a) <= min(sums))
+    out = A.min_sum(BYZ, h, generator=gen(), perturbation="unit", bound="min").numpy()
+    got = float((out[0] - mu) @ p)
+    assert got == pytest.approx(gamma, abs=1e-4)
+    np.testing.assert_allclose(out[0], mu + got * p, rtol=1e-9, atol=1e-9 * scale)
+    paper = A.min_sum(BYZ, h, generator=gen(), perturbation="unit").numpy()
+    assert float((paper[0] - mu) @ p) > got                      # the paper's max bound lets γ grow further
+    if scale > 1:
+        assert got == pytest.approx(100.0, abs=1e-4)             # the authors' search never exceeds 100
+    cfg = load_config(None, ["attack.name=min_sum", "attack.sum_bound=min"])
+    assert A.attack_kwargs(cfg) == {"perturbation": "std", "bound": "min"}
 
 
 def test_mimic_copies_the_honest_row_farthest_along_the_top_principal_direction():
@@ -236,16 +302,15 @@ def test_an_update_within_the_norm_ratio_is_kept():
     assert len(res.accepted) == 6 and not res.rejected
 
 
-def test_what_an_omniscient_attack_crafts_is_screened(caplog):
+def test_what_an_omniscient_adversary_crafts_is_screened(caplog, tiny_cfg):
+    """The simulated adversary's step runs before the server step, which screens what it crafted as if
+    it had been sent."""
+    from brmtrl.adversary import omniscient_adversary
+
     good = [torch.randn(SIZE, generator=gen(s)) * 0.1 for s in range(5)]
-
-    def hostile(x, mask):
-        out = x.clone()
-        out[mask] = float("nan")
-        return out
-
+    cfg = tiny_cfg("attack.name=ipm", "attack.epsilon=1e300", "attack.byzantine_fraction=0.2")
+    crafted = omniscient_adversary(cfg, {0}, size=SIZE)(good, list(range(5)), 1)
     with caplog.at_level(logging.WARNING, logger="brmtrl"):
-        res = server_step(good, list(range(5)), AGG, size=SIZE, attack=hostile,
-                          byzantine=[True, False, False, False, False])
+        res = server_step(crafted, list(range(5)), AGG, size=SIZE)
     assert res.accepted == [1, 2, 3, 4] and res.rejected[0]["client"] == 0
     assert res.step is not None and torch.isfinite(res.step).all()

@@ -34,20 +34,26 @@ def ref_sq_dist(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ref_bulyan(x: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
-    """Iterated Krum (score over min(n − f − 2, r − 1) neighbours, ties by the total distance, then index),
-    then per coordinate the mean of the β values nearest the median of the selected ones."""
+    """Bulyan as El Mhamdi, Guerraoui & Rouault (ICML 2018) write it: θ = n − 2f times, Krum(f) among the
+    r rows left (each row's score: its squared distances to its r − f − 2 nearest rows left; one
+    neighbour where that is < 1, the documented degenerate case), the winner (lowest index on ties)
+    moved to the selection; then per coordinate the mean of the β = θ − 2f values nearest the median of
+    the selected ones."""
     n, d = x.shape
     theta, beta = n - 2 * f, n - 4 * f
     left, chosen = list(range(n)), []
     for _ in range(theta):
         r = len(left)
-        k = min(n - f - 2, r - 1)
-        best = None
-        for pos, i in enumerate(left):
+        if r == 1:
+            chosen.append(left.pop())
+            continue
+        k = max(r - f - 2, 1)
+        scores = []
+        for i in left:
             dist = sorted(ref_sq_dist(x[i], x[j]) for j in left if j != i)
-            key = (sum(dist[:k]), sum(dist), pos)
-            best = key if best is None or key < best else best
-        chosen.append(left.pop(best[2]))
+            scores.append(sum(dist[:k]))
+        best = min(range(r), key=lambda pos: (scores[pos], pos))
+        chosen.append(left.pop(best))
     out, used = np.zeros(d), np.zeros(n)
     for j in range(d):
         vals = sorted((x[i, j], i) for i in chosen)
@@ -97,6 +103,17 @@ def test_bulyan_matches_the_plain_loop(n, f, d, seed):
     assert torch.equal(bulyan(x, f=f), res.point)
 
 
+@pytest.mark.parametrize("n,f,d,seed", [(7, 1, 2, 10), (9, 1, 3, 11), (11, 2, 2, 12), (13, 2, 4, 13), (8, 1, 2, 14)])
+def test_bulyan_selection_is_the_papers_iterated_krum(n, f, d, seed):
+    """Rows in one cloud, no far row: every Krum step counts r − f − 2 neighbours among the r rows left,
+    as in the paper (the earlier variant kept n − f − 2 and broke ties by total distance)."""
+    x = rows(n, d, seed)
+    point, trust = ref_bulyan(x.numpy(), f)
+    res = bulyan_trusted(x, f=f)
+    np.testing.assert_allclose(res.point.numpy(), point, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(res.trust.numpy(), trust, rtol=1e-13, atol=1e-13)
+
+
 def test_bulyan_needs_4f_plus_3_and_float32_stays_float32():
     assert AGGREGATORS["bulyan"].largest_f(10) == 1 and AGGREGATORS["bulyan"].largest_f(11) == 2
     with pytest.raises(ValueError, match=r"bulyan: cannot tolerate f=2 Byzantine rows among n=10; it needs n >= 11"):
@@ -115,6 +132,26 @@ def test_centered_clipping_matches_the_plain_loop(tau, iters):
     np.testing.assert_allclose(res.point.numpy(), v, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(res.trust.numpy(), scale, rtol=1e-12, atol=1e-12)
     assert res.info["tau"] == pytest.approx(tau_used, rel=1e-12)
+
+
+def test_centered_clipping_keeps_tau_positive_when_half_the_rows_sit_on_the_median():
+    """Hand-worked: rows (0,0) ×3, (1,0), (0,2). The coordinate median is (0,0) and three of the five
+    distances are 0, so their median is 0; τ = 0 would clip the two other rows to nothing and flag them.
+    τ is then the median of the positive distances, (1 + 2)/2 = 1.5, and the first step is
+    v = (1/5)·[(1,0)·min(1, 1.5/1) + (0,2)·min(1, 1.5/2)] = (0.2, 0.3)."""
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    one = centered_clipping_trusted(x, iters=1)
+    assert one.info["tau"] == 1.5
+    torch.testing.assert_close(one.point, torch.tensor([0.2, 0.3], dtype=torch.float64))
+    assert not one.flagged.any()
+    res = centered_clipping_trusted(x, iters=3)
+    v, scale, _ = ref_centered_clipping(x.numpy(), 1.5, 3)
+    np.testing.assert_allclose(res.point.numpy(), v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(res.trust.numpy(), scale, rtol=1e-12, atol=1e-12)
+    assert (res.trust >= FLAG_BELOW).all()
+    same = torch.ones(4, 3, dtype=torch.float64)             # every row on the start point: any τ > 0
+    out = centered_clipping_trusted(same)
+    assert out.info["tau"] > 0 and torch.equal(out.point, same[0]) and (out.trust == 1).all()
 
 
 def test_centered_clipping_from_a_given_centre_and_huge_rows():
@@ -211,8 +248,10 @@ def test_trust_of_outliers_is_low_and_of_honest_rows_high(rule, m):
     assert (trust[list(bad)] < FLAG_BELOW).all(), trust
     if rule == "krum":             # one row selected, an honest one
         assert int((trust == 1).sum()) == 1 and int(torch.argmax(trust)) in honest
-    elif rule == "bulyan":         # θ = n − 2f honest rows selected, the other honest rows discarded
-        assert int((trust[honest] >= FLAG_BELOW).sum()) == 11 - 2 * 2
+    elif rule == "bulyan":         # θ = n − 2f rows selected, at most f of them outliers (the paper's last
+        # Krum picks count r − f − 2 = 1 neighbour, so the two outliers may pick each other); the
+        # coordinate stage then keeps none of their values
+        assert 11 - 2 * 2 - 2 <= int((trust[honest] >= FLAG_BELOW).sum()) <= 11 - 2 * 2
     else:
         assert (trust[honest] >= FLAG_BELOW).all(), trust
     assert torch.equal(res.flagged, trust < FLAG_BELOW)
@@ -305,18 +344,18 @@ def test_config_errors_for_the_new_keys(overrides, needle):
 
 
 def test_f_auto_respects_bulyans_4f_plus_3_and_explicit_f_is_checked(tiny_cfg):
-    cfg = tiny_cfg("aggregator.name=bulyan", "attack.byzantine_fraction=0.3")
-    a = Aggregation.from_config(cfg, per_round=10, byzantine=6, pool=20)
+    cfg = tiny_cfg("aggregator.name=bulyan", "aggregator.byzantine_fraction=0.3")
+    a = Aggregation.from_config(cfg, per_round=10, pool=20)
     assert a.f == 1                                     # 4f + 3 <= 10
     with pytest.raises(ConfigError, match=r"'aggregator.f' = 2 is too large for bulyan"):
-        Aggregation.from_config(tiny_cfg("aggregator.name=bulyan", "aggregator.f=2"), 10, 0, 20)
+        Aggregation.from_config(tiny_cfg("aggregator.name=bulyan", "aggregator.f=2"), 10, 20)
     # after bucketing Krum sees ⌈10/2⌉ = 5 rows: f <= 1
     b = Aggregation.from_config(tiny_cfg("aggregator.name=krum", "aggregator.pre=[\"bucketing\"]",
-                                         "attack.byzantine_fraction=0.3"), 10, 6, 20)
+                                         "aggregator.byzantine_fraction=0.3"), 10, 20)
     assert b.f == 1 and b.pre == ("bucketing",) and b.params == {"bucket_size": 2}
     with pytest.raises(ConfigError, match=r"needs at least 3 clients per round, but .* \(2 after aggregator.pre"):
         Aggregation.from_config(tiny_cfg("aggregator.name=krum", "aggregator.pre=[\"bucketing\"]",
-                                         "aggregator.bucket_size=3"), 6, 0, 20)
+                                         "aggregator.bucket_size=3"), 6, 20)
 
 
 def test_server_step_records_trust_and_flagged_and_seeds_bucketing():
@@ -339,11 +378,13 @@ def test_server_step_records_trust_and_flagged_and_seeds_bucketing():
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("extra", [
-    ["aggregator.name=bulyan", "aggregator.pre=[]"],
-    ["aggregator.name=centered_clipping", "aggregator.pre=[\"nnm\", \"bucketing\"]"],
+@pytest.mark.parametrize("extra, identifies", [
+    (["aggregator.name=bulyan", "aggregator.pre=[]"], True),
+    # NNM mixes every row with its n − f nearest and bucketing averages pairs: no row stands out, so
+    # centered clipping (τ > 0) trusts every one; it used to flag rows only because τ had fallen to 0
+    (["aggregator.name=centered_clipping", "aggregator.pre=[\"nnm\", \"bucketing\"]"], False),
 ])
-def test_brmtrl_run_records_trust_and_flagged(extra, tmp_path):
+def test_brmtrl_run_records_trust_and_flagged(extra, identifies, tmp_path):
     out = tmp_path / "run"
     sets = ["train.rounds=2", "dataset.num_clients=10", "dataset.samples_per_client=20", "train.eval_every=1",
             "device=cpu", "train.participation=1.0", *extra]
@@ -358,7 +399,10 @@ def test_brmtrl_run_records_trust_and_flagged(extra, tmp_path):
     for r in rounds:
         assert len(r["trust"]) == len(r["accepted"]) == 10 and all(0.0 <= t <= 1.0 for t in r["trust"])
         assert r["flagged"] == sorted(c for c, t in zip(r["accepted"], r["trust"]) if t < FLAG_BELOW)
-        assert byz <= set(r["flagged"])                 # sign-flipping ×5: far from the honest updates
+        if identifies:
+            assert byz <= set(r["flagged"])             # sign-flipping ×5: far from the honest updates
+    for h in res["history"]:
+        assert h.get("tau", 1.0) > 0
 
 
 def test_centered_clipping_can_start_from_the_previous_aggregate(tiny_cfg, tmp_path):

@@ -234,8 +234,14 @@ def _print_summary(results: dict[str, Any], run_dir: Path) -> None:
 
 def _flower_app(args: argparse.Namespace) -> int:
     from .flower.deploy import write_app
+    from .flower.errors import check_real_attack
 
     cfg = load_config(args.config, args.overrides)
+    check_real_attack(cfg, "flower")
+    if cfg["attack.name"] != "none":
+        print(f"note: attack.name = {cfg['attack.name']!r} is set; in a real federation only the clients whose "
+              "node config says byzantine=true (or lists them in byzantine-ids) run it, the others are honest",
+              file=sys.stderr)
     toml = write_app(Path(args.out), cfg, args.results, args.clients or cfg["dataset.num_clients"])
     print(f"Flower App in {args.out}/; run it with: flwr run {args.out} <federation> --run-config {toml} --stream")
     return 0

@@ -26,8 +26,11 @@ __all__ = [
     "ConfigError",
     "Interval",
     "Options",
+    "SIMULATION_ONLY",
+    "ServerConfig",
     "load_config",
     "parse_override",
+    "server_view",
 ]
 
 
@@ -179,7 +182,7 @@ AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "bulyan
                "centered_clipping")
 PRE_STEPS = ("nnm", "bucketing")
 # the names of brmtrl.attacks.ATTACKS (literal for the same reason)
-ATTACKS = ("none", "gaussian", "sign_flip", "label_flip", "random", "nan", "inf", "alie", "ipm", "min_max",
+ATTACKS = ("none", "gaussian", "gaussian_additive", "sign_flip", "label_flip", "random", "nan", "inf", "alie", "ipm", "min_max",
            "min_sum", "mimic", "fang")
 
 POS_INT = Interval(int, 1, None)
@@ -238,9 +241,14 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     # aggregation
     "aggregator.name": ("auto", Options(AGGREGATORS), "rule combining the clients' updates; 'auto' = "
                         "geometric_median for brmtrl, mean for every other algorithm (fedrep is FedRep: the mean)"),
+    "aggregator.byzantine_fraction": (0.2, Interval(float, 0, 1, "left"),
+                                      "the server's declared assumption: the fraction of the client population that "
+                                      "may be Byzantine (never read from attack.*: a real federation has no attack "
+                                      "config); aggregator.f = 'auto' turns it into a per-round f"),
     "aggregator.f": ("auto", AnyOf((NONNEG_INT, Options(("auto",)))),
                      "Byzantine rows assumed per round (krum, multi_krum, bulyan, trimmed_mean, nnm); 'auto' = the "
-                     "aggregator.f_quantile quantile of the Byzantine count among the sampled"),
+                     "aggregator.f_quantile quantile of the Byzantine count among the sampled when "
+                     "aggregator.byzantine_fraction of the population is Byzantine"),
     "aggregator.f_quantile": (0.9999, Interval(float, 0, 1, "neither"),
                               "aggregator.f = 'auto': the quantile of the per-round Byzantine count taken as f; a "
                               "round with more Byzantine updates than f can wreck f-based rules (nnm, krum, "
@@ -293,14 +301,22 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     # attack
     "attack.name": ("none", Options(ATTACKS), "what Byzantine clients do"),
     "attack.byzantine_fraction": (0.0, Interval(float, 0, 1, "left"), "fraction of clients that are Byzantine"),
-    "attack.sigma": (1.0, NONNEG_FLOAT, "gaussian: noise std added to the update"),
+    "attack.sigma": (1.0, NONNEG_FLOAT, "gaussian: std of the pure noise sent; gaussian_additive: std of the noise "
+                     "added to the honest update"),
     "attack.scale": (5.0, POS_FLOAT, "sign_flip: the update sent is -scale x the honest one"),
     "attack.magnitude": (1000.0, POS_FLOAT, "random: values uniform in [-magnitude, magnitude]"),
-    "attack.z": (0.0, NONNEG_FLOAT, "alie: the update sent is mean - z x std of the honest updates; 0 takes the "
-                 "paper's z_max for the round's n and Byzantine count"),
+    "attack.z": ("auto", AnyOf((Options(("auto",)), POS_FLOAT)),
+                 "alie: the update sent is mean - z x std of the honest updates (attack.direction = 'up': + z x std); "
+                 "'auto' takes the paper's z_max for the round's n and Byzantine count"),
+    "attack.direction": ("down", Options(("down", "up")),
+                         "alie: 'down' sends mean - z x std (the paper), 'up' mean + z x std"),
     "attack.epsilon": (0.1, POS_FLOAT, "ipm: the update sent is -epsilon x the honest mean"),
     "attack.perturbation": ("std", Options(("std", "sign", "unit")),
                             "min_max, min_sum: the perturbation direction, -std, -sign(mean) or -mean/|mean|"),
+    "attack.sum_bound": ("max", Options(("max", "min")),
+                         "min_sum: 'max' bounds the crafted row's sum of squared distances to the honest rows by the "
+                         "largest honest row's (the paper's formula); 'min' by the smallest, with gamma capped at 100 "
+                         "(the authors' released code)"),
     "attack.fang_target": ("auto", Options(("auto", "krum", "trimmed_mean")),
                            "fang: the rule the attack is crafted for; auto: krum for krum, multi_krum and bulyan, "
                            "trimmed_mean for every other rule"),
@@ -410,6 +426,28 @@ def _cross_checks(c: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'model.name' = 'cnn_cifar' needs dataset.name = 'cifar10', not {data!r}")
     if model == "cnn_femnist" and data != "femnist":
         raise ConfigError(f"config key 'model.name' = 'cnn_femnist' needs dataset.name = 'femnist', not {data!r}")
+
+
+# --------------------------------------------------------------------------- the server's view
+#: key prefixes only a simulation knows: the simulated adversary's settings. The server side never reads
+#: them (a real federation has no attack config); :func:`server_view` leaves them out.
+SIMULATION_ONLY = ("attack.",)
+
+
+class ServerConfig(Config):
+    """The settings the server side may read: a :class:`Config` without the simulated adversary's keys.
+    Reading one of those is a programming error, reported by name."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key.startswith(SIMULATION_ONLY):
+            raise KeyError(f"{key!r} is the simulated adversary's setting; the server side never reads it "
+                           "(declare the server's assumption with aggregator.byzantine_fraction or aggregator.f)")
+        return super().__getitem__(key)
+
+
+def server_view(cfg: Mapping[str, Any]) -> ServerConfig:
+    """``cfg`` as the server sees it: every key but ``attack.*`` (:data:`SIMULATION_ONLY`)."""
+    return ServerConfig({k: v for k, v in cfg.items() if not k.startswith(SIMULATION_ONLY)})
 
 
 # --------------------------------------------------------------------------- loading

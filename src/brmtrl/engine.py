@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from . import aggregators as agg_mod
-from . import attacks as attack_mod
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, ConfigError
+from .config import Config, ConfigError, server_view
 from .data import FederatedData, augmentation_for, load_data, principal_angle_distance
 from .client import (ClientResult, EvalResult, client_generator, evaluate_client, features_of, fine_tune_and_evaluate,
                      fit_heads, sent_update, train_client, train_clients, training_data, transfer_sample)
@@ -29,6 +28,7 @@ from .evaluation import summarize
 from .local_update import RULES, LocalRule, SGDSettings
 from .federation import build_client_model, byzantine_clients, holdout_clients, num_sampled, sample_clients
 from .models import SplitModel, linear_representation
+from .adversary import omniscient_adversary
 from .server import Aggregation, StepResult, server_step
 from .split import get_flat, set_flat
 from .identification import flag_counts, overall as identification_overall
@@ -89,7 +89,8 @@ class Simulation:
             raise ConfigError(f"config key 'attack.byzantine_fraction' = {cfg['attack.byzantine_fraction']} makes "
                               f"every one of the {len(self.training_clients)} training clients Byzantine; no honest "
                               "client is left to evaluate")
-        self.agg = Aggregation.from_config(cfg, self.num_sampled, len(self.byzantine), len(self.training_clients))
+        # the server's declared settings only: it never learns the simulated attack or who is Byzantine
+        self.agg = Aggregation.from_config(server_view(cfg), self.num_sampled, len(self.training_clients))
         self.agg_rule = agg_mod.AGGREGATORS[self.agg.name]
         self.f_exceeded_rounds: list[int] = []
         self.augment = augmentation_for(self.data, cfg["dataset.augment"])
@@ -98,6 +99,7 @@ class Simulation:
         self.initial_private = get_flat(self.model, self.rule.private).to(self.device)
         self.initial_all = get_flat(self.model, "all").to(self.device)   # the from-scratch transfer baseline
         self.transfer: dict[str, Any] | None = None
+        self.adversary = omniscient_adversary(cfg, self.byzantine, size=self.shared.numel())
         self.private = self.initial_private.unsqueeze(0).repeat(n, 1)
         self.history: list[dict[str, Any]] = []
         self.identification: list[dict[str, Any]] = []   # per round: who was flagged, precision, recall
@@ -172,6 +174,7 @@ class Simulation:
         senders = [c for c, res in zip(sampled, results) if res.delta is not None]
         record.no_update = [c for c, res in zip(sampled, results) if res.delta is None]
         updates = [self.attack(res.delta, c, r) for c, res in zip(sampled, results) if res.delta is not None]
+        updates = self.omniscient_attack(updates, senders, r)
         t_agg = time.perf_counter()
         step = self.server_step(updates, senders, r)
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6))
@@ -225,12 +228,14 @@ class Simulation:
         """What ``client`` sends (:func:`brmtrl.client.sent_update`)."""
         return sent_update(self.cfg, delta, client, r, client in self.byzantine)
 
+    def omniscient_attack(self, updates: list[torch.Tensor], senders: list[int], r: int) -> list[torch.Tensor]:
+        """The simulated adversary's step (:func:`brmtrl.adversary.omniscient_adversary`): an attack that
+        reads the round's honest updates rewrites the Byzantine rows before the server receives them."""
+        return self.adversary(updates, senders, r) if self.adversary is not None else updates
+
     def server_step(self, updates: list[torch.Tensor], senders: list[int], r: int) -> StepResult:
-        """:func:`brmtrl.server.server_step`; omniscient attacks (simulation only) run inside it."""
-        attack = attack_mod.server_attack(self.cfg, client_generator(self.cfg["seed"], r, 0, stream=7))
-        byz = set(self.byzantine)
-        return server_step(updates, senders, self.agg, size=self.shared.numel(), round_=r, attack=attack,
-                           byzantine=[c in byz for c in senders], seed=self.cfg["seed"],
+        """:func:`brmtrl.server.server_step`, with the server's declared settings only."""
+        return server_step(updates, senders, self.agg, size=self.shared.numel(), round_=r, seed=self.cfg["seed"],
                            centre=self.last_step if self.agg.history else None)
 
     # ------------------------------------------------------------------ evaluation

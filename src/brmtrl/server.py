@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from . import aggregators as agg_mod
-from .attacks import ServerAttack  # (stacked updates, Byzantine mask) -> updates; simulation only
 from .config import ConfigError
 
 __all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", "pre_generator", "screen",
@@ -67,16 +66,21 @@ class Aggregation:
         return "f" in agg_mod.AGGREGATORS[self.name].params or any("f" in agg_mod.PRE_STEPS[p].params for p in self.pre)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], per_round: int, byzantine: int, pool: int) -> "Aggregation":
-        """``aggregator.f = 'auto'``: the number of Byzantine clients among the ``per_round`` sampled
-        follows a hypergeometric law (``byzantine`` of ``pool`` clients are Byzantine); 'auto' takes its
+    def from_config(cls, cfg: Mapping[str, Any], per_round: int, pool: int) -> "Aggregation":
+        """The rule the server's settings declare, for ``per_round`` clients sampled from ``pool``.
+
+        ``aggregator.f = 'auto'``: the server assumes that ``aggregator.byzantine_fraction`` of the
+        population (round(fraction · pool) clients) may be Byzantine; the number of them among the
+        ``per_round`` sampled then follows a hypergeometric law, and 'auto' takes its
         ``aggregator.f_quantile`` quantile (default 0.9999), so that the assumed f is exceeded in at most
-        1 round in 10,000 (the expected count, ⌈fraction · per_round⌉, is exceeded in about a third; the
-        95th percentile in up to 1 round in 20, and one such round can wreck an f-based rule such as NNM:
-        docs/robustness.md). Each round records the assumed and the
-        true count. An f the rule (or a pre-aggregation step) cannot tolerate with ``per_round`` rows is
-        lowered to the largest it can, with a warning (``'auto'``), or is a config error (an explicit
-        value). With ``aggregator.pre``, the rule's needs apply to the rows it sees after the steps."""
+        1 round in 10,000 (the expected count is exceeded in about a third; the 95th percentile in up to
+        1 round in 20, and one such round can wreck an f-based rule such as NNM: docs/robustness.md).
+        This is a declared assumption: nothing here reads the simulated attack (``attack.*``) or a
+        node's role, which a real federation does not know; ``cfg`` is the server's view
+        (:func:`brmtrl.config.server_view`). An f the rule (or a pre-aggregation step) cannot tolerate
+        with ``per_round`` rows is lowered to the largest it can, with a warning (``'auto'``), or is a
+        config error (an explicit value). With ``aggregator.pre``, the rule's needs apply to the rows it
+        sees after the steps."""
         name = cfg["aggregator.name"]
         rule = agg_mod.AGGREGATORS[name]
         pre = tuple(cfg.get("aggregator.pre", ()))
@@ -94,7 +98,8 @@ class Aggregation:
         f = cfg["aggregator.f"]
         largest = agg.largest_f(per_round)
         if f == "auto":
-            f = hypergeometric_quantile(float(cfg.get("aggregator.f_quantile", 0.9999)), pool, byzantine, per_round)
+            assumed = int(round(float(cfg.get("aggregator.byzantine_fraction", 0.2)) * pool))
+            f = hypergeometric_quantile(float(cfg.get("aggregator.f_quantile", 0.9999)), pool, assumed, per_round)
             if f > largest:
                 log.warning("aggregator.f='auto' gives f=%d, more than %s tolerates with %d clients per round; "
                             "it assumes f=%d", f, agg.describe(), per_round, largest)
@@ -211,30 +216,20 @@ def aggregate(x: torch.Tensor, agg: Aggregation, *, generator: torch.Generator |
 
 
 def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation, *, size: int,
-                round_: int = 0, attack: ServerAttack | None = None,
-                byzantine: Sequence[bool] | None = None, seed: int = 0,
-                centre: torch.Tensor | None = None) -> StepResult:
-    """Screen, (in simulation, apply an omniscient ``attack`` to the ``byzantine`` rows), aggregate.
+                round_: int = 0, seed: int = 0, centre: torch.Tensor | None = None) -> StepResult:
+    """Screen, aggregate: the server's whole step, from what arrived and who sent it.
 
-    Returns the step to add to φ, or None when too few valid updates are left for the rule (φ is then
-    left unchanged and the round's record says why). Rejections are logged with the client and reason.
-    ``info["trust"]`` lists the rule's trust in each accepted client (``accepted``'s order) and
-    ``info["flagged"]`` the accepted clients trusted less than :data:`brmtrl.aggregators.FLAG_BELOW`.
-    Random pre-aggregation steps draw from :func:`pre_generator` (``seed``, ``round_``). ``centre``:
-    the previous round's aggregate, for a rule that starts from it (``aggregator.centre = 'previous'``).
+    It takes the server's declared settings (``agg``) and nothing a simulation knows: which clients are
+    Byzantine, or what they do, never reaches it (a simulated omniscient adversary rewrites its rows
+    before this step receives them: :mod:`brmtrl.adversary`). Returns the step to add to φ, or None
+    when too few valid updates are left for the rule (φ is then left unchanged and the round's record
+    says why). Rejections are logged with the client and reason. ``info["trust"]`` lists the rule's
+    trust in each accepted client (``accepted``'s order) and ``info["flagged"]`` the accepted clients
+    trusted less than :data:`brmtrl.aggregators.FLAG_BELOW`. Random pre-aggregation steps draw from
+    :func:`pre_generator` (``seed``, ``round_``). ``centre``: the previous round's aggregate, for a rule
+    that starts from it (``aggregator.centre = 'previous'``).
     """
     kept, rejected = screen(updates, clients, size=size, max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
-    if attack is not None and byzantine is not None and any(byzantine[i] for i in kept):
-        # simulation: the omniscient attack crafts the Byzantine rows from the honest ones, and what it
-        # crafted is screened as if it had been sent
-        x = torch.stack([updates[i].to(torch.float64) for i in kept])
-        x = attack(x, torch.tensor([bool(byzantine[i]) for i in kept], device=x.device))
-        updates = list(updates)
-        for j, i in enumerate(kept):
-            updates[i] = x[j]
-        again, late = screen([updates[i] for i in kept], [clients[i] for i in kept], size=size,
-                             max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
-        kept, rejected = [kept[j] for j in again], rejected + late
     for entry in rejected:
         log.warning("round %d: rejected the update of client %s (%s)", round_, entry["client"], entry["reason"])
     accepted = [clients[i] for i in kept]

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CHECKPOINT, RESUMABLE_KEYS, CheckpointError, config_fingerprint, same_experiment
-from .config import Config, ConfigError, _check_key, _flatten, validate
+from .config import Config, ConfigError, _check_key, _flatten, server_view, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -276,7 +276,7 @@ def _check_federation(cfg: Config) -> None:
     if len(byz) >= len(training):
         raise ConfigError(f"config key 'attack.byzantine_fraction' = {cfg['attack.byzantine_fraction']} makes every "
                           "training client Byzantine")
-    Aggregation.from_config(cfg, num_sampled(cfg, len(training)), len(byz), len(training))
+    Aggregation.from_config(server_view(cfg), num_sampled(cfg, len(training)), len(training))
 
 
 def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> Config:

@@ -14,7 +14,20 @@ def _columns(n: int) -> int:
     """Columns per block: ~2^20 float64 entries (8 MiB), so that a block's temporaries stay small."""
     return max(1024, (1 << 20) // max(n, 1))
 
-__all__ = ["centered_clipping", "centered_clipping_trusted"]
+__all__ = ["automatic_tau", "centered_clipping", "centered_clipping_trusted"]
+
+
+def automatic_tau(distances: torch.Tensor) -> float:
+    """The automatic clipping radius: the median of the rows' distances to the start point, or, when
+    that median is 0 (at least half the rows sit on the start point), the median of the positive
+    distances; 1.0 when every row sits on it (any τ > 0 then gives the same result). Always > 0: with
+    τ = 0 every row off the start point would be clipped to nothing and flagged."""
+    r = distances.cpu().numpy()
+    tau = float(np.median(r))
+    if tau > 0:
+        return tau
+    positive = r[r > 0]
+    return float(np.median(positive)) if positive.size else 1.0
 
 
 def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
@@ -30,7 +43,7 @@ def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
     stateless default is the coordinate-wise median of the rows (robust, needs no history); pass the
     previous aggregate to follow the paper. ``tau = 0`` (default) chooses τ automatically: the median of
     the distances ‖x_i − v_0‖, so that about half the rows are clipped in the first step whatever the
-    scale of the updates. Distances are taken on halved differences rescaled by their largest entry, so
+    scale of the updates (the median of the positive distances when that is 0: :func:`automatic_tau`). Distances are taken on halved differences rescaled by their largest entry, so
     rows up to float64's range do not overflow them; everything is float64, the result in the input's
     dtype. Cost: L passes over the rows (O(Lnd)).
     """
@@ -84,7 +97,7 @@ def centered_clipping_trusted(x: torch.Tensor, *, tau: float = 0.0, iters: int =
 
     r = gaps(v)
     if tau == 0.0:
-        tau = float(np.median(r.cpu().numpy()))
+        tau = automatic_tau(r)
     scale = torch.ones_like(r)
     for it in range(iters):
         if it:

@@ -68,25 +68,26 @@ def multi_krum_trusted(x: torch.Tensor, *, f: int, m: int | None = None) -> Aggr
 
 
 def _iterated_krum(d2: np.ndarray, f: int, count: int) -> list[int]:
-    """Bulyan's selection: ``count`` times, the Krum winner among the r rows left, which is then removed;
-    a row's score sums its squared distances to its min(n − f − 2, r − 1) nearest rows left (Krum's
-    neighbourhood among all n rows, or every row left once fewer remain: a neighbourhood that shrank
-    with r would let f identical Byzantine rows, at distance 0 from each other, win the last steps).
-    One distance matrix serves every step. Equal scores are broken by the sum of the squared distances
-    to all the rows left, then by the lowest index."""
+    """Bulyan's selection (El Mhamdi et al. 2018, Algorithm 1): ``count`` times, Krum(f) among the r rows
+    left, whose winner is then removed. Krum among r rows scores each row by the sum of its squared
+    distances to its r − f − 2 nearest rows left. Degenerate last picks: where r − f − 2 < 1 (with
+    r = 2f + 1 rows left at the last pick this happens for f <= 1), the paper's score is an empty sum;
+    we use the nearest row left (one neighbour), and a single row left is taken. Equal scores go to the
+    lowest index. One distance matrix serves every step."""
     n = len(d2)
     left = list(range(n))
     chosen: list[int] = []
     for _ in range(count):
         r = len(left)
+        if r == 1:
+            chosen.append(left.pop())
+            continue
         sub = d2[np.ix_(left, left)].copy()
         np.fill_diagonal(sub, np.inf)
-        k = min(n - f - 2, r - 1)
+        k = max(r - f - 2, 1)
         with np.errstate(over="ignore", invalid="ignore"):
             score = np.sort(sub, axis=1)[:, :k].sum(axis=1)
-            np.fill_diagonal(sub, 0.0)
-            total = sub.sum(axis=1)
-        pick = int(np.lexsort((np.arange(r), total, score))[0])
+        pick = int(np.argsort(score, kind="stable")[0])
         chosen.append(left.pop(pick))
     return chosen
 
@@ -95,8 +96,8 @@ def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
     """Bulyan (El Mhamdi, Guerraoui & Rouault, "The Hidden Vulnerability of Distributed Learning in
     Byzantium", ICML 2018), over Krum:
 
-    1. select θ = n − 2f rows S by iterated Krum: θ times, the Krum winner among the rows left (score:
-       the sum of the squared distances to its min(n − f − 2, r − 1) nearest of the r rows left),
+    1. select θ = n − 2f rows S by iterated Krum: θ times, Krum(f) among the r rows left (score: the
+       sum of the squared distances to its r − f − 2 nearest rows left, at least one), whose winner is
        removed once selected (see :func:`_iterated_krum`);
     2. per coordinate j, with m_j the coordinate-wise median of the selected values {x_ij : i ∈ S}, average
        the β = θ − 2f of them closest to m_j:  out_j = (1/β) Σ_{i ∈ B_j} x_ij,  B_j = the β values of S

@@ -19,11 +19,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .basic import flip_labels, gaussian, inf, label_flip, nan, none, random, sign_flip
+from .basic import flip_labels, gaussian, gaussian_additive, inf, label_flip, nan, none, random, sign_flip
 from .omniscient import alie, alie_z, fang, ipm, mimic, min_max, min_sum, perturbation_direction
 
 __all__ = ["ATTACKS", "OMNISCIENT", "Attack", "alie", "alie_z", "attack_kwargs", "fang", "fang_target",
-           "flip_labels", "gaussian", "inf", "ipm", "is_omniscient", "label_flip", "mimic", "min_max", "min_sum",
+           "flip_labels", "gaussian", "gaussian_additive", "inf", "ipm", "is_omniscient", "label_flip", "mimic", "min_max", "min_sum",
            "nan", "none", "perturbation_direction", "random", "server_attack", "sign_flip"]
 
 AttackFn = Callable[..., torch.Tensor]
@@ -44,15 +44,16 @@ class Attack:
 ATTACKS: dict[str, Attack] = {
     "none": Attack(none),
     "gaussian": Attack(gaussian, {"sigma": "sigma"}),
+    "gaussian_additive": Attack(gaussian_additive, {"sigma": "sigma"}),
     "sign_flip": Attack(sign_flip, {"scale": "scale"}),
     "random": Attack(random, {"magnitude": "magnitude"}),
     "label_flip": Attack(label_flip),
     "nan": Attack(nan),
     "inf": Attack(inf),
-    "alie": Attack(alie, {"z": "z"}, omniscient=True),
+    "alie": Attack(alie, {"z": "z", "direction": "direction"}, omniscient=True),
     "ipm": Attack(ipm, {"epsilon": "epsilon"}, omniscient=True),
     "min_max": Attack(min_max, {"perturbation": "perturbation"}, omniscient=True),
-    "min_sum": Attack(min_sum, {"perturbation": "perturbation"}, omniscient=True),
+    "min_sum": Attack(min_sum, {"perturbation": "perturbation", "sum_bound": "bound"}, omniscient=True),
     "mimic": Attack(mimic, omniscient=True),
     "fang": Attack(fang, {"fang_target": "target"}, omniscient=True),
 }
@@ -82,6 +83,8 @@ def attack_kwargs(cfg: Mapping[str, Any], name: str | None = None) -> dict[str, 
     """The keyword arguments of attack ``name`` (default ``attack.name``) read from the config."""
     name = name or cfg["attack.name"]
     kwargs = {kw: cfg[f"attack.{key}"] for key, kw in ATTACKS[name].keys.items()}
+    if kwargs.get("z") == "auto":
+        kwargs["z"] = None   # alie: the paper's z_max
     if name == "fang":
         kwargs["target"] = fang_target(cfg)
     return kwargs

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["flip_labels", "gaussian", "inf", "label_flip", "nan", "none", "random", "sign_flip"]
+__all__ = ["flip_labels", "gaussian", "gaussian_additive", "inf", "label_flip", "nan", "none", "random", "sign_flip"]
 
 
 def none(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
@@ -18,7 +18,16 @@ def none(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Gene
 
 def gaussian(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator,
              sigma: float = 1.0) -> torch.Tensor:
-    """Noisy update: u + σ ε, ε ~ N(0, I) (the Gaussian attack of Li et al., AAAI 2019)."""
+    """Gaussian attack: send pure noise σ ε, ε ~ N(0, I), independent of the update the client
+    computed (Li et al., AAAI 2019, the "Gaussian" Byzantine worker; ByzFL's ``Gaussian`` with μ = 0)."""
+    noise = torch.randn(byzantine.shape, generator=generator, dtype=byzantine.dtype)
+    return (sigma * noise).to(byzantine.device)
+
+
+def gaussian_additive(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator,
+                      sigma: float = 1.0) -> torch.Tensor:
+    """Noisy update: u + σ ε, ε ~ N(0, I): the honest update with Gaussian noise added (a weaker,
+    stealthier variant of :func:`gaussian`; brmtrl's ``gaussian`` before 2026-12)."""
     noise = torch.randn(byzantine.shape, generator=generator, dtype=byzantine.dtype)
     return byzantine + sigma * noise.to(byzantine.device)
 

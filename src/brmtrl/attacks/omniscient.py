@@ -11,6 +11,7 @@ as computed.
 from __future__ import annotations
 
 import math
+import warnings
 from statistics import NormalDist
 
 import torch
@@ -43,19 +44,30 @@ def alie_z(n: int, b: int) -> float:
 
 
 def alie(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator,
-         z: float = 0.0) -> torch.Tensor:
+         z: float | None = None, direction: str = "down") -> torch.Tensor:
     """A Little Is Enough (Baruch, Baruch & Goldberg, NeurIPS 2019): every Byzantine client sends
 
-        μ − z · σ   (coordinate-wise),
+        μ − z · σ   (coordinate-wise; ``direction = "up"``: μ + z · σ),
 
     small enough per coordinate to pass for an honest value, consistent enough across coordinates to
-    move the aggregate. ``z = 0`` takes the paper's z_max (:func:`alie_z`); the paper's attackers
-    estimate μ, σ from their own updates, here (as in Allouah et al. 2023) from the honest ones."""
+    move the aggregate. ``z = None`` takes the paper's z_max for the round's n and b (:func:`alie_z`);
+    an explicit z must be > 0. z_max is 0 when n is even and b = 1 (the attack then sends μ, a no-op):
+    a warning says so. The paper's attackers estimate μ, σ from their own updates, here (as in Allouah
+    et al. 2023) from the honest ones."""
+    if direction not in ("down", "up"):
+        raise ValueError(f"alie: direction must be 'down' or 'up'; got {direction!r}")
+    if z is not None and not z > 0:
+        raise ValueError(f"alie: z must be > 0 (or None for the paper's z_max); got {z!r}")
     if honest.shape[0] == 0:
         return byzantine
     _, mu, sigma = _stats(honest)
-    zz = z if z > 0 else alie_z(byzantine.shape[0] + honest.shape[0], byzantine.shape[0])
-    return _copies(mu - zz * sigma, byzantine)
+    n, b = byzantine.shape[0] + honest.shape[0], byzantine.shape[0]
+    zz = alie_z(n, b) if z is None else z
+    if zz <= 0:
+        warnings.warn(f"alie: z_max = {zz:.3g} for n = {n} rows with b = {b} Byzantine: the attack sends the honest "
+                      "mean (a no-op); set attack.z > 0 for a real attack", RuntimeWarning, stacklevel=2)
+    sign = -1.0 if direction == "down" else 1.0
+    return _copies(mu + sign * zz * sigma, byzantine)
 
 
 def ipm(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator,
@@ -91,7 +103,15 @@ def _largest_gamma(a: float, lin: torch.Tensor, const: torch.Tensor, bound: torc
     return max(float(roots.min()), 0.0)
 
 
-def _min_max_sum(byzantine: torch.Tensor, honest: torch.Tensor, perturbation: str, use_sum: bool) -> torch.Tensor:
+#: the largest γ of min-sum's ``bound = "min"`` (the authors' released code: a bisection that starts at
+#: γ = 50 and moves by 25, 12.5, ... so that it never exceeds 100)
+MIN_SUM_GAMMA_CAP = 100.0
+
+
+def _min_max_sum(byzantine: torch.Tensor, honest: torch.Tensor, perturbation: str, use_sum: bool,
+                 bound: str = "max") -> torch.Tensor:
+    if bound not in ("max", "min"):
+        raise ValueError(f"min_sum: bound must be 'max' or 'min'; got {bound!r}")
     if honest.shape[0] == 0:
         return byzantine
     x, mu, sigma = _stats(honest)
@@ -102,9 +122,13 @@ def _min_max_sum(byzantine: torch.Tensor, honest: torch.Tensor, perturbation: st
     c = mu.unsqueeze(0) - x                      # m − x_i = c_i + γ p
     lin, const = c @ p, (c * c).sum(dim=1)       # ‖c_i + γ p‖² = a γ² + 2 (c_i·p) γ + ‖c_i‖²
     d2 = pairwise_sq_distances(x).to(x.device)
-    if use_sum:                                  # Σ_i ‖m − x_i‖² <= max_i Σ_j ‖x_i − x_j‖²
+    if use_sum:                                  # Σ_i ‖m − x_i‖² <= max_i (or min_i) Σ_j ‖x_i − x_j‖²
         h = x.shape[0]
-        gamma = _largest_gamma(h * a, lin.sum().reshape(1), const.sum().reshape(1), d2.sum(dim=1).max().reshape(1))
+        sums = d2.sum(dim=1)
+        limit = sums.max() if bound == "max" else sums.min()
+        gamma = _largest_gamma(h * a, lin.sum().reshape(1), const.sum().reshape(1), limit.reshape(1))
+        if bound == "min":
+            gamma = min(gamma, MIN_SUM_GAMMA_CAP)
     else:                                        # max_i ‖m − x_i‖ <= max_{i,j} ‖x_i − x_j‖
         gamma = _largest_gamma(a, lin, const, d2.max().expand_as(lin))
     return _copies(mu + gamma * p, byzantine)
@@ -124,14 +148,16 @@ def min_max(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.G
 
 
 def min_sum(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator,
-            perturbation: str = "std") -> torch.Tensor:
+            perturbation: str = "std", bound: str = "max") -> torch.Tensor:
     """Min-Sum (Shejwalkar & Houmansadr, NDSS 2021): m = μ + γ ∇p with the largest γ such that
 
-        Σ_i ‖m − x_i‖² <= max_i Σ_j ‖x_i − x_j‖²
+        Σ_i ‖m − x_i‖² <= max_i Σ_j ‖x_i − x_j‖²     (``bound = "max"``, the paper's formula, default)
 
-    (the sum of squared distances from m to the honest rows is no more than any honest row's), solved
-    exactly as in :func:`min_max`."""
-    return _min_max_sum(byzantine, honest, perturbation, use_sum=True)
+    (the sum of squared distances from m to the honest rows is no more than some honest row's), solved
+    exactly as in :func:`min_max`. ``bound = "min"`` is the authors' released code: the right-hand side
+    is min_i Σ_j ‖x_i − x_j‖² (no more than *every* honest row's, so m hides better and moves less) and
+    γ <= :data:`MIN_SUM_GAMMA_CAP` (their bisection cannot exceed it)."""
+    return _min_max_sum(byzantine, honest, perturbation, use_sum=True, bound=bound)
 
 
 def mimic(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:

@@ -18,9 +18,15 @@ Every message carries the run's resolved config as JSON (``config["brmtrl-config
 (``config["server-round"]``): the server is the one authority on the experiment. A node's own config
 (``flower-supernode --node-config``) says which clients it hosts: ``partition-id`` or
 ``partition-ids`` (``"0-12"``, ``"0,4,8"``), and
-optionally ``byzantine`` / ``transfer`` (true/false: override the role the seed gives it),
-``dataset-root`` (where this machine keeps the data) and ``fault`` (``nan`` or ``size``: reply
-with a malformed update, for testing the server's screening).
+optionally ``byzantine`` (true/false: all of its clients), ``byzantine-ids`` (which of its clients are
+Byzantine, ``"3,7"``), ``attack`` (what its Byzantine clients send, an attack a node can run on its own
+update; default the config's ``attack.name``), ``transfer`` (true/false: override the held-out role the
+seed gives it), ``dataset-root`` (where this machine keeps the data) and ``fault`` (``nan`` or
+``size``: reply with a malformed update, for testing the server's screening).
+
+A client is Byzantine only when its node config says so; in Flower's simulation engine, whose nodes
+have no config of their own, the server's messages say ``brmtrl-roles-from-seed`` and the config's
+seed picks the Byzantine clients, as in the built-in engine.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from .. import attacks
 from ..client import EvalResult
 from ..federation import model_spec
 from .node import Node, config_from_json
 from .records import array, arrays_of, config_of, ints, scalar, tensor
 
-__all__ = ["app", "hosted_partitions", "node_for"]
+__all__ = ["app", "byzantine_role", "hosted_partitions", "node_for"]
 
 PRIVATE = "brmtrl-private"
 _NODES: dict[tuple[str, int, str], Node] = {}
@@ -62,17 +69,40 @@ def hosted_partitions(context: Context) -> list[int]:
     ``partition-id`` (Flower's simulation sets it; a real node is started with it)."""
     nc = context.node_config
     if "partition-ids" in nc:
-        out: list[int] = []
-        for part in str(nc["partition-ids"]).replace(" ", "").split(","):
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                out += range(int(lo), int(hi) + 1)
-            elif part:
-                out.append(int(part))
-        return out
+        return _ids(nc["partition-ids"])
     if "partition-id" in nc:
         return [int(nc["partition-id"])]
     raise ValueError("node config lacks 'partition-id': start the SuperNode with --node-config \"partition-id=N\"")
+
+
+def _ids(text: Any) -> list[int]:
+    """``"0-12"``, ``"0,4,8"`` or ``""`` as a list of ints."""
+    out: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out += range(int(lo), int(hi) + 1)
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def byzantine_role(message: Message, context: Context, partition: int) -> bool | None:
+    """Whether client ``partition`` is Byzantine: node config ``byzantine-ids``, else ``byzantine``; else,
+    when the message says the seed decides (Flower's simulation), None (the seed's choice); else False:
+    outside a simulation, a node attacks only when its own node config says so."""
+    nc = context.node_config
+    if "byzantine-ids" in nc:
+        try:
+            return partition in _ids(nc["byzantine-ids"])
+        except ValueError:
+            raise ValueError(f"node config 'byzantine-ids' must list partition ids (\"3,7\" or \"0-4\"); "
+                             f"got {nc['byzantine-ids']!r}") from None
+    flag = _flag(nc.get("byzantine"), "byzantine")
+    if flag is not None:
+        return flag
+    cfg = config_of(message)
+    return None if "brmtrl-roles-from-seed" in cfg and bool(cfg["brmtrl-roles-from-seed"]) else False
 
 
 def node_for(message: Message, context: Context, partition: int) -> Node:
@@ -83,15 +113,21 @@ def node_for(message: Message, context: Context, partition: int) -> Node:
     if partition not in hosted:
         raise ValueError(f"partition {partition} is not hosted by this node (it hosts {hosted})")
     nc = context.node_config
-    key = (cfg_json, partition, repr(sorted(nc.items())))
+    role = byzantine_role(message, context, partition)
+    key = (cfg_json, partition, repr(sorted(nc.items())), role)
     if key not in _NODES:
         cfg = config_from_json(cfg_json)
         if nc.get("dataset-root"):
             cfg = cfg.replace(dataset__root=str(nc["dataset-root"]))
+        if nc.get("attack"):
+            name = str(nc["attack"])
+            if name not in attacks.ATTACKS or attacks.is_omniscient(name):
+                raise ValueError(f"node config 'attack' = {name!r}: a node runs an attack on its own update, one of "
+                                 + ", ".join(sorted(set(attacks.ATTACKS) - attacks.OMNISCIENT)))
+            cfg = cfg.replace(attack__name=name)
         if any(k[0] != cfg_json for k in _NODES):
             _NODES.clear()  # one experiment at a time per process
-        _NODES[key] = Node(cfg, partition, byzantine=_flag(nc.get("byzantine"), "byzantine"),
-                           holdout=_flag(nc.get("transfer"), "transfer"))
+        _NODES[key] = Node(cfg, partition, byzantine=role, holdout=_flag(nc.get("transfer"), "transfer"))
     return _NODES[key]
 
 

@@ -326,6 +326,21 @@ def node_config(clients: list[int], extra: dict[str, Any] | None = None) -> str:
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}" for k, v in items.items())
 
 
+def seeded_byzantine(cfg: Config, num_clients: int) -> list[int]:
+    """The clients the config's seed makes Byzantine (those of the built-in engine): deploy-local is a
+    test bench, and tells each SuperNode which of its clients play the simulated attack."""
+    from ..federation import byzantine_clients, holdout_clients
+
+    held = set(holdout_clients(cfg, num_clients))
+    return byzantine_clients(cfg, [i for i in range(num_clients) if i not in held])
+
+
+def byzantine_extra(clients: list[int], byzantine: list[int]) -> dict[str, Any]:
+    """The node config that names the Byzantine clients among ``clients`` (``byzantine=false`` if none)."""
+    mine = [c for c in clients if c in set(byzantine)]
+    return {"byzantine-ids": ",".join(map(str, mine))} if mine else {"byzantine": False}
+
+
 def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: bool = False, auth: bool = False,
                  progress: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
     """Run ``cfg`` on a SuperLink and ``supernodes`` SuperNodes started here; return results.json."""
@@ -346,12 +361,14 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
     try:
         with fed:
             fed.start_superlink()
+            byzantine = seeded_byzantine(cfg, n)
             for k, clients in enumerate(split_clients(n, supernodes)):
                 key = None
                 if auth:
                     key, pub = make_node_keys(fed.work / "keys", f"supernode-{k}")
                     fed.register(pub)
-                fed.start_supernode(f"supernode-{k}", node_config(clients), key=key)
+                fed.start_supernode(f"supernode-{k}", node_config(clients, byzantine_extra(clients, byzantine)),
+                                    key=key)
             for stale in ("results.json", "error.txt"):
                 (out / stale).unlink(missing_ok=True)
             bar = _ProgressWatcher(out, cfg["train.rounds"]) if progress else None

@@ -20,7 +20,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable, cast
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Iterable, cast
 
 import numpy as np
 import torch
@@ -28,9 +29,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from .. import attacks as attack_mod
-from ..client import EvalResult, client_generator
-from ..config import Config
+from ..client import EvalResult
+from ..config import Config, server_view
 from ..evaluation import summarize
 from ..federation import build_model_for, num_sampled, sample_clients
 from ..local_update import RULES
@@ -38,11 +38,30 @@ from ..report import write_json, write_outputs
 from ..identification import flag_counts, overall as identification_overall
 from ..server import Aggregation, server_step
 from ..split import get_flat
-from .errors import FederationError, check_real_attack
+from .errors import FederationError
 from .node import config_from_json, config_to_json
 from .records import arrays_of, config_of, floats, has, ints, metrics_of, scalar
 
-__all__ = ["BRMTRLStrategy", "FederationError", "discover", "make_server_app", "run_server"]
+__all__ = ["BRMTRLStrategy", "FederationError", "SimulationHooks", "discover", "make_server_app", "run_server"]
+
+#: (the round's updates, their senders, the round) -> the updates the server step receives
+Adversary = Callable[[list[Any], list[int], int], list[Any]]
+
+
+@dataclass(frozen=True)
+class SimulationHooks:
+    """What Flower's simulation engine adds around the server's round loop, and a real federation never
+    has (:mod:`brmtrl.flower.simulation` builds it; a deployed ``ServerApp`` runs without).
+
+    ``adversary``: given the clients that described themselves as Byzantine and the size of φ, the
+    simulated omniscient adversary's step (:func:`brmtrl.adversary.omniscient_adversary`), applied to
+    the round's updates before the server step receives them, or None. ``roles_from_seed``: tell the
+    nodes that the config's seed picks the Byzantine clients (outside a simulation a node is Byzantine
+    only when its own node config says so). ``notes``: lines for ``results.json``."""
+
+    adversary: Callable[[Collection[int], int], Adversary | None] | None = None
+    roles_from_seed: bool = True
+    notes: tuple[str, ...] = field(default_factory=tuple)
 
 log = logging.getLogger("brmtrl")
 
@@ -68,14 +87,18 @@ class Roster:
         return [p for p in self.training if p not in self.byzantine]
 
 
-def _config_record(cfg_json: str, r: int, partitions: list[int] | None = None) -> ConfigRecord:
+def _config_record(cfg_json: str, r: int, partitions: list[int] | None = None, *,
+                   roles_from_seed: bool = False) -> ConfigRecord:
     rec = ConfigRecord({"brmtrl-config": cfg_json, "server-round": r})
+    if roles_from_seed:
+        rec["brmtrl-roles-from-seed"] = True
     if partitions is not None:
         rec["partition-ids"] = partitions
     return rec
 
 
-def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float) -> Roster:
+def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float, *,
+             roles_from_seed: bool = False) -> Roster:
     """Ask every connected node which clients it hosts, until ``expected_clients`` are known."""
     roster = Roster()
     asked: set[int] = set()
@@ -88,7 +111,8 @@ def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float) -
                                       f"{timeout:.0f} s; start the missing SuperNodes (see docs/deployment.md)")
             time.sleep(0.5)
             continue
-        msgs = [Message(RecordDict({"config": _config_record(cfg_json, 0)}), dst_node_id=n,
+        msgs = [Message(RecordDict({"config": _config_record(cfg_json, 0, roles_from_seed=roles_from_seed)}),
+                        dst_node_id=n,
                         message_type="query.describe") for n in new]
         for reply in grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())):
             src = reply.metadata.src_node_id
@@ -115,16 +139,27 @@ def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float) -
 
 
 class BRMTRLStrategy(Strategy):
-    """BR-MTRL's server on Flower's round loop; state: φ, the history and the rejected updates."""
+    """BR-MTRL's server on Flower's round loop; state: φ, the history and the rejected updates.
 
-    def __init__(self, cfg: Config, roster: Roster, shared: torch.Tensor, *, progress: Any = None):
-        self.cfg = cfg
-        self.cfg_json = config_to_json(cfg)
+    It reads the server's view of the config only (:func:`brmtrl.config.server_view`: no ``attack.*``);
+    the full config travels to the nodes as it came (``cfg_json``), unread. What only a simulation
+    adds (an omniscient adversary, seeded roles) comes through ``simulation``."""
+
+    def __init__(self, cfg: Config, roster: Roster, shared: torch.Tensor, *, progress: Any = None,
+                 simulation: SimulationHooks | None = None):
+        self.cfg_json = config_to_json(cfg)       # forwarded to the nodes, never read here
+        self.config_record = cfg.nested()         # written to results.json
+        self.cfg = server_view(cfg)
         self.roster = roster
         self.shared = shared.to(torch.float32)
-        self.m = num_sampled(cfg, len(roster.training))
-        self.agg = Aggregation.from_config(cfg, self.m, len(roster.byzantine & set(roster.training)),
-                                           len(roster.training))
+        self.m = num_sampled(self.cfg, len(roster.training))
+        # the server's declared assumption; the nodes' roles (known in an experiment) are for the record only
+        self.agg = Aggregation.from_config(self.cfg, self.m, len(roster.training))
+        self.simulation = simulation
+        self.adversary = None
+        if simulation is not None and simulation.adversary is not None:
+            self.adversary = simulation.adversary(sorted(roster.byzantine), roster.shared_size)
+        self.f_exceeded_rounds: list[int] = []
         self.history: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
         self.last_step: torch.Tensor | None = None  # the previous aggregate (aggregator.centre = 'previous')
@@ -153,7 +188,9 @@ class BRMTRLStrategy(Strategy):
         groups: dict[tuple[int, str], list[int]] = {}
         for p in partitions:
             groups.setdefault((self.roster.node_of[p], kind(p)), []).append(p)
-        return [Message(RecordDict({"arrays": payload, "config": _config_record(self.cfg_json, r, ps)}),
+        seeded = self.simulation is not None and self.simulation.roles_from_seed
+        return [Message(RecordDict({"arrays": payload,
+                                    "config": _config_record(self.cfg_json, r, ps, roles_from_seed=seeded)}),
                         dst_node_id=node, message_type=t) for (node, t), ps in groups.items()]
 
     def aggregate_train(self, server_round: int,
@@ -201,10 +238,10 @@ class BRMTRLStrategy(Strategy):
                 updates.append(torch.from_numpy(np.ascontiguousarray(answered[p].numpy())))
             except Exception as exc:  # a malformed array is screened out below, with its reason
                 updates.append(f"unreadable array ({type(exc).__name__})")
-        attack = attack_mod.server_attack(self.cfg, client_generator(int(self.cfg["seed"]), server_round, 0, stream=7))
+        if self.adversary is not None:   # Flower's simulation only: the simulated omniscient adversary
+            updates = self.adversary(updates, senders, server_round)
         t_agg = time.perf_counter()
         step = server_step(updates, senders, self.agg, size=self.roster.shared_size, round_=server_round,
-                           attack=attack, byzantine=[p in self.roster.byzantine for p in senders],
                            seed=int(self.cfg["seed"]), centre=self.last_step if self.agg.history else None)
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6),
                          slowest_node_train_s=round(slowest, 6))
@@ -221,7 +258,10 @@ class BRMTRLStrategy(Strategy):
         info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
         info.update(flagged=len(flagged), flag_precision=self.identification[-1]["precision"],
                     flag_recall=self.identification[-1]["recall"])
-        self._round.update(info=dict(info, byzantine_accepted=sum(p in byz for p in step.accepted)),
+        byzantine_accepted = sum(p in byz for p in step.accepted)
+        if byzantine_accepted > self.agg.f and self.agg.uses_f:
+            self.f_exceeded_rounds.append(server_round)
+        self._round.update(info=dict(info, byzantine_accepted=byzantine_accepted),
                            rejected=len(step.rejected), no_update=[p for p in sorted(answered) if answered[p] is None],
                            byzantine_sampled=sum(p in byz for p in self._round["sampled"]),
                            train_s=time.perf_counter() - self._round["t0"])
@@ -303,12 +343,11 @@ class BRMTRLStrategy(Strategy):
         final["byzantine_clients"] = sorted(self.roster.byzantine)
         final["aggregator_f"] = self.agg.f
         final["updates_rejected"] = len(self.rejected)
-        final["rounds_byzantine_exceeded_f"] = [h["round"] for h in self.history
-                                                if "f_used" in h and h["byzantine_accepted"] > self.agg.f]
+        final["rounds_byzantine_exceeded_f"] = list(self.f_exceeded_rounds)
         final["rounds"] = last.get("round", 0)
         rounds = max(self.timing["rounds"], 1)
         return {
-            "config": self.cfg.nested(),
+            "config": self.config_record,
             "engine": engine,
             "data": {"name": self.cfg["dataset.name"], "num_clients": self.roster.num_clients,
                      "train_samples": int(sum(self.roster.train_samples.values()))},
@@ -318,10 +357,9 @@ class BRMTRLStrategy(Strategy):
             "short_rounds": self.short_rounds,
             "transfer": None,
             "identification": {"rounds": self.identification, "overall": identification_overall(self.identification)},
-            "notes": ["Byzantine roles come from each node's config (or the seed); attacks that need the "
-                      "round's honest updates run in the server step (Flower simulation only)"]
-            + ([f"attack.name = {self.cfg['attack.name']!r} read the round's honest updates: applied in the server "
-                "step, in simulation"] if attack_mod.is_omniscient(self.cfg["attack.name"]) else [])
+            "notes": ["Byzantine roles come from each node's config (in simulation, from the seed); the server's f "
+                      "comes from its declared aggregator.byzantine_fraction / aggregator.f"]
+            + list(self.simulation.notes if self.simulation is not None else ())
             + (["transfer.shots (the few-shot study of new clients) runs on the built-in engine only"]
                if self.cfg["transfer.shots"] else []),
             "timing": {"total_s": round(wall_s, 4), "per_round_s": round(self.timing["train_s"] / rounds, 4),
@@ -341,19 +379,19 @@ def initial_shared(cfg: Config, roster: Roster) -> torch.Tensor:
 
 
 def run_server(grid: Grid, cfg: Config, out_dir: Path, *, engine: str, expected_clients: int | None = None,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, simulation: SimulationHooks | None = None) -> dict[str, Any]:
     """Drive the federation: discover the nodes, run ``train.rounds`` rounds, write the outputs."""
-    check_real_attack(cfg, engine)
     t0 = time.perf_counter()
     cfg_json = config_to_json(cfg)
     expected = expected_clients if expected_clients is not None else cfg["dataset.num_clients"]
-    roster = discover(grid, cfg_json, expected, cfg["flower.connect_timeout"])
+    roster = discover(grid, cfg_json, expected, cfg["flower.connect_timeout"],
+                      roles_from_seed=simulation is not None and simulation.roles_from_seed)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg["train.rounds"], desc="rounds", unit="round", dynamic_ncols=True)
-    strategy = BRMTRLStrategy(cfg, roster, initial_shared(cfg, roster), progress=bar)
+    strategy = BRMTRLStrategy(cfg, roster, initial_shared(cfg, roster), progress=bar, simulation=simulation)
     out_dir.mkdir(parents=True, exist_ok=True)
     strategy.progress_file = out_dir / "progress.json"
     try:
@@ -370,10 +408,12 @@ def run_server(grid: Grid, cfg: Config, out_dir: Path, *, engine: str, expected_
 
 
 def make_server_app(cfg: Config | None = None, out_dir: str | Path | None = None, *, engine: str = "flower",
-                    expected_clients: int | None = None, progress: bool = False) -> ServerApp:
+                    expected_clients: int | None = None, progress: bool = False,
+                    simulation: SimulationHooks | None = None) -> ServerApp:
     """A ``ServerApp`` for ``cfg`` writing into ``out_dir``; without them it reads the run config
     (``brmtrl-config``: the resolved config as JSON, ``brmtrl-out``: the output directory), as
-    ``flwr run --run-config`` passes them in a deployment."""
+    ``flwr run --run-config`` passes them in a deployment. ``simulation``: Flower's simulation engine
+    only (:class:`SimulationHooks`); a deployed app has none."""
     app = ServerApp()
 
     @app.main()
@@ -384,7 +424,8 @@ def make_server_app(cfg: Config | None = None, out_dir: str | Path | None = None
         expected = expected_clients if expected_clients is not None else (
             int(rc["brmtrl-clients"]) if "brmtrl-clients" in rc else None)
         try:
-            run_server(grid, run_cfg, out, engine=engine, expected_clients=expected, progress=progress)
+            run_server(grid, run_cfg, out, engine=engine, expected_clients=expected, progress=progress,
+                       simulation=simulation)
         except Exception as exc:  # the caller (simulation or deploy-local) reads the reason from here
             out.mkdir(parents=True, exist_ok=True)
             (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")

@@ -1,7 +1,9 @@
 """``brmtrl run --engine flower``: the config on Flower's simulation engine (Ray backend).
 
 One virtual SuperNode per client (Flower sets each node's ``partition-id``); the ServerApp runs in
-this process and writes the run's outputs. Ray gets ``flower.backend_cpus`` CPUs (0: all) and one
+this process and writes the run's outputs. The simulation adds what a real federation lacks
+(:class:`~brmtrl.flower.server_app.SimulationHooks`): the config's seed picks the Byzantine clients, and
+an omniscient attack is applied to the round's updates before the server step receives them. Ray gets ``flower.backend_cpus`` CPUs (0: all) and one
 CPU per ClientApp; with a GPU each ClientApp gets a share of it.
 """
 
@@ -14,10 +16,12 @@ from typing import Any
 
 import torch
 
+from .. import attacks as attack_mod
+from ..adversary import omniscient_adversary
 from ..config import Config
 from .errors import FederationError
 from .client_app import app as client_app
-from .server_app import make_server_app
+from .server_app import SimulationHooks, make_server_app
 
 __all__ = ["run_flower_simulation"]
 
@@ -39,7 +43,12 @@ def run_flower_simulation(cfg: Config, out_dir: str | Path, *, progress: bool = 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    server = make_server_app(cfg, out, engine="flower-simulation", expected_clients=n, progress=progress)
+    notes = ((f"attack.name = {cfg['attack.name']!r} reads the round's honest updates: the simulated adversary "
+              "applies it before the server step",) if attack_mod.is_omniscient(cfg["attack.name"]) else ())
+    hooks = SimulationHooks(adversary=lambda byzantine, size: omniscient_adversary(cfg, byzantine, size=size),
+                            roles_from_seed=True, notes=notes)
+    server = make_server_app(cfg, out, engine="flower-simulation", expected_clients=n, progress=progress,
+                             simulation=hooks)
     run_simulation(server_app=server, client_app=client_app, num_supernodes=n, backend_config=backend)
     err = out / "error.txt"
     if err.is_file():
