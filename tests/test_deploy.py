@@ -53,7 +53,9 @@ def test_deploy_local_with_four_supernodes_matches_the_built_in_engine(tmp_path)
     ref = Simulation(cfg).run()
     assert res["engine"] == "flower"
     assert abs(res["final"]["honest_acc_mean"] - ref["final"]["honest_acc_mean"]) <= 1e-3
-    assert res["final"]["byzantine_clients"] == ref["final"]["byzantine_clients"]
+    assert res["final"]["byzantine_clients"] == ref["final"]["byzantine_clients"]   # byzantine-ids from the seed
+    assert [h["f_assumed"] for h in res["history"]] == [h["f_assumed"] for h in ref["history"]]
+    assert res["history"][-1]["f_assumed"] > 0
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png"}
     logs = sorted(p.name for p in (tmp_path / "run" / "deploy").glob("supernode-*.log"))
     assert logs == [f"supernode-{k}.log" for k in range(4)]

@@ -62,6 +62,7 @@ def test_flower_simulation_matches_the_built_in_engine(tmp_path):
     for a, b in zip(built_in["history"], flower["history"]):
         assert abs(a["honest_acc_mean"] - b["honest_acc_mean"]) <= 1e-3  # tolerance of this test
         assert a["updates_accepted"] == b["updates_accepted"] and a["byzantine_sampled"] == b["byzantine_sampled"]
+        assert a["f_assumed"] == b["f_assumed"] > 0          # the declared assumption, on both engines
     assert flower["final"]["byzantine_clients"] == built_in["final"]["byzantine_clients"]
     # the same outputs as brmtrl run, with the same keys in results.json
     assert {p.name for p in (tmp_path / "flower").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png"}
@@ -69,3 +70,31 @@ def test_flower_simulation_matches_the_built_in_engine(tmp_path):
     assert set(saved) == set(built_in) - {"data"} | {"data"}  # one schema for both engines
     assert built_in["engine"] == "builtin" and set(saved["data"]) <= set(built_in["data"])
     assert set(built_in["final"]) - {"subspace_distance"} <= set(saved["final"])
+
+
+def _message(**config):
+    import time
+
+    from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+
+    meta = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="1",
+                    created_at=time.time(), ttl=60.0, message_type="train")
+    return Message(content=RecordDict({"config": ConfigRecord({"brmtrl-config": "{}", "server-round": 0, **config})}),
+                   metadata=meta)
+
+
+def test_outside_a_simulation_a_node_attacks_only_when_its_node_config_says_so():
+    from types import SimpleNamespace
+
+    from brmtrl.flower.client_app import byzantine_role
+
+    real, simulated = _message(), _message(**{"brmtrl-roles-from-seed": True})
+    node = lambda **nc: SimpleNamespace(node_config=nc)  # noqa: E731
+    assert byzantine_role(real, node(), 3) is False                      # a deployed node: honest
+    assert byzantine_role(simulated, node(), 3) is None                  # Flower's simulation: the seed decides
+    assert byzantine_role(real, node(byzantine=True), 3) is True
+    assert byzantine_role(simulated, node(byzantine="false"), 3) is False
+    assert byzantine_role(real, node(**{"byzantine-ids": "3,7"}), 3) is True
+    assert byzantine_role(real, node(**{"byzantine-ids": "0-2"}), 3) is False
+    with pytest.raises(ValueError, match="byzantine-ids"):
+        byzantine_role(real, node(**{"byzantine-ids": "three"}), 3)
