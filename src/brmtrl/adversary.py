@@ -18,6 +18,7 @@ import torch
 
 from . import attacks as attack_mod
 from .client import client_generator
+from .device import for_aggregation
 from .server import screen
 
 __all__ = ["Adversary", "omniscient_adversary"]
@@ -40,6 +41,7 @@ def omniscient_adversary(cfg: Mapping[str, Any], byzantine: Collection[Any], *, 
     max_norm, ratio = float(cfg["aggregator.max_norm"]), float(cfg["aggregator.max_norm_ratio"])
 
     def step(updates: Sequence[Any], senders: Sequence[Any], r: int) -> list[Any]:
+        updates = [for_aggregation(u) for u in updates]   # float64 work: MPS updates on the CPU
         out = list(updates)
         kept, _ = screen(updates, senders, size=size, max_norm=max_norm, max_norm_ratio=ratio)
         if not any(senders[i] in byz for i in kept):

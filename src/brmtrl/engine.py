@@ -21,6 +21,7 @@ import torch
 from . import aggregators as agg_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, server_view
+from .device import aggregation_device, configure_determinism, resolve_device, synchronize
 from .data import FederatedData, augmentation_for, load_data, principal_angle_distance
 from .client import (ClientResult, EvalResult, client_generator, evaluate_client, features_of, fine_tune_and_evaluate,
                      fit_heads, sent_update, train_client, train_clients, training_data, transfer_sample)
@@ -37,21 +38,6 @@ from .transfer import transfer_study
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
 
 log = logging.getLogger("brmtrl")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present, then Apple's MPS, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device' = {name!r} but CUDA is not available on this machine; use 'auto' or 'cpu'")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("config key 'device' = 'mps' but MPS is not available on this machine; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 @dataclass
@@ -73,6 +59,7 @@ class Simulation:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.device = resolve_device(cfg["device"])
+        configure_determinism(self.device)
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         self.rule: LocalRule = RULES[cfg["algorithm.name"]]
@@ -132,6 +119,7 @@ class Simulation:
         for r in range(self.start_round, rounds + 1):
             t0 = time.perf_counter()
             record = self.round(r)
+            synchronize(self.device)
             t1 = time.perf_counter()
             self.elapsed["train_s"] += t1 - t0
             self.elapsed["rounds"] += 1
@@ -166,6 +154,7 @@ class Simulation:
         record = RoundRecord(r, sampled, [c for c in sampled if c in byz])
         t0 = time.perf_counter()
         results = self.local_updates(sampled, r)
+        synchronize(self.device)
         train_s = time.perf_counter() - t0
         for c, res in zip(sampled, results):
             self.private[c] = res.private
@@ -177,6 +166,7 @@ class Simulation:
         updates = self.omniscient_attack(updates, senders, r)
         t_agg = time.perf_counter()
         step = self.server_step(updates, senders, r)
+        synchronize(aggregation_device(self.device))
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6))
         for entry in step.rejected:
             entry = {"round": r, **entry}
@@ -197,7 +187,7 @@ class Simulation:
                             r, true_byz, self.f)
             self.f_exceeded_rounds.append(r)
         if step.step is not None:
-            self.shared = self.shared + step.step.to(self.shared.dtype)
+            self.shared = self.shared + step.step.to(device=self.shared.device, dtype=self.shared.dtype)
             if self.agg.history:
                 self.last_step = step.step.to(torch.float64)
         return record
@@ -383,6 +373,6 @@ class Simulation:
         self.rejected = list(st["rejected"])
         self.identification = list(st.get("identification", []))
         last = st.get("last_step")
-        self.last_step = None if last is None else last.to(self.device)
+        self.last_step = None if last is None else last.to(aggregation_device(self.device))
         self.elapsed = dict(st["elapsed"])
         self.start_round = int(st["round"]) + 1

@@ -57,9 +57,12 @@ def head_sgd_reference(epochs: Iterable[EpochData], weight: torch.Tensor, bias: 
 
 
 def _pad(feats: list[torch.Tensor], targets: list[torch.Tensor]):
+    """Stack ragged clients into (m, length, k) / (m, length) with zeros after each client's samples. The
+    lengths are known on the host: nothing is read back from the device."""
     m, k = len(feats), feats[0].shape[-1]
-    counts = torch.tensor([len(y) for y in targets], device=feats[0].device)
-    length = int(counts.max()) if m else 0
+    sizes = [len(y) for y in targets]
+    counts = torch.tensor(sizes).to(feats[0].device)
+    length = max(sizes) if m else 0
     fp = feats[0].new_zeros(m, length, k)
     yp = targets[0].new_zeros(m, length)
     for i, (f, y) in enumerate(zip(feats, targets)):
@@ -86,9 +89,7 @@ def head_sgd_batched(epochs: Iterable[EpochData], weight: torch.Tensor, bias: to
             b = fb.shape[1]
             valid = (s + arange_bs[:b])[None, :] < counts[:, None]          # (m, b)
             n_valid = valid.sum(1)
-            active = n_valid > 0
-            if not bool(active.any()):
-                break
+            active = n_valid > 0      # some client is always active: s < length, the longest client's size
             out = torch.baddbmm(bias[:, None, :], fb, weight.transpose(1, 2)) if bias is not None \
                 else torch.bmm(fb, weight.transpose(1, 2))                  # (m, b, C)
             if regression:

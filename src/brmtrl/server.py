@@ -24,6 +24,7 @@ import torch
 
 from . import aggregators as agg_mod
 from .config import ConfigError
+from .device import for_aggregation
 
 __all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", "pre_generator", "screen",
            "server_step"]
@@ -229,6 +230,7 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
     :func:`pre_generator` (``seed``, ``round_``). ``centre``: the previous round's aggregate, for a rule
     that starts from it (``aggregator.centre = 'previous'``).
     """
+    updates = [for_aggregation(u) for u in updates]   # float64 work: MPS updates are combined on the CPU
     kept, rejected = screen(updates, clients, size=size, max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
     for entry in rejected:
         log.warning("round %d: rejected the update of client %s (%s)", round_, entry["client"], entry["reason"])

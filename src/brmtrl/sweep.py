@@ -476,6 +476,15 @@ def _cell_values(cell: Cell, threads: int) -> dict[str, Any]:
     return values
 
 
+def spread_device(values: dict[str, Any], position: int, gpus: int) -> dict[str, Any]:
+    """With several visible GPUs, cells run by parallel workers go round-robin over them (``cuda:k`` for
+    the cell at ``position``) instead of all on ``cuda:0``; a cell whose ``device`` names a device or
+    the CPU keeps it. ``device`` does not change what a cell computes (it is not in the fingerprint)."""
+    if gpus > 1 and values.get("device", "auto") in ("auto", "cuda"):
+        return {**values, "device": f"cuda:{position % gpus}"}
+    return values
+
+
 @dataclass
 class SweepOutcome:
     cells: int
@@ -581,8 +590,12 @@ def _execute(cells: Sequence[Cell], out: Path, workers: int, threads: int, cell_
     pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(cells))), mp_context=get_context("spawn"),
                                initializer=_watch_parent, initargs=(os.getpid(),))
     try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         futures: dict[Future[dict[str, Any]], str] = {
-            pool.submit(run_cell, str(out / c.name), _cell_values(c, threads), False, force): c.name for c in cells}
+            pool.submit(run_cell, str(out / c.name), spread_device(_cell_values(c, threads), i, gpus), False,
+                        force): c.name for i, c in enumerate(cells)}
         from concurrent.futures import as_completed
 
         for fut in as_completed(futures):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -51,17 +51,20 @@ class FederatedData:
         return self.num_classes if self.num_classes else 1
 
     def client_train(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(self.train_idx[i], dtype=torch.long)
+        """Client ``i``'s training samples, on the pool's device."""
+        idx = torch.as_tensor(self.train_idx[i], dtype=torch.long, device=self.train_x.device)
         return self.train_x[idx], self.train_y[idx]
 
     def client_test(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(self.test_idx[i], dtype=torch.long)
+        """Client ``i``'s test samples, on the pool's device."""
+        idx = torch.as_tensor(self.test_idx[i], dtype=torch.long, device=self.test_x.device)
         return self.test_x[idx], self.test_y[idx]
 
     def to(self, device: torch.device) -> "FederatedData":
-        for name in ("train_x", "train_y", "test_x", "test_y"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+        """A copy whose pooled tensors are on ``device`` (this one is left as it is: a caller's data stays
+        where the caller keeps it)."""
+        return replace(self, **{name: getattr(self, name).to(device)
+                                for name in ("train_x", "train_y", "test_x", "test_y")})
 
     def summary(self) -> dict[str, Any]:
         """Sizes of the pools and of the clients' sets. Clients may hold no training or no test

@@ -41,6 +41,7 @@ from flwr.clientapp import ClientApp
 
 from .. import attacks
 from ..client import EvalResult
+from ..device import synchronize
 from ..federation import model_spec
 from .node import Node, config_from_json
 from .records import array, arrays_of, config_of, ints, scalar, tensor
@@ -169,6 +170,7 @@ def train(message: Message, context: Context) -> Message:
         node = node_for(message, context, pid)
         t0 = time.perf_counter()
         res, sent = node.train(shared, _private(node, context), r)
+        synchronize(node.device)   # the node's queued kernels belong to its training time
         seconds.append(time.perf_counter() - t0)
         context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": array(res.private)})
         if sent is not None and fault == "nan":

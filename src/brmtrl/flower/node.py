@@ -18,7 +18,7 @@ from ..client import (ClientResult, EvalResult, client_generator, evaluate_clien
                       sent_update, train_client, training_data, transfer_sample)
 from ..config import Config, validate
 from ..data import FederatedData, load_data
-from ..engine import resolve_device
+from ..device import configure_determinism, resolve_device
 from ..federation import build_client_model, byzantine_clients, holdout_clients
 from ..local_update import RULES, SGDSettings
 from ..split import get_flat
@@ -50,7 +50,9 @@ class Node:
     def __init__(self, cfg: Config, partition_id: int, *, byzantine: bool | None = None,
                  holdout: bool | None = None, data: FederatedData | None = None):
         self.cfg = cfg
-        self.device = resolve_device(cfg["device"])
+        # a ClientApp under Ray sees only the GPU it was given: any cuda:N is that one
+        self.device = resolve_device(cfg["device"], visible_only=True)
+        configure_determinism(self.device)
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
         self.data = data if data is not None else _dataset(config_to_json(cfg))
@@ -64,6 +66,10 @@ class Node:
         training = [i for i in range(n) if i not in set(held)]
         self.byzantine = (partition_id in byzantine_clients(cfg, training)) if byzantine is None else byzantine
         self.byzantine = self.byzantine and not self.holdout
+        # this client's own samples, moved to the device once (the pooled dataset stays on the CPU: several
+        # ClientApp processes may share one GPU)
+        self.train_xy = tuple(t.to(self.device) for t in self.data.client_train(partition_id))
+        self.test_xy = tuple(t.to(self.device) for t in self.data.client_test(partition_id))
         self.rule = RULES[cfg["algorithm.name"]]
         self.sgd = SGDSettings.from_config(cfg)
         self.model = build_client_model(cfg, self.data, self.device)
@@ -77,11 +83,12 @@ class Node:
         return get_flat(self.model, self.rule.shared).numel()
 
     def _train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_data(self.cfg, self.data.client_train(self.id), self.data.num_classes, self.byzantine)
+        x, y = self.train_xy
+        return training_data(self.cfg, (x, y), self.data.num_classes, self.byzantine)
 
     def _test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(self.data.test_idx[self.id], dtype=torch.long, device=self.data.test_x.device)
-        return self.data.test_x[idx], self.data.test_y[idx]
+        x, y = self.test_xy
+        return x, y
 
     def train(self, shared: torch.Tensor, private: torch.Tensor | None, r: int) -> tuple[ClientResult, torch.Tensor | None]:
         """The local update of round r from the server's ``shared`` vector and this node's private one
@@ -114,7 +121,8 @@ class Node:
         """A new client's test: fit a fresh head on ``transfer.samples`` of its training samples with
         φ = ``shared`` frozen for ``transfer.epochs``, then score it."""
         gen = client_generator(self.cfg["seed"], r, self.id, stream=3)
-        data = transfer_sample(self.data.client_train(self.id), self.cfg["transfer.samples"], gen)
+        x, y = self.train_xy
+        data = transfer_sample((x, y), self.cfg["transfer.samples"], gen)
         shared = shared.to(self.device)
         head = fit_heads(self.model, shared, self.initial_private.unsqueeze(0), [data], self.cfg["transfer.epochs"],
                          self.sgd, [gen])[0]
