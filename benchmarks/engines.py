@@ -45,8 +45,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--supernodes", type=int, default=4)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--device", default="auto", help="the config's device setting (auto: CUDA when present)")
     args = ap.parse_args()
-    base = ["device=cpu", f"train.rounds={args.rounds}", "train.eval_every=1", "train.checkpoint_every=0",
+    base = [f"device={args.device}", f"train.rounds={args.rounds}", "train.eval_every=1", "train.checkpoint_every=0",
             *args.overrides]
     cfg = load_config(args.config, base)
     out = []
