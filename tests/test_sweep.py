@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from brmtrl import sweep as sweep_mod
-from brmtrl.cli import main, run_builtin
+from brmtrl.cli import main
+from brmtrl.rundir import run_builtin
 from brmtrl.config import ConfigError
 from brmtrl.sweep import expand, load_grid
 

@@ -16,10 +16,10 @@ from .checkpoint import RESUMABLE_KEYS
 from .config import SCHEMA, Config, ConfigError, load_config, parse_override, validate
 from .data import DataError
 from .flower.errors import FederationError as FlowerError
+from .rundir import CONFIG_FILE, run_builtin, write_config
 
 __all__ = ["main"]
 
-CONFIG_FILE = "config.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,41 +185,13 @@ def _execute(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     if args.engine == "flower":
         from .flower.simulation import run_flower_simulation
 
-        write_json_dir(run_dir, cfg)
+        write_config(run_dir, cfg)
         results = run_flower_simulation(cfg, run_dir, progress=progress)
         _print_summary(results, run_dir)
         return 0
     results = run_builtin(cfg, run_dir, progress=progress, resume=bool(args.resume), announce=True)
     _print_summary(results, run_dir)
     return 0
-
-
-def run_builtin(cfg: Config, run_dir: Path, *, progress: bool, resume: bool, announce: bool = False) -> dict[str, Any]:
-    """Run ``cfg`` on the built-in engine into ``run_dir``, continuing its checkpoint when ``resume``,
-    and write the run's outputs; return ``results.json``'s dictionary. ``brmtrl run`` and every cell of
-    ``brmtrl sweep`` run through here."""
-    from .checkpoint import remove_stale_temps
-    from .engine import Simulation
-    from .report import write_outputs
-
-    sim = Simulation(cfg, out_dir=run_dir, progress=progress)
-    if resume:
-        remove_stale_temps(run_dir)
-        sim.restore(run_dir)
-        if announce:
-            print(f"resuming {run_dir} at round {sim.start_round}", file=sys.stderr)
-    write_json_dir(run_dir, cfg)  # on resume too: the directory describes what was run (train.rounds, ...)
-    results = sim.run()
-    write_outputs(run_dir, results)
-    return results
-
-
-def write_json_dir(run_dir: Path, cfg: Any) -> None:
-    """Create ``run_dir`` and write the configuration to ``run_dir/config.json`` atomically."""
-    from .report import write_json
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG_FILE, dict(cfg))
 
 
 def _print_summary(results: dict[str, Any], run_dir: Path) -> None:

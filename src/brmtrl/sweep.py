@@ -23,7 +23,7 @@ under ``[variants.<axis>]``, for settings that go together (a rule and its pre-a
     nnm_gm = { "aggregator.name" = "geometric_median", "aggregator.pre" = ["nnm"] }
 
 Each cell runs in ``DIR/<name>/`` through the same code as ``brmtrl run``
-(:func:`brmtrl.cli.run_builtin`); its name joins the values of the keys that vary with a short hash of
+(:func:`brmtrl.rundir.run_builtin`); its name joins the values of the keys that vary with a short hash of
 its overrides. Finished cells are skipped when the sweep is started again, unfinished ones continue
 from their checkpoints; ``DIR/sweep.json`` records the grid's cells and the fingerprint of their
 configurations, so a directory of another grid is refused (unless ``force``). The summary files and
@@ -408,7 +408,7 @@ def run_cell(cell_dir: str, values: dict[str, Any], progress: bool, restart_on_m
 
 def _run_locked(folder: Path, values: dict[str, Any], progress: bool, restart_on_mismatch: bool,
                 t0: float) -> dict[str, Any]:
-    from .cli import run_builtin
+    from .rundir import run_builtin
 
     try:
         cfg = validate(values)
