@@ -135,23 +135,35 @@ def test_centered_clipping_matches_the_plain_loop(tau, iters):
 
 
 def test_centered_clipping_keeps_tau_positive_when_half_the_rows_sit_on_the_median():
-    """Hand-worked: rows (0,0) ×3, (1,0), (0,2). The coordinate median is (0,0) and three of the five
-    distances are 0, so their median is 0; τ = 0 would clip the two other rows to nothing and flag them.
-    τ is then the median of the positive distances, (1 + 2)/2 = 1.5, and the first step is
-    v = (1/5)·[(1,0)·min(1, 1.5/1) + (0,2)·min(1, 1.5/2)] = (0.2, 0.3)."""
-    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    """Hand-worked: rows (1,1) ×3, (2,1), (1,3). The coordinate median is v₀ = (1,1) and three of the
+    five distances are 0, so their median is 0; τ = 0 would clip the two other rows to nothing and
+    flag them. τ is then ‖v₀‖ = √2, and the first step is
+    v = v₀ + (1/5)·[(1,0)·min(1, √2/1) + (0,2)·min(1, √2/2)] = (1.2, 1 + √2/5)."""
+    x = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
     one = centered_clipping_trusted(x, iters=1)
-    assert one.info["tau"] == 1.5
-    torch.testing.assert_close(one.point, torch.tensor([0.2, 0.3], dtype=torch.float64))
+    assert one.info["tau"] == pytest.approx(math.sqrt(2), rel=1e-15)
+    torch.testing.assert_close(one.point, torch.tensor([1.2, 1 + math.sqrt(2) / 5], dtype=torch.float64))
     assert not one.flagged.any()
     res = centered_clipping_trusted(x, iters=3)
-    v, scale, _ = ref_centered_clipping(x.numpy(), 1.5, 3)
+    v, scale, _ = ref_centered_clipping(x.numpy(), math.sqrt(2), 3)
     np.testing.assert_allclose(res.point.numpy(), v, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(res.trust.numpy(), scale, rtol=1e-12, atol=1e-12)
-    assert (res.trust >= FLAG_BELOW).all()
     same = torch.ones(4, 3, dtype=torch.float64)             # every row on the start point: any τ > 0
     out = centered_clipping_trusted(same)
     assert out.info["tau"] > 0 and torch.equal(out.point, same[0]) and (out.trust == 1).all()
+
+
+def test_centered_clipping_with_a_coinciding_majority_bounds_the_far_rows_by_its_norm():
+    """Six identical rows (NNM makes such duplicates) and four rows of size 1e6: τ = ‖v₀‖ bounds what the
+    far rows can do (each moves v by at most τ/n per step); a τ taken from their distances would not."""
+    g = torch.Generator().manual_seed(3)
+    major = torch.tensor([0.3, -0.1, 0.2, 0.05], dtype=torch.float64)
+    x = torch.cat([major.repeat(6, 1), 1e6 * torch.randn(4, 4, generator=g, dtype=torch.float64)])
+    res = centered_clipping_trusted(x, iters=3)
+    norm = float(torch.linalg.vector_norm(major))
+    assert res.info["tau"] == pytest.approx(norm)
+    assert float(torch.linalg.vector_norm(res.point - major)) <= 3 * 4 / 10 * norm + 1e-12
+    assert (res.trust[6:] < FLAG_BELOW).all() and (res.trust[:6] == 1).all()
 
 
 def test_centered_clipping_from_a_given_centre_and_huge_rows():

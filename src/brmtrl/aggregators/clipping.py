@@ -3,6 +3,8 @@ ICML 2021)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -17,17 +19,20 @@ def _columns(n: int) -> int:
 __all__ = ["automatic_tau", "centered_clipping", "centered_clipping_trusted"]
 
 
-def automatic_tau(distances: torch.Tensor) -> float:
-    """The automatic clipping radius: the median of the rows' distances to the start point, or, when
-    that median is 0 (at least half the rows sit on the start point), the median of the positive
-    distances; 1.0 when every row sits on it (any τ > 0 then gives the same result). Always > 0: with
-    τ = 0 every row off the start point would be clipped to nothing and flagged."""
+def automatic_tau(distances: torch.Tensor, start: torch.Tensor) -> float:
+    """The automatic clipping radius: the median of the rows' distances to the start point v₀. When that
+    median is 0, at least half the rows sit exactly on v₀ (duplicates, as NNM or bucketing make them):
+    their spread gives no scale, and a radius taken from the other rows' distances would let those rows
+    through unclipped, however far they are. τ is then ‖v₀‖, the size of the update the majority agrees
+    on, so that every other row moves v by at most ‖v₀‖/n per step and is counted in part rather than
+    dropped; if v₀ is 0 as well, τ = 1e-12 (v stays where the majority is). Always > 0: with τ = 0 every
+    row off v₀ would be clipped to nothing and flagged, honest or not."""
     r = distances.cpu().numpy()
     tau = float(np.median(r))
     if tau > 0:
         return tau
-    positive = r[r > 0]
-    return float(np.median(positive)) if positive.size else 1.0
+    scale = float(torch.linalg.vector_norm(start.to(torch.float64)))
+    return scale if math.isfinite(scale) and scale > 0 else 1e-12
 
 
 def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
@@ -43,7 +48,8 @@ def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
     stateless default is the coordinate-wise median of the rows (robust, needs no history); pass the
     previous aggregate to follow the paper. ``tau = 0`` (default) chooses τ automatically: the median of
     the distances ‖x_i − v_0‖, so that about half the rows are clipped in the first step whatever the
-    scale of the updates (the median of the positive distances when that is 0: :func:`automatic_tau`). Distances are taken on halved differences rescaled by their largest entry, so
+    scale of the updates (‖v₀‖ when that median is 0: :func:`automatic_tau`). Distances are taken on
+    halved differences rescaled by their largest entry, so
     rows up to float64's range do not overflow them; everything is float64, the result in the input's
     dtype. Cost: L passes over the rows (O(Lnd)).
     """
@@ -97,7 +103,7 @@ def centered_clipping_trusted(x: torch.Tensor, *, tau: float = 0.0, iters: int =
 
     r = gaps(v)
     if tau == 0.0:
-        tau = automatic_tau(r)
+        tau = automatic_tau(r, v)
     scale = torch.ones_like(r)
     for it in range(iters):
         if it:
