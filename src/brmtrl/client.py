@@ -133,7 +133,7 @@ def attack_update(delta: torch.Tensor, attack: str, params: Mapping[str, Any],
     update only."""
     if attack_mod.is_omniscient(attack):
         raise ValueError(f"attack {attack!r} needs the honest updates of the round; it runs in the server step")
-    out = attack_mod.ATTACKS[attack].fn(delta.unsqueeze(0), delta.new_zeros((0, delta.numel())),
+    out = attack_mod.resolve_attack(attack).fn(delta.unsqueeze(0), delta.new_zeros((0, delta.numel())),
                                         generator=generator, **params)
     return out[0].to(delta.dtype)
 

@@ -127,6 +127,25 @@ class Text:
         return self.what
 
 
+_PLUGIN = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+@dataclass(frozen=True)
+class Named:
+    """A built-in name (``options``) or a plug-in's import path ``"package.module:function"`` (checked
+    further once the config is read: the module must import and the function fit)."""
+
+    options: tuple[Any, ...]
+
+    def check(self, value: Any) -> Any:
+        if value in self.options or (isinstance(value, str) and _PLUGIN.match(value)):
+            return value
+        raise TypeError
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(o) for o in self.options) + " or 'package.module:function'"
+
+
 @dataclass(frozen=True)
 class AnyOf:
     """Satisfies one of several constraints (``aggregator.f``: an int >= 0 or "auto")."""
@@ -239,7 +258,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "train.eval_every": (1, POS_INT, "evaluate every k rounds (and after the last)"),
     "train.checkpoint_every": (10, NONNEG_INT, "checkpoint every k rounds; 0 disables"),
     # aggregation
-    "aggregator.name": ("auto", Options(AGGREGATORS), "rule combining the clients' updates; 'auto' = "
+    "aggregator.name": ("auto", Named(AGGREGATORS), "rule combining the clients' updates; 'auto' = "
                         "geometric_median for brmtrl, mean for every other algorithm (fedrep is FedRep: the mean)"),
     "aggregator.byzantine_fraction": (0.2, Interval(float, 0, 1, "left"),
                                       "the server's declared assumption: the fraction of the client population that "
@@ -299,7 +318,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "flower.connect_timeout": (120.0, POS_FLOAT, "Flower: seconds to wait for every client's node to connect"),
     "flower.backend_cpus": (0, NONNEG_INT, "Flower simulation: CPUs Ray may use (0: all)"),
     # attack
-    "attack.name": ("none", Options(ATTACKS), "what Byzantine clients do"),
+    "attack.name": ("none", Named(ATTACKS), "what Byzantine clients do"),
     "attack.byzantine_fraction": (0.0, Interval(float, 0, 1, "left"), "fraction of clients that are Byzantine"),
     "attack.sigma": (1.0, NONNEG_FLOAT, "gaussian: std of the pure noise sent; gaussian_additive: std of the noise "
                      "added to the honest update"),
@@ -395,7 +414,26 @@ def validate(values: Mapping[str, Any], source: str = "config") -> Config:
     return Config(resolved)
 
 
+def _check_plugins(c: dict[str, Any]) -> None:
+    """A plugged-in rule or attack must import and fit (one line naming the key otherwise)."""
+    if _PLUGIN.match(str(c["aggregator.name"])):
+        from .aggregators import resolve_rule
+
+        try:
+            resolve_rule(c["aggregator.name"])
+        except ValueError as exc:
+            raise ConfigError(f"config key 'aggregator.name' = {c['aggregator.name']!r}: {exc}") from None
+    if _PLUGIN.match(str(c["attack.name"])):
+        from .attacks import resolve_attack
+
+        try:
+            resolve_attack(c["attack.name"])
+        except ValueError as exc:
+            raise ConfigError(f"config key 'attack.name' = {c['attack.name']!r}: {exc}") from None
+
+
 def _cross_checks(c: dict[str, Any]) -> None:
+    _check_plugins(c)
     if c["dataset.partition"] == "natural" and c["dataset.name"] != "femnist":
         raise ConfigError(
             "config key 'dataset.partition' = 'natural' needs a dataset with natural clients "
@@ -460,7 +498,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = key.strip(), raw.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key; it must look like KEY=VALUE")
-    if key in SCHEMA and isinstance(SCHEMA[key][1], Options):
+    if key in SCHEMA and isinstance(SCHEMA[key][1], (Options, Named)):
         return key, raw[1:-1] if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "\"'" else raw  # attack.name=inf
     try:
         value = tomllib.loads(f"v = {raw}")["v"]

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import aggregators as agg_mod
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, server_view
 from .device import aggregation_device, configure_determinism, resolve_device, synchronize
@@ -78,7 +77,6 @@ class Simulation:
                               "client is left to evaluate")
         # the server's declared settings only: it never learns the simulated attack or who is Byzantine
         self.agg = Aggregation.from_config(server_view(cfg), self.num_sampled, len(self.training_clients))
-        self.agg_rule = agg_mod.AGGREGATORS[self.agg.name]
         self.f_exceeded_rounds: list[int] = []
         self.augment = augmentation_for(self.data, cfg["dataset.augment"])
         # state: the server's shared vector and every client's private vector

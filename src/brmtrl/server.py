@@ -59,12 +59,12 @@ class Aggregation:
             if "f" in step.params:
                 limit = min(limit, step.largest_f(n))
             n = step.rows_out(n, **{k: self.params[k] for k in step.params if k in self.params})
-        rule = agg_mod.AGGREGATORS[self.name]
+        rule = agg_mod.resolve_rule(self.name)
         return min(limit, rule.largest_f(n)) if "f" in rule.params else limit
 
     @property
     def uses_f(self) -> bool:
-        return "f" in agg_mod.AGGREGATORS[self.name].params or any("f" in agg_mod.PRE_STEPS[p].params for p in self.pre)
+        return "f" in agg_mod.resolve_rule(self.name).params or any("f" in agg_mod.PRE_STEPS[p].params for p in self.pre)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], per_round: int, pool: int) -> "Aggregation":
@@ -83,7 +83,7 @@ class Aggregation:
         config error (an explicit value). With ``aggregator.pre``, the rule's needs apply to the rows it
         sees after the steps."""
         name = cfg["aggregator.name"]
-        rule = agg_mod.AGGREGATORS[name]
+        rule = agg_mod.resolve_rule(name)
         pre = tuple(cfg.get("aggregator.pre", ()))
         keys = set(rule.params).union(*(agg_mod.PRE_STEPS[p].params for p in pre))
         # f is resolved below; centre is the server's state (the previous aggregate), not a config value
@@ -241,7 +241,7 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
         info["skipped"] = "no valid update"
         return StepResult(None, accepted, rejected, info)
     x = torch.stack([updates[i].to(torch.float64) for i in kept])
-    rule = agg_mod.AGGREGATORS[agg.name]
+    rule = agg_mod.resolve_rule(agg.name)
     if rule.min_rows is not None and agg.rows_after_pre(len(kept)) < rule.min_rows(0):
         log.warning("round %d: only %d valid updates, fewer than %s needs; φ is left unchanged this round",
                     round_, len(kept), agg.describe())

@@ -31,11 +31,12 @@ tensor([False, False, False, False,  True])
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .averages import mean, mean_trusted, median, median_trusted, trimmed_mean, trimmed_mean_trusted
+from ..plugin import is_plugin, load_callable, positional_arity
 from .base import FLAG_BELOW, AggregateResult, Rule, _rows
 from .clipping import centered_clipping, centered_clipping_trusted
 from .geometric_median import (GeometricMedianResult, geometric_median, geometric_median_result,
@@ -73,6 +74,8 @@ __all__ = [
     "multi_krum_trusted",
     "nnm",
     "pairwise_sq_distances",
+    "register_aggregator",
+    "resolve_rule",
     "rows_after",
     "trimmed_mean",
     "trimmed_mean_trusted",
@@ -90,6 +93,48 @@ AGGREGATORS: dict[str, Rule] = {
     "bulyan": Rule(bulyan, ("f",), lambda f: 4 * f + 3, bulyan_trusted),
     "centered_clipping": Rule(centered_clipping, ("tau", "iters", "centre"), result=centered_clipping_trusted),
 }
+
+
+def register_aggregator(name: str, fn: Callable[..., torch.Tensor], *, params: Sequence[str] = (),
+                        min_rows: Callable[[int], int] | None = None,
+                        result: Callable[..., AggregateResult] | None = None) -> Rule:
+    """Add a rule to :data:`AGGREGATORS` under ``name`` (a config's ``aggregator.name``).
+
+    ``fn(x, **params)`` takes the stacked updates x (n, d) and returns the aggregate (d,); ``params`` are
+    the keywords the server passes (``"f"``: the f it assumes, lowered to what ``min_rows`` allows);
+    ``min_rows(f)`` the fewest rows the rule needs; ``result`` the same rule returning an
+    :class:`AggregateResult` with each row's trust (without it every accepted row has trust 1)."""
+    rule = Rule(fn, tuple(params), min_rows, result if result is not None else _plain_result(name, fn))
+    AGGREGATORS[name] = rule
+    return rule
+
+
+def _plain_result(name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., AggregateResult]:
+    def result(x: torch.Tensor, **kwargs: Any) -> AggregateResult:
+        point = fn(x, **kwargs)
+        if not isinstance(point, torch.Tensor) or tuple(point.shape) != (x.shape[1],):
+            got = tuple(point.shape) if isinstance(point, torch.Tensor) else type(point).__name__
+            raise ValueError(f"aggregator {name!r} returned {got}; a tensor of shape ({x.shape[1]},) is expected")
+        return AggregateResult(point.to(device=x.device, dtype=x.dtype),
+                               torch.ones(x.shape[0], dtype=torch.float64, device=x.device))
+
+    return result
+
+
+def resolve_rule(name: str) -> Rule:
+    """The rule registered as ``name``; a ``"package.module:function"`` name is imported and registered
+    the first time (a function taking ``f`` gets the server's f; importing the module may register a
+    richer entry under that name itself, with :func:`register_aggregator`). Unknown names and unusable
+    functions raise :class:`ValueError` (:class:`brmtrl.plugin.PluginError`)."""
+    if name in AGGREGATORS:
+        return AGGREGATORS[name]
+    if not is_plugin(name):
+        raise _unknown("rule", name, list(AGGREGATORS))
+    fn = load_callable(name)
+    if name in AGGREGATORS:
+        return AGGREGATORS[name]
+    accepted = positional_arity(fn, name, keywords=("f",))
+    return register_aggregator(name, fn, params=tuple(sorted(accepted)))
 
 
 def _unknown(kind: str, name: Any, known: Sequence[str]) -> ValueError:
@@ -122,11 +167,9 @@ def aggregate(name: str, x: torch.Tensor, *, pre: Sequence[str] = (), generator:
     :class:`AggregateResult` with the point, the trust (n,) of the input rows, and ``info`` (the rule's,
     plus ``rows_aggregated`` when a step changed the rows).
     """
-    if name not in AGGREGATORS:
-        raise _unknown("rule", name, list(AGGREGATORS))
+    rule = resolve_rule(name)
     if isinstance(pre, str):
         raise ValueError(f"aggregate: pre must be a sequence of step names. Got the string {pre!r} instead.")
-    rule = AGGREGATORS[name]
     rows = _rows(x, name)
     n = rows.shape[0]
     used: set[str] = set()

@@ -19,12 +19,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..plugin import is_plugin, load_callable, positional_arity
 from .basic import flip_labels, gaussian, gaussian_additive, inf, label_flip, nan, none, random, sign_flip
 from .omniscient import alie, alie_z, fang, ipm, mimic, min_max, min_sum, perturbation_direction
 
 __all__ = ["ATTACKS", "OMNISCIENT", "Attack", "alie", "alie_z", "attack_kwargs", "fang", "fang_target",
-           "flip_labels", "gaussian", "gaussian_additive", "inf", "ipm", "is_omniscient", "label_flip", "mimic", "min_max", "min_sum",
-           "nan", "none", "perturbation_direction", "random", "server_attack", "sign_flip"]
+           "flip_labels", "gaussian", "gaussian_additive", "inf", "ipm", "is_omniscient", "label_flip", "mimic",
+           "min_max", "min_sum", "nan", "none", "perturbation_direction", "random", "register_attack",
+           "resolve_attack", "server_attack", "sign_flip"]
 
 AttackFn = Callable[..., torch.Tensor]
 #: an attack run in the server step: (stacked updates, Byzantine mask) -> updates
@@ -65,9 +67,52 @@ OMNISCIENT: frozenset[str] = frozenset(name for name, a in ATTACKS.items() if a.
 _KRUM_LIKE = frozenset({"krum", "multi_krum", "bulyan"})
 
 
+def register_attack(name: str, fn: AttackFn, *, keys: Mapping[str, str] | None = None,
+                    omniscient: bool = False) -> Attack:
+    """Add an attack to :data:`ATTACKS` under ``name`` (a config's ``attack.name``), with the signature of
+    the built-in ones: ``fn(byzantine (b, d), honest (h, d), *, generator, **params) -> (b, d)``;
+    ``keys`` maps ``attack.<key>`` config keys to its keywords; ``omniscient`` when it reads the honest
+    rows (then it runs in simulation only, as the simulated adversary's step)."""
+    attack = Attack(fn, dict(keys or {}), omniscient)
+    ATTACKS[name] = attack
+    return attack
+
+
+def _per_update(name: str, fn: Callable[..., torch.Tensor], takes_generator: bool) -> AttackFn:
+    """A plug-in of one update, ``fn(u (d,)[, generator=...]) -> (d,)``, as an attack on stacked rows."""
+    def attack(byzantine: torch.Tensor, honest: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        rows = []
+        for u in byzantine:
+            out = fn(u, generator=generator) if takes_generator else fn(u)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(u.shape):
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"attack {name!r} returned {got}; a tensor of shape {tuple(u.shape)} is expected")
+            rows.append(out.to(device=u.device, dtype=u.dtype))
+        return torch.stack(rows) if rows else byzantine
+
+    return attack
+
+
+def resolve_attack(name: str) -> Attack:
+    """The attack registered as ``name``; a ``"package.module:function"`` name is imported and registered
+    the first time: at its simplest a function of the Byzantine client's own honest update (d,) that
+    returns what it sends (it may take ``generator``, a CPU ``torch.Generator``). Importing the module
+    may instead register a richer entry under that name (:func:`register_attack`)."""
+    if name in ATTACKS:
+        return ATTACKS[name]
+    if not is_plugin(name):
+        raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(map(repr, sorted(ATTACKS)))} "
+                         "or 'package.module:function'")
+    fn = load_callable(name)
+    if name in ATTACKS:
+        return ATTACKS[name]
+    accepted = positional_arity(fn, name, keywords=("generator",))
+    return register_attack(name, _per_update(name, fn, "generator" in accepted))
+
+
 def is_omniscient(name: str) -> bool:
     """Whether attack ``name`` reads the honest clients' updates of the round."""
-    return ATTACKS[name].omniscient
+    return resolve_attack(name).omniscient
 
 
 def fang_target(cfg: Mapping[str, Any]) -> str:
@@ -82,7 +127,7 @@ def fang_target(cfg: Mapping[str, Any]) -> str:
 def attack_kwargs(cfg: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
     """The keyword arguments of attack ``name`` (default ``attack.name``) read from the config."""
     name = name or cfg["attack.name"]
-    kwargs = {kw: cfg[f"attack.{key}"] for key, kw in ATTACKS[name].keys.items()}
+    kwargs = {kw: cfg[f"attack.{key}"] for key, kw in resolve_attack(name).keys.items()}
     if kwargs.get("z") == "auto":
         kwargs["z"] = None   # alie: the paper's z_max
     if name == "fang":
@@ -96,7 +141,7 @@ def server_attack(cfg: Mapping[str, Any], generator: torch.Generator) -> ServerA
     name = cfg["attack.name"]
     if not is_omniscient(name):
         return None
-    fn, kwargs = ATTACKS[name].fn, attack_kwargs(cfg, name)
+    fn, kwargs = resolve_attack(name).fn, attack_kwargs(cfg, name)
 
     def attack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = x.clone()

@@ -122,9 +122,13 @@ def node_for(message: Message, context: Context, partition: int) -> Node:
             cfg = cfg.replace(dataset__root=str(nc["dataset-root"]))
         if nc.get("attack"):
             name = str(nc["attack"])
-            if name not in attacks.ATTACKS or attacks.is_omniscient(name):
-                raise ValueError(f"node config 'attack' = {name!r}: a node runs an attack on its own update, one of "
-                                 + ", ".join(sorted(set(attacks.ATTACKS) - attacks.OMNISCIENT)))
+            try:
+                omniscient = attacks.is_omniscient(name)
+            except ValueError as exc:
+                raise ValueError(f"node config 'attack' = {name!r}: {exc}") from None
+            if omniscient:
+                raise ValueError(f"node config 'attack' = {name!r} reads other nodes' updates; a node runs an attack "
+                                 "on its own update, one of " + ", ".join(sorted(set(attacks.ATTACKS) - attacks.OMNISCIENT)))
             cfg = cfg.replace(attack__name=name)
         if any(k[0] != cfg_json for k in _NODES):
             _NODES.clear()  # one experiment at a time per process

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, cast
 
 import numpy as np

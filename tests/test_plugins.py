@@ -1,0 +1,142 @@
+"""Rules and attacks users plug in by import path (docs/extending.md; its example is
+docs/examples/my_rules.py, run here from the CLI and in a sweep)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from brmtrl.aggregators import AGGREGATORS, aggregate, register_aggregator, resolve_rule, trimmed_mean
+from brmtrl.attacks import ATTACKS, resolve_attack
+from brmtrl.cli import main
+
+from .conftest import CONFIGS
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture
+def examples_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    yield
+    for name in [k for k in AGGREGATORS if k.startswith("my_rules:")]:
+        del AGGREGATORS[name]
+    for name in [k for k in ATTACKS if k.startswith("my_rules:")]:
+        del ATTACKS[name]
+
+
+def test_the_documented_aggregator_is_a_trimmed_mean_and_gets_the_servers_f(examples_on_path):
+    x = torch.randn(11, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rule = resolve_rule("my_rules:coordinate_trimmed_mean")
+    assert rule.params == ("f",)
+    torch.testing.assert_close(aggregate("my_rules:coordinate_trimmed_mean", x, f=3).point, trimmed_mean(x, f=3))
+    assert (aggregate("my_rules:coordinate_trimmed_mean", x, f=3).trust == 1).all()
+
+
+def test_the_documented_attack_sends_noise_as_large_as_the_update(examples_on_path):
+    attack = resolve_attack("my_rules:scaled_noise")
+    assert not attack.omniscient
+    u = torch.randn(2, 50, generator=torch.Generator().manual_seed(1))
+    out = attack.fn(u, u[:0], generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out.norm(dim=1), u.norm(dim=1))
+    assert not torch.allclose(out, u)
+
+
+def test_a_plugged_in_rule_and_attack_run_from_the_cli(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "brmtrl", "run", "--config", str(CONFIGS / "quick.toml"), "--out", str(out),
+           "--quiet", "--set", "train.rounds=2", "--set", "threads=1", "--set", "device=cpu",
+           "--set", "aggregator.name=my_rules:coordinate_trimmed_mean", "--set", "aggregator.pre=[]",
+           "--set", "attack.name=my_rules:scaled_noise"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["aggregator"]["name"] == "my_rules:coordinate_trimmed_mean"
+    assert res["history"][-1]["f_used"] == res["history"][-1]["f_assumed"] == 9
+    assert len(res["final"]["byzantine_clients"]) == 10
+
+
+def test_a_plugged_in_rule_runs_in_a_sweep(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(textwrap.dedent(f"""\
+        config = "{(CONFIGS / 'quick.toml').as_posix()}"
+        [set]
+        "train.rounds" = 2
+        "aggregator.pre" = []
+        device = "cpu"
+        [grid]
+        "aggregator.name" = ["mean", "my_rules:coordinate_trimmed_mean"]
+        """))
+    cmd = [sys.executable, "-m", "brmtrl", "sweep", "--grid", str(grid), "--out", str(tmp_path / "sweep"),
+           "--workers", "2", "--threads", "1", "--quiet"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 cells run" in done.stdout + done.stderr
+    assert "my_rules:coordinate_trimmed_mean" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("case, source, name, needle", [
+    ("nomodule", "", "no_such_module_xyz:rule", "cannot import module 'no_such_module_xyz'"),
+    ("noname", "def other(x):\n    return x.mean(0)\n", "MOD:rule", "module 'MOD' has no 'rule'"),
+    ("notcallable", "rule = 3\n", "MOD:rule", "'MOD:rule' is a int, not a function"),
+    ("required", "def rule(x, beta):\n    return x.mean(0)\n", "MOD:rule", "requires 'beta', which brmtrl cannot pass"),
+    ("noargs", "def rule():\n    return 0\n", "MOD:rule", "must take the updates as its first argument"),
+])
+def test_a_plugin_that_cannot_be_used_is_a_one_line_config_error(case, source, name, needle, tmp_path, monkeypatch,
+                                                                  capsys):
+    module = f"plug_{case}"
+    name, needle = name.replace("MOD", module), needle.replace("MOD", module)
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["run", "--config", str(CONFIGS / "quick.toml"), "--set", f"aggregator.name={name}",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "config key 'aggregator.name'" in err and needle in err
+
+
+def test_a_module_may_register_a_richer_rule_under_its_own_name(tmp_path, monkeypatch):
+    (tmp_path / "rich_rules.py").write_text(textwrap.dedent("""\
+        import torch
+        from brmtrl.aggregators import AggregateResult, register_aggregator
+
+        def clipped_mean(x, f=0):
+            return x.clamp(-1, 1).mean(0)
+
+        def clipped_mean_trusted(x, f=0):
+            trust = (x.abs() <= 1).all(dim=1).to(torch.float64)
+            return AggregateResult(clipped_mean(x, f), trust)
+
+        register_aggregator("rich_rules:clipped_mean", clipped_mean, params=("f",), min_rows=lambda f: 2 * f + 1,
+                            result=clipped_mean_trusted)
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        rule = resolve_rule("rich_rules:clipped_mean")
+        assert rule.largest_f(9) == 4
+        x = torch.zeros(5, 3, dtype=torch.float64)
+        x[0] = 10.0
+        res = aggregate("rich_rules:clipped_mean", x, f=1)
+        assert res.flagged.tolist() == [True, False, False, False, False]
+    finally:
+        AGGREGATORS.pop("rich_rules:clipped_mean", None)
+
+
+def test_register_aggregator_from_python_checks_what_the_rule_returns():
+    register_aggregator("test_plugins:bad_shape", lambda x: x)
+    try:
+        with pytest.raises(ValueError, match=r"returned \(4, 3\); a tensor of shape \(3,\) is expected"):
+            aggregate("test_plugins:bad_shape", torch.zeros(4, 3))
+    finally:
+        AGGREGATORS.pop("test_plugins:bad_shape", None)
