@@ -153,8 +153,7 @@ def runs_report(dirs: list[Path], labels: list[str], name: str, out: Path) -> li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from brmtrl.report import finish_plot
-    from brmtrl.transfer import plot_transfer
+    from brmtrl.plots import finish_plot, plot_transfer
 
     results = [load_json(d / "results.json") for d in dirs]
     lines = ["| run | directory | final honest accuracy | std | min | rounds | wall time | s/round |",

@@ -18,3 +18,41 @@ def test_import_contracts_hold():
         pytest.fail("lint-imports is not installed: pip install -e '.[test]'")
     done = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_no_import_loop():
+    """No module imports, directly or through others, a module that imports it back (function-level
+    imports count: a loop hidden in a function is still a loop in the design)."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("brmtrl", include_external_packages=False)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    loops: list[list[str]] = []
+
+    def visit(v: str) -> None:   # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.find_modules_directly_imported_by(v):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                loops.append(sorted(comp))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    assert loops == [], f"import loops: {loops}"

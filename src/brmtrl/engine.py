@@ -141,7 +141,10 @@ class Simulation:
             bar.close()
         if self.cfg["transfer.shots"] and self.history and self.history[-1]["round"] == rounds:
             t1 = time.perf_counter()
-            self.transfer = transfer_study(self)
+            self.transfer = transfer_study(
+                self.cfg, self.model, self.rule, self.sgd, shared=self.shared, initial_head=self.initial_private,
+                initial_all=self.initial_all,
+                clients=[(c, self.data.client_train(c), self.data.client_test(c)) for c in self.holdout])
             self.elapsed["transfer_s"] = time.perf_counter() - t1
         self.elapsed["wall_s"] = time.perf_counter() - t_start
         return self.results()

@@ -52,23 +52,3 @@ def overall(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The run's precision and recall from the summed counts of its rounds."""
     tp, fp, fn, tn = (sum(int(r[k]) for r in rounds) for k in ("tp", "fp", "fn", "tn"))
     return {"rounds": len(rounds), "tp": tp, "fp": fp, "fn": fn, "tn": tn, **ratios(tp, fp, fn)}
-
-
-def plot_identification(path: Any, rounds: Sequence[Mapping[str, Any]], title: str) -> None:
-    """Precision and recall of flagging the Byzantine clients against the round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import finish_plot
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ("precision", "recall"):
-        pts = [(r["round"], r[key]) for r in rounds if r[key] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker=".", linewidth=1, label=key)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("round")
-    ax.set_ylabel("flagging the Byzantine clients")
-    finish_plot(fig, ax, path, title, legend_size=8)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_file, remove_stale_temps
+from .plots import plot_history, plot_identification, plot_transfer
 
 __all__ = ["plot_history", "write_json", "write_metrics_csv", "write_outputs"]
 
@@ -47,41 +48,6 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
             w.writerow(_clean(row))
 
 
-def finish_plot(fig: Any, ax: Any, path: Path, title: str, legend_size: int | None = None) -> None:
-    """The common end of every line plot: title, grid, legend, tight layout, saved at 120 dpi, closed."""
-    import matplotlib.pyplot as plt
-
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_history(path: Path, history: list[dict[str, Any]], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [h["round"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if all(isinstance(h.get("honest_acc_mean"), float) for h in history):
-        acc = [float(h["honest_acc_mean"]) for h in history]
-        lo = [float(h["honest_acc_min"]) for h in history]
-        ax.plot(rounds, acc, marker=".", label="honest mean")
-        ax.plot(rounds, lo, linestyle="--", label="honest min")
-        ax.set_ylabel("test accuracy (honest clients)")
-        ax.set_ylim(0, 1)
-    else:
-        ax.plot(rounds, [h["honest_loss_mean"] for h in history], marker=".", label="honest mean loss")
-        ax.set_ylabel("test loss (honest clients)")
-        ax.set_yscale("log")
-    ax.set_xlabel("round")
-    finish_plot(fig, ax, path, title)
-
-
 def write_outputs(out_dir: str | Path, results: dict[str, Any]) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,11 +60,7 @@ def write_outputs(out_dir: str | Path, results: dict[str, Any]) -> None:
         plot_history(out / "accuracy.png", results["history"], title)
     ident = (results.get("identification") or {}).get("rounds") or []
     if ident and any(r["recall"] is not None for r in ident):
-        from .identification import plot_identification
-
         plot_identification(out / "identification.png", ident, "Byzantine identification · " + title)
     if results.get("transfer"):
-        from .transfer import plot_transfer
-
         plot_transfer(out / "transfer.png", results["transfer"], "new clients · " + title)
     remove_stale_temps(out)

@@ -49,8 +49,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT, RESUMABLE_KEYS, CheckpointError, config_fingerprint, same_experiment
+from .checkpoint import CHECKPOINT, RESUMABLE_KEYS, CheckpointError, config_fingerprint
 from .config import Config, ConfigError, _check_key, _flatten, server_view, validate
+from .sweep_layout import (CELL_FILE, ERROR_LOG, GRID_COPY, LOCK, STATE_FILE, GridError, cell_status, cpu_count,
+                           finished, load_json, machine)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,17 +77,7 @@ __all__ = [
 
 log = logging.getLogger("brmtrl")
 
-GRID_COPY = "grid.toml"
-STATE_FILE = "sweep.json"
-CELL_FILE = "cell.json"
-ERROR_LOG = "error.log"
-LOCK = ".lock"
-RESULTS = "results.json"
 TOP_KEYS = ("config", "set", "grid", "exclude", "variants")
-
-
-class GridError(ConfigError):
-    """A problem with a grid file or a sweep directory (one line, CLI exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -336,41 +328,6 @@ def load_grid(path: str | Path) -> Grid:
 
 
 # --------------------------------------------------------------------------- one cell
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def finished(cell_dir: Path, cfg: Mapping[str, Any]) -> bool:
-    """Whether ``cell_dir/results.json`` is a complete run of ``cfg`` (all its rounds, same experiment)."""
-    res = _load_json(cell_dir / RESULTS)
-    if not isinstance(res, dict) or not isinstance(res.get("config"), dict) or not isinstance(res.get("final"), dict):
-        return False
-    return res["final"].get("rounds") == cfg["train.rounds"] and \
-        same_experiment(_flatten(res["config"]), cfg)
-
-
-def cell_status(cell_dir: Path, cfg: Mapping[str, Any] | None = None) -> str:
-    """``done`` (complete results), ``error`` (the last attempt failed), ``partial`` (a checkpoint to
-    continue from) or ``missing``. Without ``cfg``, a results.json counts when all its rounds are done
-    (and are the ``train.rounds`` of the cell's ``cell.json`` overrides, when they set it)."""
-    if cfg is not None and finished(cell_dir, cfg):
-        return "done"
-    if cfg is None:
-        res = _load_json(cell_dir / RESULTS)
-        rounds = (res or {}).get("config", {}).get("train", {}).get("rounds") if isinstance(res, dict) else None
-        wanted = ((_load_json(cell_dir / CELL_FILE) or {}).get("overrides") or {}).get("train.rounds", rounds)
-        if isinstance(res, dict) and rounds is not None and (res.get("final") or {}).get("rounds") == rounds == wanted:
-            return "done"
-    if (cell_dir / ERROR_LOG).is_file():
-        return "error"
-    if (cell_dir / CHECKPOINT).is_file():
-        return "partial"
-    return "missing"
-
-
 @contextmanager
 def _cell_lock(folder: Path) -> Iterator[bool]:
     """An exclusive lock on ``folder/.lock`` (POSIX); yields False when another process holds it."""
@@ -434,7 +391,7 @@ def _prepare(grid: Grid, out: Path, force: bool, command: str) -> dict[str, Any]
     """Create ``out``; refuse one made from another grid unless ``force``; write the grid's copy, the
     state file and each cell's ``cell.json``. Returns the state."""
     state_path = out / STATE_FILE
-    old = _load_json(state_path) if state_path.exists() else None
+    old = load_json(state_path) if state_path.exists() else None
     if state_path.exists() and not isinstance(old, dict):
         raise GridError(f"{str(state_path)!r} is damaged; use another --out DIR or --force")
     if old is None and out.is_dir() and any(out.iterdir()) and not force:
@@ -443,7 +400,6 @@ def _prepare(grid: Grid, out: Path, force: bool, command: str) -> dict[str, Any]
         raise GridError(f"--out {str(out)!r} holds a sweep of a different grid ({old.get('grid_file')!r}); "
                         "use another --out DIR, or --force to reuse it (changed cells start again)")
     from .report import write_json
-    from .sweep_report import machine
 
     out.mkdir(parents=True, exist_ok=True)
     (out / GRID_COPY).write_text(grid.text, encoding="utf-8")
@@ -458,14 +414,6 @@ def _prepare(grid: Grid, out: Path, force: bool, command: str) -> dict[str, Any]
         (out / c.name).mkdir(exist_ok=True)
         write_json(out / c.name / CELL_FILE, {"name": c.name, "grid": c.grid, "overrides": c.overrides})
     return state
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _cell_values(cell: Cell, threads: int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import atomic_file
+from .sweep_layout import ERROR_LOG, RESULTS, STATE_FILE, GridError, cell_status, machine
 
 __all__ = ["CellRow", "collect", "draw_heatmap", "machine", "write_report"]
 
@@ -28,15 +28,6 @@ CURVES_PNG = "accuracy.png"
 FINAL_KEYS = ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean", "transfer_acc_mean")
 
 
-def machine() -> dict[str, Any]:
-    """Where a sweep ran: platform, CPU cores, torch's version."""
-    import torch
-
-    from .sweep import cpu_count
-
-    return {"platform": platform.platform(), "cpus": cpu_count(), "torch": torch.__version__}
-
-
 def _load(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -45,8 +36,6 @@ def _load(path: Path) -> Any:
 
 
 def _state(out: Path) -> dict[str, Any]:
-    from .sweep import STATE_FILE, GridError
-
     state = _load(out / STATE_FILE)
     if not isinstance(state, dict) or not isinstance(state.get("cells"), list):
         raise GridError(f"{str(out)!r} is not a sweep directory ({STATE_FILE} is missing or damaged); "
@@ -65,8 +54,6 @@ def _last_line(path: Path) -> str:
 def collect(out: Path) -> tuple[dict[str, Any], list[CellRow], dict[str, list[dict[str, Any]]]]:
     """The sweep's state, one row per cell (grid values, status, final numbers) and the history of
     every finished cell by name."""
-    from .sweep import ERROR_LOG, RESULTS, cell_status
-
     state = _state(out)
     rows: list[CellRow] = []
     histories: dict[str, list[dict[str, Any]]] = {}

@@ -17,17 +17,13 @@ deviation and minimum of the new clients' accuracies; the run also writes ``tran
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .client import Data, client_generator, evaluate_client, fine_tune_and_evaluate, fit_heads
 from .config import ConfigError
-
-if TYPE_CHECKING:
-    from .engine import Simulation
 
 __all__ = ["METHODS", "few_shot_sample", "fedavg_weights", "shot_stats", "transfer_study"]
 
@@ -83,63 +79,45 @@ def fedavg_weights(cfg: Mapping[str, Any], size: int) -> torch.Tensor | None:
     return weights
 
 
-def transfer_study(sim: "Simulation") -> dict[str, Any]:
-    """Run the few-shot study of :mod:`brmtrl.transfer` on the simulation's final state."""
+def transfer_study(cfg: Mapping[str, Any], model: Any, rule: Any, sgd: Any, *, shared: torch.Tensor,
+                   initial_head: torch.Tensor, initial_all: torch.Tensor,
+                   clients: Sequence[tuple[int, Data, Data]]) -> dict[str, Any]:
+    """Run the few-shot study of :mod:`brmtrl.transfer` on a run's final state, from either engine.
+
+    ``model``: the run's model (overwritten while the study runs; left holding ``shared``); ``rule``: its
+    local rule (:class:`brmtrl.local_update.LocalRule`: which part is shared); ``sgd``: the SGD settings;
+    ``shared``: the run's final shared vector (φ, or the whole model for FedAvg); ``initial_head`` and
+    ``initial_all``: the model's initial last layer and whole vector; ``clients``: each new client's id,
+    training data and test data."""
     from .split import set_flat
 
-    cfg, model = sim.cfg, sim.model
     shots: list[int] = list(cfg["transfer.shots"])
     size = sum(p.numel() for p in model.parameters())
-    fedavg = sim.shared if sim.rule.shared == "all" else fedavg_weights(cfg, size)
+    fedavg = shared if rule.shared == "all" else fedavg_weights(cfg, size)
     if fedavg is not None:
-        fedavg = fedavg.to(sim.device)
+        fedavg = fedavg.to(shared.device)
     accs: dict[str, dict[int, list[float]]] = {m: {k: [] for k in shots} for m in METHODS}
-    for c in sim.holdout:
-        idx = torch.as_tensor(sim.data.test_idx[c], dtype=torch.long, device=sim.device)
-        test = (sim.data.test_x[idx], sim.data.test_y[idx])
+    for c, train_data, test in clients:
         if not len(test[1]):
             continue
         for k in shots:
-            train = few_shot_sample(sim.data.client_train(c), k, client_generator(cfg["seed"], k, c, stream=6))
+            train = few_shot_sample(train_data, k, client_generator(cfg["seed"], k, c, stream=6))
             gen = lambda: client_generator(cfg["seed"], k, c, stream=3)  # noqa: E731 - same draws per method
-            if sim.rule.shared == "rep":
-                head = fit_heads(model, sim.shared, sim.initial_private.unsqueeze(0), [train], cfg["transfer.epochs"],
-                                 sim.sgd, [gen()])[0]
+            if rule.shared == "rep":
+                head = fit_heads(model, shared, initial_head.unsqueeze(0), [train], cfg["transfer.epochs"],
+                                 sgd, [gen()])[0]
                 accs["representation"][k].append(
-                    evaluate_client(model, sim.rule, sim.shared, head.to(sim.initial_private.dtype), test).accuracy)
+                    evaluate_client(model, rule, shared, head.to(initial_head.dtype), test).accuracy)
             if fedavg is not None:
                 accs["fedavg_finetuned"][k].append(fine_tune_and_evaluate(
-                    model, fedavg, train, test, cfg["finetune.part"], cfg["transfer.epochs"], sim.sgd, gen()).accuracy)
+                    model, fedavg, train, test, cfg["finetune.part"], cfg["transfer.epochs"], sgd, gen()).accuracy)
             accs["scratch"][k].append(fine_tune_and_evaluate(
-                model, sim.initial_all, train, test, "all", cfg["transfer.scratch_epochs"], sim.sgd, gen()).accuracy)
-    if sim.rule.shared != "none":   # leave the model holding the run's shared part
-        set_flat(model, sim.rule.shared, sim.shared)
+                model, initial_all, train, test, "all", cfg["transfer.scratch_epochs"], sgd, gen()).accuracy)
+    if rule.shared != "none":   # leave the model holding the run's shared part
+        set_flat(model, rule.shared, shared)
     methods = {m: {str(k): shot_stats(v) for k, v in per_k.items()} for m, per_k in accs.items()
                if any(per_k.values())}
-    return {"shots": shots, "clients": list(sim.holdout), "epochs": cfg["transfer.epochs"],
+    return {"shots": shots, "clients": [c for c, _, _ in clients], "epochs": cfg["transfer.epochs"],
             "scratch_epochs": cfg["transfer.scratch_epochs"],
-            "fedavg_source": ("this run" if sim.rule.shared == "all" else (cfg["transfer.fedavg_run"] or None)),
+            "fedavg_source": ("this run" if rule.shared == "all" else (cfg["transfer.fedavg_run"] or None)),
             "methods": methods}
-
-
-def plot_transfer(path: Path, section: Mapping[str, Any], title: str) -> None:
-    """Accuracy against k (mean ± std over the new clients), one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import finish_plot
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, per_k in section["methods"].items():
-        ks = [int(k) for k, s in per_k.items() if s["mean"] is not None]
-        mean = np.array([per_k[str(k)]["mean"] for k in ks])
-        std = np.array([per_k[str(k)]["std"] for k in ks])
-        ax.plot(ks, mean, marker="o", label=method.replace("_", " "))
-        ax.fill_between(ks, mean - std, mean + std, alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xticks(section["shots"], [str(k) for k in section["shots"]])
-    ax.set_xlabel("labelled samples per class (k)")
-    ax.set_ylabel("new clients' test accuracy")
-    finish_plot(fig, ax, path, title, legend_size=8)
