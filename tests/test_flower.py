@@ -54,15 +54,18 @@ def test_flower_simulation_matches_the_built_in_engine(tmp_path):
     head phase of all sampled clients at once; tested equal in test_fast_paths)."""
     from brmtrl.flower.simulation import run_flower_simulation
 
-    cfg = small()
+    # f = 0 with Byzantine clients: rounds exceed f, some of them (round 1) between two evaluations
+    cfg = small("seed=2", "aggregator.f=0")
     built_in = Simulation(cfg).run()
     flower = run_flower_simulation(cfg, tmp_path / "flower")
+    # every round above f is listed, evaluated or not (Flower used to read them off the evaluated rounds)
+    assert flower["final"]["rounds_byzantine_exceeded_f"] == built_in["final"]["rounds_byzantine_exceeded_f"] == [1, 2]
     assert flower["engine"] == "flower-simulation"
     assert [h["round"] for h in flower["history"]] == [h["round"] for h in built_in["history"]] == [2, 4]
     for a, b in zip(built_in["history"], flower["history"]):
         assert abs(a["honest_acc_mean"] - b["honest_acc_mean"]) <= 1e-3  # tolerance of this test
         assert a["updates_accepted"] == b["updates_accepted"] and a["byzantine_sampled"] == b["byzantine_sampled"]
-        assert a["f_assumed"] == b["f_assumed"] > 0          # the declared assumption, on both engines
+        assert a["f_assumed"] == b["f_assumed"] == 0          # the declared assumption, on both engines
     assert flower["final"]["byzantine_clients"] == built_in["final"]["byzantine_clients"]
     # the same outputs as brmtrl run, with the same keys in results.json
     assert {p.name for p in (tmp_path / "flower").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png"}
