@@ -278,3 +278,24 @@ def test_threads_setting(tiny_cfg):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_resumed_run_keeps_the_rounds_above_f(tmp_path):
+    """The rounds where more Byzantine updates were accepted than f are part of the checkpoint (they
+    were lost on resume when they lived beside the record)."""
+    from brmtrl.config import load_config
+
+    from .conftest import CONFIGS
+
+    base = ["device=cpu", "threads=1", "dataset.num_clients=10", "train.eval_every=2", "seed=2", "aggregator.f=0",
+            "train.checkpoint_every=2"]
+    whole = Simulation(load_config(CONFIGS / "quick.toml", [*base, "train.rounds=4"])).run()
+    first = Simulation(load_config(CONFIGS / "quick.toml", [*base, "train.rounds=2"]), out_dir=tmp_path)
+    first.run()
+    resumed = Simulation(load_config(CONFIGS / "quick.toml", [*base, "train.rounds=4"]), out_dir=tmp_path)
+    resumed.restore(tmp_path)
+    res = resumed.run()
+    assert whole["final"]["rounds_byzantine_exceeded_f"] == [1, 2]
+    assert res["final"]["rounds_byzantine_exceeded_f"] == whole["final"]["rounds_byzantine_exceeded_f"]
+    assert res["history"] == [{**h, **{k: res["history"][i][k] for k in h if k.endswith("_s")}}
+                              for i, h in enumerate(whole["history"])]

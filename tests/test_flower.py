@@ -73,6 +73,25 @@ def test_flower_simulation_matches_the_built_in_engine(tmp_path):
     assert set(saved) == set(built_in) - {"data"} | {"data"}  # one schema for both engines
     assert built_in["engine"] == "builtin" and set(saved["data"]) <= set(built_in["data"])
     assert set(built_in["final"]) - {"subspace_distance"} <= set(saved["final"])
+    # one RunRecord behind both: the same keys, key by key, and the same values (timings and the float
+    # rounding of the batched head phase aside)
+    assert set(saved["final"]) == set(built_in["final"]) - {"subspace_distance"}
+    for key, value in saved["final"].items():
+        assert value == (pytest.approx(built_in["final"][key], abs=1e-3) if isinstance(value, float)
+                         else built_in["final"][key]), key
+    for a, b in zip(built_in["history"], saved["history"]):
+        assert set(b) - set(a) <= {"slowest_node_train_s"} and set(a) - set(b) <= {"subspace_distance"}
+        for key in set(a) & set(b):
+            if key.endswith("_s"):
+                continue
+            if isinstance(a[key], float):
+                assert b[key] == pytest.approx(a[key], abs=1e-3), key
+            else:
+                assert b[key] == a[key], key
+    for section in ("rejected_updates", "short_rounds"):
+        assert saved[section] == built_in[section]
+    assert [{k: r[k] for k in ("round", "flagged", "accepted")} for r in saved["identification"]["rounds"]] == \
+        [{k: r[k] for k in ("round", "flagged", "accepted")} for r in built_in["identification"]["rounds"]]
 
 
 def _message(**config):

@@ -31,7 +31,7 @@ from .models import SplitModel, linear_representation
 from .adversary import omniscient_adversary
 from .server import Aggregation, StepResult, server_step
 from .split import get_flat, set_flat
-from .identification import flag_counts, overall as identification_overall
+from .record import RunRecord
 from .transfer import transfer_study
 
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
@@ -77,7 +77,6 @@ class Simulation:
                               "client is left to evaluate")
         # the server's declared settings only: it never learns the simulated attack or who is Byzantine
         self.agg = Aggregation.from_config(server_view(cfg), self.num_sampled, len(self.training_clients))
-        self.f_exceeded_rounds: list[int] = []
         self.augment = augmentation_for(self.data, cfg["dataset.augment"])
         # state: the server's shared vector and every client's private vector
         self.shared = get_flat(self.model, self.rule.shared).to(self.device)
@@ -86,9 +85,8 @@ class Simulation:
         self.transfer: dict[str, Any] | None = None
         self.adversary = omniscient_adversary(cfg, self.byzantine, size=self.shared.numel())
         self.private = self.initial_private.unsqueeze(0).repeat(n, 1)
-        self.history: list[dict[str, Any]] = []
-        self.identification: list[dict[str, Any]] = []   # per round: who was flagged, precision, recall
-        self.rejected: list[dict[str, Any]] = []
+        #: history, rejections, identification, rounds above f: the record both engines keep alike
+        self.record = RunRecord(self.agg.f, self.agg.uses_f)
         #: the previous round's aggregate, where centered clipping starts with aggregator.centre = 'previous'
         self.last_step: torch.Tensor | None = None
         self.start_round = 1
@@ -122,11 +120,9 @@ class Simulation:
             self.elapsed["train_s"] += t1 - t0
             self.elapsed["rounds"] += 1
             if r % self.cfg["train.eval_every"] == 0 or r == rounds:
-                metrics = self.evaluate(r)
-                metrics.update(round_s=round(t1 - t0, 6), byzantine_sampled=len(record.byzantine_sampled),
-                               rejected=len(record.rejected), no_update=len(record.no_update),
-                               **record.aggregator_info)
-                self.history.append(metrics)
+                metrics = self.record.add_evaluation(
+                    r, self.evaluate(r), round_s=t1 - t0, byzantine_sampled=len(record.byzantine_sampled),
+                    rejected=len(record.rejected), no_update=len(record.no_update), step_info=record.aggregator_info)
                 if bar is not None:
                     acc = metrics["honest_acc_mean"]
                     bar.set_postfix(acc=f"{acc:.4f}") if acc is not None \
@@ -169,24 +165,8 @@ class Simulation:
         step = self.server_step(updates, senders, r)
         synchronize(aggregation_device(self.device))
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6))
-        for entry in step.rejected:
-            entry = {"round": r, **entry}
-            record.rejected.append(entry)
-            self.rejected.append(entry)
-        flagged = [e["client"] for e in step.rejected] + list(step.info.get("flagged", []))
-        self.identification.append({**flag_counts(senders, flagged, byz).as_dict(r), "flagged": sorted(flagged),
-                                    "accepted": list(step.accepted), "trust": step.info.get("trust", [])})
-        record.aggregator_info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
-        record.aggregator_info.update(flagged=len(flagged), flag_precision=self.identification[-1]["precision"],
-                                      flag_recall=self.identification[-1]["recall"])
-        true_byz = sum(c in byz for c in step.accepted)
-        record.aggregator_info["byzantine_accepted"] = true_byz
-        if true_byz > self.f and self.agg.uses_f:
-            if not self.f_exceeded_rounds:
-                log.warning("round %d: %d Byzantine updates accepted, more than aggregator.f = %d assumes "
-                            "(the sampled count varies by round); such rounds are listed in results.json",
-                            r, true_byz, self.f)
-            self.f_exceeded_rounds.append(r)
+        record.rejected = [{"round": r, **entry} for entry in step.rejected]
+        record.aggregator_info = self.record.record_step(r, senders, step, byz)
         if step.step is not None:
             self.shared = self.shared + step.step.to(device=self.shared.device, dtype=self.shared.dtype)
             if self.agg.history:
@@ -306,42 +286,36 @@ class Simulation:
         return float(np.mean(accs)) if accs else float("nan")
 
     # ------------------------------------------------------------------ results and checkpoints
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.record.history
+
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        return self.record.rejected
+
+    @property
+    def identification(self) -> list[dict[str, Any]]:
+        return self.record.identification
+
     def results(self) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
-        final = {k: last.get(k) for k in ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean")}
-        if self.holdout:
-            final["transfer_acc_mean"] = last.get("transfer_acc_mean")
-            final["transfer_clients"] = list(self.holdout)
-        if "subspace_distance" in last:
-            final["subspace_distance"] = last["subspace_distance"]
-        final["byzantine_clients"] = list(self.byzantine)
-        final["aggregator_f"] = self.f
-        final["rounds_byzantine_exceeded_f"] = list(self.f_exceeded_rounds)
-        final["updates_rejected"] = len(self.rejected)
-        if self.data.client_names:
-            final["byzantine_client_names"] = [self.data.client_names[i] for i in self.byzantine]
-        final["rounds"] = last.get("round", 0)
+        names = {"byzantine_client_names": [self.data.client_names[i] for i in self.byzantine]} \
+            if self.data.client_names else {}
         rounds = max(self.elapsed["rounds"], 1)
-        return {
-            "config": self.cfg.nested(),
-            "engine": "builtin",
-            "data": self.data.summary(),
-            "history": self.history,
-            "final": final,
-            "rejected_updates": self.rejected,
-            "transfer": self.transfer,
-            "identification": {"rounds": self.identification, "overall": identification_overall(self.identification)},
-            "short_rounds": [],  # rounds with fewer clients than sampled: never in one process
-            "notes": [],
-            "timing": {
+        return self.record.results(
+            config=self.cfg.nested(), engine="builtin", data=self.data.summary(),
+            final=self.record.final(byzantine=self.byzantine, holdout=self.holdout, extra=names),
+            transfer=self.transfer,
+            short_rounds=[],  # rounds with fewer clients than sampled: never in one process
+            notes=[],
+            timing={
                 "total_s": round(self.elapsed.get("wall_s", 0.0), 4),
                 "per_round_s": round(self.elapsed["train_s"] / rounds, 4),
                 "eval_total_s": round(self.elapsed["eval_s"], 4),
                 "rounds_timed": self.elapsed["rounds"],
                 "device": str(self.device),
                 "torch_threads": torch.get_num_threads(),
-            },
-        }
+            })
 
     def state(self, r: int) -> dict[str, Any]:
         """What a checkpoint after round ``r`` holds: the run's state and the configuration it belongs
@@ -349,8 +323,7 @@ class Simulation:
         from .checkpoint import config_fingerprint, config_identity
 
         return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(),
-                "history": self.history, "rejected": self.rejected, "elapsed": dict(self.elapsed),
-                "identification": self.identification,
+                **self.record.state(), "elapsed": dict(self.elapsed),
                 "last_step": None if self.last_step is None else self.last_step.cpu(),
                 "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg)}
 
@@ -370,9 +343,7 @@ class Simulation:
         check_fits("the clients' private vectors (heads)", st["private"], self.private, where)
         self.shared = st["shared"].to(self.device)
         self.private = st["private"].to(self.device)
-        self.history = list(st["history"])
-        self.rejected = list(st["rejected"])
-        self.identification = list(st.get("identification", []))
+        self.record.restore(st)
         last = st.get("last_step")
         self.last_step = None if last is None else last.to(aggregation_device(self.device))
         self.elapsed = dict(st["elapsed"])

@@ -35,7 +35,7 @@ from ..evaluation import summarize
 from ..federation import build_model_for, num_sampled, sample_clients
 from ..local_update import RULES
 from ..report import write_json, write_outputs
-from ..identification import flag_counts, overall as identification_overall
+from ..record import RunRecord
 from ..server import Aggregation, server_step
 from ..split import get_flat
 from .errors import FederationError
@@ -159,11 +159,9 @@ class BRMTRLStrategy(Strategy):
         self.adversary = None
         if simulation is not None and simulation.adversary is not None:
             self.adversary = simulation.adversary(sorted(roster.byzantine), roster.shared_size)
-        self.f_exceeded_rounds: list[int] = []
-        self.history: list[dict[str, Any]] = []
-        self.rejected: list[dict[str, Any]] = []
+        #: history, rejections, identification, rounds above f: the record both engines keep alike
+        self.record = RunRecord(self.agg.f, self.agg.uses_f)
         self.last_step: torch.Tensor | None = None  # the previous aggregate (aggregator.centre = 'previous')
-        self.identification: list[dict[str, Any]] = []
         self.short_rounds: list[dict[str, Any]] = []
         self.lost: set[int] = set()  # nodes that stopped answering
         self.progress = progress
@@ -245,23 +243,12 @@ class BRMTRLStrategy(Strategy):
                            seed=int(self.cfg["seed"]), centre=self.last_step if self.agg.history else None)
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6),
                          slowest_node_train_s=round(slowest, 6))
-        for e in step.rejected:
-            self.rejected.append({"round": server_round, **e})
-        if step.step is not None:
-            self.shared = (self.shared.to(torch.float64) + step.step).to(torch.float32)
+        if step.step is not None:   # as the built-in engine: the float64 step cast, added in float32
+            self.shared = self.shared + step.step.to(self.shared.dtype)
             self.last_step = step.step.to(torch.float64)
         byz = self.roster.byzantine
-        flagged = [e["client"] for e in step.rejected] + list(step.info.get("flagged", []))
-        self.identification.append({**flag_counts(senders, flagged, byz).as_dict(server_round),
-                                    "flagged": sorted(flagged), "accepted": list(step.accepted),
-                                    "trust": step.info.get("trust", [])})
-        info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
-        info.update(flagged=len(flagged), flag_precision=self.identification[-1]["precision"],
-                    flag_recall=self.identification[-1]["recall"])
-        byzantine_accepted = sum(p in byz for p in step.accepted)
-        if byzantine_accepted > self.agg.f and self.agg.uses_f:
-            self.f_exceeded_rounds.append(server_round)
-        self._round.update(info=dict(info, byzantine_accepted=byzantine_accepted),
+        info = self.record.record_step(server_round, senders, step, byz)
+        self._round.update(info=info,
                            rejected=len(step.rejected), no_update=[p for p in sorted(answered) if answered[p] is None],
                            byzantine_sampled=sum(p in byz for p in self._round["sampled"]),
                            train_s=time.perf_counter() - self._round["t0"])
@@ -317,16 +304,16 @@ class BRMTRLStrategy(Strategy):
     def _finish_round(self, r: int, metrics: dict[str, Any] | None) -> None:
         self.timing["eval_s"] += time.perf_counter() - self._round.get("e0", time.perf_counter())
         if metrics is not None:
-            row = {"round": r, **metrics, "round_s": round(self._round["train_s"], 6),
-                   "byzantine_sampled": self._round["byzantine_sampled"], "rejected": self._round["rejected"],
-                   "no_update": len(self._round["no_update"]), **self._round["info"]}
-            self.history.append(row)
+            row = self.record.add_evaluation(r, metrics, round_s=self._round["train_s"],
+                                             byzantine_sampled=self._round["byzantine_sampled"],
+                                             rejected=self._round["rejected"],
+                                             no_update=len(self._round["no_update"]), step_info=self._round["info"])
             if self.progress is not None and row.get("honest_acc_mean") is not None:
                 self.progress.set_postfix(acc=f"{row['honest_acc_mean']:.4f}")
         if self.progress is not None:
             self.progress.update(1)
         if self.progress_file is not None:
-            last = self.history[-1] if self.history else {}
+            last = self.record.history[-1] if self.record.history else {}
             write_json(self.progress_file, {"round": r, "rounds": self.cfg["train.rounds"],
                                             "honest_acc_mean": last.get("honest_acc_mean")})
 
@@ -335,37 +322,21 @@ class BRMTRLStrategy(Strategy):
 
     # -------------------------------------------------------------- results
     def results(self, engine: str, wall_s: float) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
-        final = {k: last.get(k) for k in ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean")}
-        if self.roster.holdout:
-            final["transfer_acc_mean"] = last.get("transfer_acc_mean")
-            final["transfer_clients"] = sorted(self.roster.holdout)
-        final["byzantine_clients"] = sorted(self.roster.byzantine)
-        final["aggregator_f"] = self.agg.f
-        final["updates_rejected"] = len(self.rejected)
-        final["rounds_byzantine_exceeded_f"] = list(self.f_exceeded_rounds)
-        final["rounds"] = last.get("round", 0)
         rounds = max(self.timing["rounds"], 1)
-        return {
-            "config": self.config_record,
-            "engine": engine,
-            "data": {"name": self.cfg["dataset.name"], "num_clients": self.roster.num_clients,
-                     "train_samples": int(sum(self.roster.train_samples.values()))},
-            "history": self.history,
-            "final": final,
-            "rejected_updates": self.rejected,
-            "short_rounds": self.short_rounds,
-            "transfer": None,
-            "identification": {"rounds": self.identification, "overall": identification_overall(self.identification)},
-            "notes": ["Byzantine roles come from each node's config (in simulation, from the seed); the server's f "
-                      "comes from its declared aggregator.byzantine_fraction / aggregator.f"]
+        return self.record.results(
+            config=self.config_record, engine=engine,
+            data={"name": self.cfg["dataset.name"], "num_clients": self.roster.num_clients,
+                  "train_samples": int(sum(self.roster.train_samples.values()))},
+            final=self.record.final(byzantine=sorted(self.roster.byzantine), holdout=sorted(self.roster.holdout)),
+            transfer=None, short_rounds=self.short_rounds,
+            notes=["Byzantine roles come from each node's config (in simulation, from the seed); the server's f "
+                   "comes from its declared aggregator.byzantine_fraction / aggregator.f"]
             + list(self.simulation.notes if self.simulation is not None else ())
             + (["transfer.shots (the few-shot study of new clients) runs on the built-in engine only"]
                if self.cfg["transfer.shots"] else []),
-            "timing": {"total_s": round(wall_s, 4), "per_round_s": round(self.timing["train_s"] / rounds, 4),
-                       "eval_total_s": round(self.timing["eval_s"], 4), "rounds_timed": self.timing["rounds"],
-                       "device": "nodes"},
-        }
+            timing={"total_s": round(wall_s, 4), "per_round_s": round(self.timing["train_s"] / rounds, 4),
+                    "eval_total_s": round(self.timing["eval_s"], 4), "rounds_timed": self.timing["rounds"],
+                    "device": "nodes"})
 
 
 def initial_shared(cfg: Config, roster: Roster) -> torch.Tensor:
