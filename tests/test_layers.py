@@ -56,3 +56,9 @@ def test_no_import_loop():
         if module not in index:
             visit(module)
     assert loops == [], f"import loops: {loops}"
+
+
+def test_no_module_over_450_lines():
+    src = ROOT / "src" / "brmtrl"
+    long = {str(p.relative_to(src)): n for p in src.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}, f"modules over 450 lines: {long}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any
 
 import torch
 
@@ -127,8 +126,3 @@ class Node:
         head = fit_heads(self.model, shared, self.initial_private.unsqueeze(0), [data], self.cfg["transfer.epochs"],
                          self.sgd, [gen])[0]
         return evaluate_client(self.model, self.rule, shared, head, self._test_data())
-
-    def describe(self) -> dict[str, Any]:
-        """What the server learns of this node when it asks: its partition and role."""
-        return {"partition-id": self.id, "byzantine": self.byzantine, "holdout": self.holdout,
-                "train-samples": int(len(self.data.train_idx[self.id]))}
