@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .constraints import AnyOf, Boolean, Interval, ListOf, Named, Options, Text, is_plugin_name
+from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,8 +34,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration problem, reported to the user as one line (CLI exit code 2)."""
 
 
 

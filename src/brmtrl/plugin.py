@@ -14,13 +14,13 @@ import inspect
 import re
 from typing import Any, Callable
 
+from .errors import PluginError
+
 __all__ = ["PluginError", "is_plugin", "load_callable", "positional_arity"]
 
 _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
 
-class PluginError(ValueError):
-    """A plugged-in name that cannot be used: the module, the function or its signature."""
 
 
 def is_plugin(name: Any) -> bool:

@@ -7,33 +7,13 @@ temporary file unique to the process and the write, flushed, synced and renamed 
 from __future__ import annotations
 
 import csv
-import json
-import math
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_file, remove_stale_temps
+from .storage import _clean, atomic_file, remove_stale_temps, write_json
 from .plots import plot_history, plot_identification, plot_transfer
 
 __all__ = ["plot_history", "write_json", "write_metrics_csv", "write_outputs"]
-
-
-def _clean(obj: Any) -> Any:
-    """JSON without NaN: non-finite floats become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON (non-finite floats as null), written atomically."""
-    text = json.dumps(_clean(obj), indent=2) + "\n"
-    with atomic_file(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from .checkpoint import remove_stale_temps
+from .storage import remove_stale_temps
 from .report import write_json, write_outputs
 
 __all__ = ["CONFIG_FILE", "run_builtin", "write_config"]

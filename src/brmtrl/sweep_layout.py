@@ -4,14 +4,15 @@ read it; neither imports the other's internals."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
 from typing import Any, Mapping
 
 from .checkpoint import CHECKPOINT, same_experiment
-from .config import ConfigError, _flatten
+from .config import _flatten
+from .errors import GridError
+from .storage import load_json
 
 __all__ = ["CELL_FILE", "ERROR_LOG", "GRID_COPY", "LOCK", "RESULTS", "STATE_FILE", "GridError", "cell_status",
            "cpu_count", "finished", "load_json", "machine"]
@@ -24,15 +25,6 @@ LOCK = ".lock"
 RESULTS = "results.json"
 
 
-class GridError(ConfigError):
-    """A problem with a grid file or a sweep directory (one line, CLI exit code 2)."""
-
-
-def load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
 
 
 def finished(cell_dir: Path, cfg: Mapping[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_file
+from .storage import atomic_file, load_json
 from .sweep_layout import ERROR_LOG, RESULTS, STATE_FILE, GridError, cell_status, machine
 
 __all__ = ["CellRow", "collect", "draw_heatmap", "machine", "write_report"]
@@ -28,15 +28,8 @@ CURVES_PNG = "accuracy.png"
 FINAL_KEYS = ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean", "transfer_acc_mean")
 
 
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
 def _state(out: Path) -> dict[str, Any]:
-    state = _load(out / STATE_FILE)
+    state = load_json(out / STATE_FILE)
     if not isinstance(state, dict) or not isinstance(state.get("cells"), list):
         raise GridError(f"{str(out)!r} is not a sweep directory ({STATE_FILE} is missing or damaged); "
                         "it is written by brmtrl sweep")
@@ -61,7 +54,7 @@ def collect(out: Path) -> tuple[dict[str, Any], list[CellRow], dict[str, list[di
         folder = out / cell["name"]
         status = cell_status(folder)
         row: CellRow = {"cell": cell["name"], **cell["grid"], "status": status}
-        res = _load(folder / RESULTS) if status == "done" else None
+        res = load_json(folder / RESULTS) if status == "done" else None
         if isinstance(res, dict):
             final = res.get("final") or {}
             row.update({k: final.get(k) for k in FINAL_KEYS})

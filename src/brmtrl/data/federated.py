@@ -8,11 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 __all__ = ["DataError", "FederatedData"]
-
-
-class DataError(RuntimeError):
-    """Data that cannot be read or reached; the message names the file or source and what was expected."""
 
 
 @dataclass

@@ -5,12 +5,7 @@ from __future__ import annotations
 __all__ = ["DeployError", "FederationError", "check_real_attack"]
 
 
-class FederationError(RuntimeError):
-    """The federation cannot go on (too few clients answer, nodes disagree); the message says why."""
-
-
-class DeployError(FederationError):
-    """The local federation could not be started or did not finish; the message says why."""
+from ..errors import DeployError, FederationError  # noqa: F401  (re-exported)
 
 
 def check_real_attack(cfg: dict | object, engine: str) -> None:
