@@ -26,7 +26,7 @@ from .client import (ClientResult, EvalResult, client_generator, evaluate_client
                      fit_heads, sent_update, train_client, train_clients, training_data, transfer_sample)
 from .evaluation import summarize
 from .local_update import RULES, LocalRule, SGDSettings
-from .federation import build_client_model, byzantine_clients, holdout_clients, num_sampled, sample_clients
+from .federation import Federation, build_client_model, sample_clients
 from .models import SplitModel, linear_representation
 from .adversary import omniscient_adversary
 from .server import Aggregation, StepResult, server_step
@@ -66,11 +66,11 @@ class Simulation:
         self.data = (data if data is not None else load_data(cfg)).to(self.device)
         self.model: SplitModel = build_client_model(cfg, self.data, self.device)
         n = self.data.num_clients
-        self.holdout = holdout_clients(cfg, n)
-        held = set(self.holdout)
-        self.training_clients = [i for i in range(n) if i not in held]
-        self.num_sampled = num_sampled(cfg, len(self.training_clients))
-        self.byzantine = byzantine_clients(cfg, self.training_clients)
+        self.federation = Federation.from_config(cfg, n)
+        self.holdout = list(self.federation.holdout)
+        self.training_clients = list(self.federation.training)
+        self.num_sampled = self.federation.per_round
+        self.byzantine = list(self.federation.byzantine)
         if not self.honest:
             raise ConfigError(f"config key 'attack.byzantine_fraction' = {cfg['attack.byzantine_fraction']} makes "
                               f"every one of the {len(self.training_clients)} training clients Byzantine; no honest "
@@ -232,7 +232,7 @@ class Simulation:
         results: list[EvalResult] = []
         with torch.no_grad():
             for c, private in zip(honest, privates):
-                idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
+                idx = self.data.test_index(c)
                 results.append(evaluate_client(self.model, self.rule, self.shared, private,
                                                (self.data.test_x[idx], self.data.test_y[idx]),
                                                features=None if feats is None else feats[idx]))
@@ -251,7 +251,7 @@ class Simulation:
         is scored with it; the global model itself is unchanged."""
         results = []
         for c in self.honest:
-            idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
+            idx = self.data.test_index(c)
             results.append(fine_tune_and_evaluate(
                 self.model, self.shared, self.client_data(c), (self.data.test_x[idx], self.data.test_y[idx]),
                 self.cfg["finetune.part"], self.cfg["finetune.epochs"], self.sgd,
@@ -278,7 +278,7 @@ class Simulation:
         heads = fit_heads(self.model, self.shared, fresh, data, self.cfg["transfer.epochs"], self.sgd, gens)
         accs = []
         for c, h in zip(self.holdout, heads):
-            idx = torch.as_tensor(self.data.test_idx[c], dtype=torch.long, device=self.device)
+            idx = self.data.test_index(c)
             res = evaluate_client(self.model, self.rule, self.shared, h, (self.data.test_x[idx], self.data.test_y[idx]),
                                   features=test_features[idx])
             if res.num_samples:

@@ -9,6 +9,7 @@ node's own config (``byzantine``, ``transfer``) can override its role.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -17,7 +18,34 @@ import torch
 from .data import FederatedData
 from .models import SplitModel, build_model
 
-__all__ = ["build_client_model", "build_model_for", "model_spec", "byzantine_clients", "holdout_clients", "num_sampled", "sample_clients"]
+__all__ = ["Federation", "build_client_model", "build_model_for", "model_spec", "byzantine_clients", "holdout_clients", "num_sampled", "sample_clients"]
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Who takes part, computed once from the config and the number of clients: the held-out clients of
+    the transfer test, the training clients, the Byzantine ones among them (the simulation's truth;
+    a real node's own config may override its role) and how many are sampled per round. The built-in
+    engine, a Flower node and the sweep's up-front checks all take it from here."""
+
+    num_clients: int
+    holdout: tuple[int, ...]
+    training: tuple[int, ...]
+    byzantine: tuple[int, ...]
+    per_round: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], num_clients: int) -> "Federation":
+        held = holdout_clients(cfg, num_clients)
+        training = [i for i in range(num_clients) if i not in set(held)]
+        return cls(num_clients, tuple(held), tuple(training), tuple(byzantine_clients(cfg, training)),
+                   num_sampled(cfg, len(training)))
+
+    @property
+    def honest(self) -> list[int]:
+        """Training clients that are not Byzantine: the clients every metric is over."""
+        byz = set(self.byzantine)
+        return [i for i in self.training if i not in byz]
 
 
 def holdout_clients(cfg: Mapping[str, Any], num_clients: int) -> list[int]:

@@ -209,15 +209,14 @@ def _quiet_log() -> Iterator[None]:
 
 def _check_federation(cfg: Config) -> None:
     """The checks a run makes once it knows its clients, done ahead from the config's client count."""
-    from .federation import byzantine_clients, num_sampled
+    from .federation import Federation
     from .server import Aggregation
 
-    training = list(range(cfg["dataset.num_clients"] - cfg["transfer.clients"]))
-    byz = byzantine_clients(cfg, training)
-    if len(byz) >= len(training):
+    fed = Federation.from_config(cfg, cfg["dataset.num_clients"])
+    if not fed.honest:
         raise ConfigError(f"config key 'attack.byzantine_fraction' = {cfg['attack.byzantine_fraction']} makes every "
                           "training client Byzantine")
-    Aggregation.from_config(server_view(cfg), num_sampled(cfg, len(training)), len(training))
+    Aggregation.from_config(server_view(cfg), fed.per_round, len(fed.training))
 
 
 def _resolve(base: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> Config:

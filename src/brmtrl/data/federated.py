@@ -53,9 +53,14 @@ class FederatedData:
         idx = torch.as_tensor(self.train_idx[i], dtype=torch.long, device=self.train_x.device)
         return self.train_x[idx], self.train_y[idx]
 
+    def test_index(self, i: int) -> torch.Tensor:
+        """Positions of client ``i``'s test samples in the pooled test set, on the pool's device (to pick
+        its rows out of anything computed on the whole pool, such as φ's features)."""
+        return torch.as_tensor(self.test_idx[i], dtype=torch.long, device=self.test_x.device)
+
     def client_test(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client ``i``'s test samples, on the pool's device."""
-        idx = torch.as_tensor(self.test_idx[i], dtype=torch.long, device=self.test_x.device)
+        idx = self.test_index(i)
         return self.test_x[idx], self.test_y[idx]
 
     def to(self, device: torch.device) -> "FederatedData":

@@ -329,10 +329,9 @@ def node_config(clients: list[int], extra: dict[str, Any] | None = None) -> str:
 def seeded_byzantine(cfg: Config, num_clients: int) -> list[int]:
     """The clients the config's seed makes Byzantine (those of the built-in engine): deploy-local is a
     test bench, and tells each SuperNode which of its clients play the simulated attack."""
-    from ..federation import byzantine_clients, holdout_clients
+    from ..federation import Federation
 
-    held = set(holdout_clients(cfg, num_clients))
-    return byzantine_clients(cfg, [i for i in range(num_clients) if i not in held])
+    return list(Federation.from_config(cfg, num_clients).byzantine)
 
 
 def byzantine_extra(clients: list[int], byzantine: list[int]) -> dict[str, Any]:

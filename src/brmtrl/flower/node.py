@@ -18,7 +18,7 @@ from ..client import (ClientResult, EvalResult, client_generator, evaluate_clien
 from ..config import Config, validate
 from ..data import FederatedData, load_data
 from ..device import configure_determinism, resolve_device
-from ..federation import build_client_model, byzantine_clients, holdout_clients
+from ..federation import Federation, build_client_model
 from ..local_update import RULES, SGDSettings
 from ..split import get_flat
 
@@ -60,10 +60,9 @@ class Node:
             raise ValueError(f"node config 'partition-id' = {partition_id} but the federation has {n} clients "
                              f"(0 .. {n - 1})")
         self.id = partition_id
-        held = holdout_clients(cfg, n)
-        self.holdout = partition_id in held if holdout is None else holdout
-        training = [i for i in range(n) if i not in set(held)]
-        self.byzantine = (partition_id in byzantine_clients(cfg, training)) if byzantine is None else byzantine
+        fed = Federation.from_config(cfg, n)
+        self.holdout = partition_id in fed.holdout if holdout is None else holdout
+        self.byzantine = (partition_id in fed.byzantine) if byzantine is None else byzantine
         self.byzantine = self.byzantine and not self.holdout
         # this client's own samples, moved to the device once (the pooled dataset stays on the CPU: several
         # ClientApp processes may share one GPU)
