@@ -140,3 +140,30 @@ def test_register_aggregator_from_python_checks_what_the_rule_returns():
             aggregate("test_plugins:bad_shape", torch.zeros(4, 3))
     finally:
         AGGREGATORS.pop("test_plugins:bad_shape", None)
+
+
+def test_a_plugged_in_rules_own_parameters_come_from_aggregator_params(tmp_path, monkeypatch, capsys):
+    from brmtrl.config import load_config, server_view
+    from brmtrl.server import Aggregation, aggregate as server_aggregate
+
+    (tmp_path / "param_rules.py").write_text("def scaled_mean(x, scale=1.0):\n    return x.mean(0) * scale\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        base = ["aggregator.name=param_rules:scaled_mean", "aggregator.pre=[]"]
+        x = torch.ones(4, 3, dtype=torch.float64)
+        default = Aggregation.from_config(server_view(load_config(CONFIGS / "quick.toml", base)), 20, 50)
+        assert default.params == {} and torch.equal(server_aggregate(x, default)[0], torch.ones(3, dtype=torch.float64))
+        cfg = load_config(CONFIGS / "quick.toml", [*base, "aggregator.params.scale=2.5"])
+        assert cfg.nested()["aggregator"]["params"] == {"scale": 2.5}
+        agg = Aggregation.from_config(server_view(cfg), 20, 50)
+        assert agg.params == {"scale": 2.5}
+        torch.testing.assert_close(server_aggregate(x, agg)[0], torch.full((3,), 2.5, dtype=torch.float64))
+        code = main(["run", "--config", str(CONFIGS / "quick.toml"), "--set", base[0], "--set",
+                     "aggregator.params.beta=1", "--out", str(tmp_path / "run"), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "config key 'aggregator.params.beta'" in err and "takes no parameter 'beta'" in err
+        code = main(["run", "--config", str(CONFIGS / "quick.toml"), "--set", "aggregator.params.beta=1",
+                     "--out", str(tmp_path / "run"), "--quiet"])
+        assert code == 2 and "is for a plugged-in aggregator" in capsys.readouterr().err
+    finally:
+        AGGREGATORS.pop("param_rules:scaled_mean", None)

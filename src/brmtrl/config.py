@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "Interval",
     "Options",
+    "PLUGIN_PARAMS",
     "SIMULATION_ONLY",
     "ServerConfig",
     "load_config",
@@ -233,7 +234,13 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+#: prefix of a plugged-in rule's own parameters (``aggregator.params.beta = 0.5``)
+PLUGIN_PARAMS = "aggregator.params."
+
+
 def _check_key(key: str, source: str) -> None:
+    if key.startswith(PLUGIN_PARAMS) and key[len(PLUGIN_PARAMS):].isidentifier():
+        return
     if key not in SCHEMA:
         close = [k for k in SCHEMA if k.split(".")[-1] == key.split(".")[-1]]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -253,6 +260,12 @@ def validate(values: Mapping[str, Any], source: str = "config") -> Config:
             raise ConfigError(
                 f"config key {key!r} must be {constraint.describe()}. Got {value!r} instead."
             ) from None
+    for key in sorted(k for k in values if k.startswith(PLUGIN_PARAMS)):
+        value = values[key]
+        if not isinstance(value, (bool, int, float, str, list)):
+            raise ConfigError(f"config key {key!r} must be a number, a string, a boolean or a list. Got {value!r} "
+                              "instead.")
+        resolved[key] = value
     _cross_checks(resolved)
     if resolved["aggregator.name"] == "auto":
         resolved["aggregator.name"] = "geometric_median" if resolved["algorithm.name"] == "brmtrl" else "mean"
@@ -260,14 +273,23 @@ def validate(values: Mapping[str, Any], source: str = "config") -> Config:
 
 
 def _check_plugins(c: dict[str, Any]) -> None:
-    """A plugged-in rule or attack must import and fit (one line naming the key otherwise)."""
+    """A plugged-in rule or attack must import and fit, and ``aggregator.params.*`` must be parameters of
+    the rule (one line naming the key otherwise)."""
+    extra = sorted(k for k in c if k.startswith(PLUGIN_PARAMS))
     if is_plugin_name(c["aggregator.name"]):
         from .aggregators import resolve_rule
 
         try:
-            resolve_rule(c["aggregator.name"])
+            rule = resolve_rule(c["aggregator.name"])
         except ValueError as exc:
             raise ConfigError(f"config key 'aggregator.name' = {c['aggregator.name']!r}: {exc}") from None
+        for key in extra:
+            if key[len(PLUGIN_PARAMS):] not in rule.params:
+                raise ConfigError(f"config key {key!r}: aggregator {c['aggregator.name']!r} takes no parameter "
+                                  f"{key[len(PLUGIN_PARAMS):]!r} (it takes {', '.join(map(repr, rule.params)) or 'none'})")
+    elif extra:
+        raise ConfigError(f"config key {extra[0]!r} is for a plugged-in aggregator ('package.module:function'); "
+                          f"aggregator.name is {c['aggregator.name']!r}")
     if is_plugin_name(c["attack.name"]):
         from .attacks import resolve_attack
 

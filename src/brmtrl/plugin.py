@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .errors import PluginError
 
-__all__ = ["PluginError", "is_plugin", "load_callable", "positional_arity"]
+__all__ = ["PluginError", "is_plugin", "keyword_parameters", "load_callable", "positional_arity"]
 
 _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
@@ -64,3 +64,12 @@ def positional_arity(fn: Callable[..., Any], name: str, *, keywords: tuple[str, 
                           f"{', '.join(map(repr, keywords)) or 'nothing'}); give it a default")
     accepts_any = any(p.kind == p.VAR_KEYWORD for p in params)
     return {k for k in keywords if accepts_any or k in sig.parameters}
+
+
+def keyword_parameters(fn: Callable[..., Any]) -> set[str]:
+    """The parameters of ``fn`` after its first that have a default (a config may set them)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

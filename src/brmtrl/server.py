@@ -87,7 +87,11 @@ class Aggregation:
         pre = tuple(cfg.get("aggregator.pre", ()))
         keys = set(rule.params).union(*(agg_mod.PRE_STEPS[p].params for p in pre))
         # f is resolved below; centre is the server's state (the previous aggregate), not a config value
-        params = {k: cfg[f"aggregator.{k}"] for k in sorted(keys) if k not in ("f", "centre")}
+        # built-in keys (aggregator.tol, ...), and a plugged-in rule's own (aggregator.params.<name>; when
+        # unset, its default applies)
+        params = {k: cfg[f"aggregator.{k}"] if f"aggregator.{k}" in cfg else cfg[f"aggregator.params.{k}"]
+                  for k in sorted(keys) if k not in ("f", "centre")
+                  and (f"aggregator.{k}" in cfg or f"aggregator.params.{k}" in cfg)}
         agg = cls(name, 0, params, float(cfg["aggregator.max_norm"]), pre,
                   float(cfg.get("aggregator.max_norm_ratio", 0.0)), cfg.get("aggregator.centre") == "previous")
         rows = agg.rows_after_pre(per_round)

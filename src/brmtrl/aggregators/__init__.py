@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .averages import mean, mean_trusted, median, median_trusted, trimmed_mean, trimmed_mean_trusted
-from ..plugin import is_plugin, load_callable, positional_arity
+from ..plugin import is_plugin, keyword_parameters, load_callable, positional_arity
 from .base import FLAG_BELOW, AggregateResult, Rule, _rows
 from .clipping import centered_clipping, centered_clipping_trusted
 from .geometric_median import (GeometricMedianResult, geometric_median, geometric_median_result,
@@ -134,7 +134,8 @@ def resolve_rule(name: str) -> Rule:
     if name in AGGREGATORS:
         return AGGREGATORS[name]
     accepted = positional_arity(fn, name, keywords=("f",))
-    return register_aggregator(name, fn, params=tuple(sorted(accepted)))
+    optional = keyword_parameters(fn) - {"f"}   # settable with aggregator.params.<name>
+    return register_aggregator(name, fn, params=tuple(sorted(accepted | optional)))
 
 
 def _unknown(kind: str, name: Any, known: Sequence[str]) -> ValueError:
