@@ -10,7 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .plugin import is_plugin as is_plugin_name
+
 __all__ = ["AnyOf", "Boolean", "Interval", "ListOf", "Named", "Options", "Text", "is_plugin_name"]
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -100,9 +103,6 @@ class Text:
         return self.what
 
 
-_PLUGIN = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-
-
 @dataclass(frozen=True)
 class Named:
     """A built-in name (``options``) or a plug-in's import path ``"package.module:function"`` (checked
@@ -111,7 +111,7 @@ class Named:
     options: tuple[Any, ...]
 
     def check(self, value: Any) -> Any:
-        if value in self.options or (isinstance(value, str) and _PLUGIN.match(value)):
+        if value in self.options or is_plugin_name(value):
             return value
         raise TypeError
 
@@ -163,7 +163,3 @@ class ListOf:
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
-
-def is_plugin_name(value: Any) -> bool:
-    """Whether ``value`` names a plug-in, ``"package.module:function"``."""
-    return isinstance(value, str) and bool(_PLUGIN.match(value))
