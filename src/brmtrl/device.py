@@ -62,8 +62,8 @@ def aggregation_device(device: torch.device | str) -> torch.device:
 def for_aggregation(update: object) -> object:
     """An update moved to :func:`aggregation_device` of its device (anything but a tensor unchanged: the
     server's screening says what is wrong with it)."""
-    if isinstance(update, torch.Tensor) and update.device.type == "mps":
-        return update.to("cpu")
+    if isinstance(update, torch.Tensor):
+        return update.to(aggregation_device(update.device))
     return update
 
 

@@ -66,11 +66,8 @@ class Simulation:
         self.data = (data if data is not None else load_data(cfg)).to(self.device)
         self.model: SplitModel = build_client_model(cfg, self.data, self.device)
         n = self.data.num_clients
+        #: who takes part (held-out, training, Byzantine clients; clients per round), computed once
         self.federation = Federation.from_config(cfg, n)
-        self.holdout = list(self.federation.holdout)
-        self.training_clients = list(self.federation.training)
-        self.num_sampled = self.federation.per_round
-        self.byzantine = list(self.federation.byzantine)
         if not self.honest:
             raise ConfigError(f"config key 'attack.byzantine_fraction' = {cfg['attack.byzantine_fraction']} makes "
                               f"every one of the {len(self.training_clients)} training clients Byzantine; no honest "
@@ -98,10 +95,27 @@ class Simulation:
         return self.agg.f
 
     @property
+    def holdout(self) -> list[int]:
+        """New clients of the transfer test: never trained on."""
+        return list(self.federation.holdout)
+
+    @property
+    def training_clients(self) -> list[int]:
+        return list(self.federation.training)
+
+    @property
+    def byzantine(self) -> list[int]:
+        """The simulation's Byzantine clients (the server never reads them)."""
+        return list(self.federation.byzantine)
+
+    @property
+    def num_sampled(self) -> int:
+        return self.federation.per_round
+
+    @property
     def honest(self) -> list[int]:
         """Training clients that are not Byzantine: the clients every metric is over."""
-        byz = set(self.byzantine)
-        return [i for i in self.training_clients if i not in byz]
+        return self.federation.honest
 
     # ------------------------------------------------------------------ the round loop
     def run(self) -> dict[str, Any]:
