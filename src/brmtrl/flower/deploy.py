@@ -326,14 +326,6 @@ def node_config(clients: list[int], extra: dict[str, Any] | None = None) -> str:
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}" for k, v in items.items())
 
 
-def seeded_byzantine(cfg: Config, num_clients: int) -> list[int]:
-    """The clients the config's seed makes Byzantine (those of the built-in engine): deploy-local is a
-    test bench, and tells each SuperNode which of its clients play the simulated attack."""
-    from ..federation import Federation
-
-    return list(Federation.from_config(cfg, num_clients).byzantine)
-
-
 def byzantine_extra(clients: list[int], byzantine: list[int]) -> dict[str, Any]:
     """The node config that names the Byzantine clients among ``clients`` (``byzantine=false`` if none)."""
     mine = [c for c in clients if c in set(byzantine)]
@@ -344,6 +336,7 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
                  progress: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
     """Run ``cfg`` on a SuperLink and ``supernodes`` SuperNodes started here; return results.json."""
     from ..data import load_data
+    from ..federation import Federation
     from .errors import check_real_attack
 
     check_real_attack(cfg, "flower")
@@ -360,7 +353,7 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
     try:
         with fed:
             fed.start_superlink()
-            byzantine = seeded_byzantine(cfg, n)
+            byzantine = list(Federation.from_config(cfg, n).byzantine)   # what the seed picks (a test bench)
             for k, clients in enumerate(split_clients(n, supernodes)):
                 key = None
                 if auth:

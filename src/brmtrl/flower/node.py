@@ -66,8 +66,10 @@ class Node:
         self.byzantine = self.byzantine and not self.holdout
         # this client's own samples, moved to the device once (the pooled dataset stays on the CPU: several
         # ClientApp processes may share one GPU)
-        self.train_xy = tuple(t.to(self.device) for t in self.data.client_train(partition_id))
-        self.test_xy = tuple(t.to(self.device) for t in self.data.client_test(partition_id))
+        x, y = self.data.client_train(partition_id)
+        self.train_xy = (x.to(self.device), y.to(self.device))
+        x, y = self.data.client_test(partition_id)
+        self.test_xy = (x.to(self.device), y.to(self.device))
         self.rule = RULES[cfg["algorithm.name"]]
         self.sgd = SGDSettings.from_config(cfg)
         self.model = build_client_model(cfg, self.data, self.device)
@@ -81,12 +83,10 @@ class Node:
         return get_flat(self.model, self.rule.shared).numel()
 
     def _train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.train_xy
-        return training_data(self.cfg, (x, y), self.data.num_classes, self.byzantine)
+        return training_data(self.cfg, self.train_xy, self.data.num_classes, self.byzantine)
 
     def _test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.test_xy
-        return x, y
+        return self.test_xy
 
     def train(self, shared: torch.Tensor, private: torch.Tensor | None, r: int) -> tuple[ClientResult, torch.Tensor | None]:
         """The local update of round r from the server's ``shared`` vector and this node's private one
@@ -119,8 +119,7 @@ class Node:
         """A new client's test: fit a fresh head on ``transfer.samples`` of its training samples with
         φ = ``shared`` frozen for ``transfer.epochs``, then score it."""
         gen = client_generator(self.cfg["seed"], r, self.id, stream=3)
-        x, y = self.train_xy
-        data = transfer_sample((x, y), self.cfg["transfer.samples"], gen)
+        data = transfer_sample(self.train_xy, self.cfg["transfer.samples"], gen)
         shared = shared.to(self.device)
         head = fit_heads(self.model, shared, self.initial_private.unsqueeze(0), [data], self.cfg["transfer.epochs"],
                          self.sgd, [gen])[0]
