@@ -48,8 +48,8 @@ AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "bulyan
                "centered_clipping")
 PRE_STEPS = ("nnm", "bucketing")
 # the names of brmtrl.attacks.ATTACKS (literal for the same reason)
-ATTACKS = ("none", "gaussian", "gaussian_additive", "sign_flip", "label_flip", "random", "nan", "inf", "alie", "ipm", "min_max",
-           "min_sum", "mimic", "fang")
+ATTACKS = ("none", "gaussian", "gaussian_additive", "sign_flip", "label_flip", "random", "nan", "inf", "alie", "ipm",
+           "min_max", "min_sum", "mimic", "fang")
 
 POS_INT = Interval(int, 1, None)
 NONNEG_INT = Interval(int, 0, None)
