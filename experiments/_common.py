@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from brmtrl.storage import load_json as _read_json
 
 
 def fmt(vals: Sequence[float], digits: int = 3) -> str:
@@ -19,9 +20,6 @@ def fmt(vals: Sequence[float], digits: int = 3) -> str:
 
 
 def load_json(path: Path) -> dict[str, Any]:
-    """A JSON file's object, or {} when it is missing or damaged."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    """A JSON file's object, or {} when it is missing or damaged (:func:`brmtrl.storage.load_json`)."""
+    data = _read_json(path)
     return data if isinstance(data, dict) else {}

@@ -7,6 +7,9 @@ embeds.
     python experiments/robustness.py runs/robustness-quick --name quick --out docs/robustness
     python experiments/robustness.py runs/robustness-cifar10 --name cifar10 --out docs/robustness
 
+Issue 18's matrices with the attacks that know the defense (``robustness_adaptive_*.toml``) name their attacks
+on an ``attack`` axis of variants (``min_max_tailored`` = ``min_max`` with ``attack.tailored = true``).
+
 For each sweep it writes ``<out>/<name>.md`` (final honest accuracy per defense and attack, mean ± std
 over seeds; the gap of each cell to attack-free FedRep = ``mean`` under ``none``; per attack the best
 defense; per defense its worst attack; the identification precision and recall) and
@@ -33,24 +36,32 @@ REFERENCE = ("mean", "none")  # attack-free FedRep
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep", type=Path)
+    ap.add_argument("sweep", type=Path, nargs="+",
+                    help="one sweep directory, or several whose rows are read as one matrix (e.g. a defense "
+                         "with the guard beside the same defenses without it)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/robustness"))
     ap.add_argument("--recommended", default="nnm_gm", help="the defense whose identification is reported")
     args = ap.parse_args()
-    state, rows, _ = collect(args.sweep)
+    states, rows = [], []
+    for sweep in args.sweep:
+        state, found, _ = collect(sweep)
+        states.append((sweep, state))
+        rows += [{**r, "sweep": sweep} for r in found]
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
-    attacks = list(dict.fromkeys(r["attack.name"] for r in rows))
+    # the attack axis: "attack.name", or "attack" where a grid names variants (e.g. min_max_tailored)
+    axis = "attack" if rows and "attack" in rows[0] else "attack.name"
+    attacks = list(dict.fromkeys(r[axis] for r in rows))
     acc: dict[tuple[str, str], list[float]] = {}
     by_seed: dict[tuple[str, str, int], float] = {}
     ident: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["status"] != "done" or not isinstance(r.get("honest_acc_mean"), (int, float)):
             continue
-        key = (r["defense"], r["attack.name"])
+        key = (r["defense"], r[axis])
         acc.setdefault(key, []).append(float(r["honest_acc_mean"]))
         by_seed[(*key, int(r.get("seed", 0)))] = float(r["honest_acc_mean"])
-        res = _load(args.sweep / r["cell"] / "results.json")
+        res = _load(r["sweep"] / r["cell"] / "results.json")
         ident.setdefault(key, []).append((res.get("identification") or {}).get("overall") or {})
     seeds = sorted({s for (_, _, s) in by_seed})
     ref = acc.get(REFERENCE, [])
@@ -63,8 +74,9 @@ def main() -> None:
         return float(np.mean(diffs)) if diffs else math.nan
 
     done = sum(r["status"] == "done" for r in rows)
-    lines = [f"Sweep `{args.sweep}`: {done} of {len(rows)} cells done; seeds {seeds}; total wall time "
-             f"{float(state.get('wall_s', 0.0)):.0f} s; command `{state.get('command', '')}`.", "",
+    lines = [" ".join(f"Sweep `{sweep}`: total wall time {float(state.get('wall_s', 0.0)):.0f} s; command "
+                      f"`{state.get('command', '')}`." for sweep, state in states),
+             f"{done} of {len(rows)} cells done; seeds {seeds}.", "",
              f"Attack-free FedRep (`mean`, `none`): **{_fmt(ref)}**.", "",
              "Final honest accuracy (mean ± std over seeds):", "",
              "| defense | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]

@@ -37,12 +37,14 @@ def stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def test_registry_matches_the_config_and_every_attack_keeps_shape_and_dtype():
     assert set(A.ATTACKS) == set(CONFIG_ATTACKS)
-    assert A.OMNISCIENT == {"alie", "ipm", "min_max", "min_sum", "mimic", "fang"}
+    assert A.OMNISCIENT == {"alie", "ipm", "min_max", "min_sum", "mimic", "fang", "opt_alie", "opt_ipm"}
+    assert A.ADAPTIVE == {"min_max", "min_sum", "opt_alie", "opt_ipm"}
     h = honest_rows()
     for name, attack in A.ATTACKS.items():
         for dtype in (torch.float32, torch.float64):
             byz = BYZ.to(dtype)
-            out = attack.fn(byz, h.to(dtype) if attack.omniscient else h[:0].to(dtype), generator=gen())
+            extra = {"aggregate": lambda rows, h=h.to(dtype): torch.cat([rows, h]).mean(0)} if attack.adaptive else {}
+            out = attack.fn(byz, h.to(dtype) if attack.omniscient else h[:0].to(dtype), generator=gen(), **extra)
             assert out.shape == byz.shape and out.dtype == dtype, name
 
 
@@ -163,7 +165,7 @@ def test_min_sum_authors_form_bounds_by_the_smallest_sum_and_caps_gamma(scale):
     if scale > 1:
         assert got == pytest.approx(100.0, abs=1e-4)             # the authors' search never exceeds 100
     cfg = load_config(None, ["attack.name=min_sum", "attack.sum_bound=min"])
-    assert A.attack_kwargs(cfg) == {"perturbation": "std", "bound": "min"}
+    assert A.attack_kwargs(cfg) == {"perturbation": "std", "bound": "min", "tailored": False, "evals": 20}
 
 
 def test_mimic_copies_the_honest_row_farthest_along_the_top_principal_direction():
@@ -216,7 +218,8 @@ def test_fang_target_auto_follows_the_aggregator():
 
 def test_omniscient_attacks_without_honest_rows_send_what_they_computed():
     for name in A.OMNISCIENT:
-        out = A.ATTACKS[name].fn(BYZ + 1, BYZ[:0], generator=gen())
+        extra = {"aggregate": lambda rows: rows.mean(0)} if A.ATTACKS[name].adaptive else {}
+        out = A.ATTACKS[name].fn(BYZ + 1, BYZ[:0], generator=gen(), **extra)
         assert torch.equal(out, BYZ + 1), name
 
 

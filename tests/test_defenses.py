@@ -326,7 +326,7 @@ def test_trust_is_read_off_what_the_rule_computed():
     (lambda: bucketing(rows(5, 3), bucket_size=0), r"bucketing: bucket_size must be an int >= 1. Got 0 instead"),
     (lambda: bucketing(rows(5, 3), generator=3), r"bucketing: generator must be a CPU torch.Generator or None. Got 3"),
     (lambda: aggregate("average", rows(5, 3)), r"aggregate: unknown rule 'average'; expected one of 'bulyan'"),
-    (lambda: aggregate("mean", rows(5, 3), pre=["nnn"]), r"unknown pre-aggregation step 'nnn'; expected one of 'bucketing', 'nnm'"),
+    (lambda: aggregate("mean", rows(5, 3), pre=["nnn"]), r"unknown pre-aggregation step 'nnn'; expected one of 'arc', 'bucketing', 'nnm'"),
     (lambda: aggregate("mean", rows(5, 3), pre="nnm"), r"pre must be a sequence of step names"),
     (lambda: aggregate("mean", rows(5, 3), tau=1.0), r"aggregate: mean with pre=\[\] takes no parameter 'tau'"),
     (lambda: aggregate("median", torch.zeros(3)), r"median: expected a 2-D tensor"),

@@ -68,7 +68,7 @@ def test_a_flower_node_moves_its_own_samples_to_its_device(tiny_cfg, monkeypatch
     node = node_mod.Node(cfg, 0, data=data)
     assert node.device.type == "meta"
     assert all(p.device.type == "meta" for p in node.model.parameters())
-    for t in (*node._train_data(), *node._test_data()):
+    for t in (*node._train_data(), *node.test_xy):
         assert t.device == node.device
     assert data.train_x.device.type == "cpu"
 

@@ -62,3 +62,18 @@ def test_no_module_over_450_lines():
     src = ROOT / "src" / "brmtrl"
     long = {str(p.relative_to(src)): n for p in src.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
     assert long == {}, f"modules over 450 lines: {long}"
+
+
+def test_every_module_has_a_layer():
+    """The layers contract names every top-level module and subpackage of brmtrl (a new module must be
+    placed in a layer, not slip past the contract)."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    named = {name.strip() for layer in layers for name in layer.replace(":", "|").split("|")}
+    src = ROOT / "src" / "brmtrl"
+    modules = {p.stem for p in src.glob("*.py") if p.stem != "__init__"} | \
+        {p.parent.name for p in src.glob("*/__init__.py")}
+    assert modules - named == set(), f"modules in no layer: {sorted(modules - named)}"
+    assert named - modules == set(), f"layers name modules that do not exist: {sorted(named - modules)}"

@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from brmtrl.aggregators import AGGREGATORS, aggregate, register_aggregator, resolve_rule, trimmed_mean
+import brmtrl
+from brmtrl.aggregators import (AGGREGATORS, PRE_STEPS, aggregate, geometric_median, register_aggregator,
+                                register_pre_step, resolve_pre_step, resolve_rule, trimmed_mean)
 from brmtrl.attacks import ATTACKS, resolve_attack
 from brmtrl.cli import main
+from brmtrl.config import ConfigError
+from brmtrl.local_update import RULES, resolve_local_rule
 
 from .conftest import CONFIGS
 
@@ -32,8 +36,9 @@ def examples_on_path(monkeypatch):
     yield
     for name in [k for k in AGGREGATORS if k.startswith("my_rules:")]:
         del AGGREGATORS[name]
-    for name in [k for k in ATTACKS if k.startswith("my_rules:")]:
-        del ATTACKS[name]
+    for registry in (ATTACKS, PRE_STEPS, RULES):
+        for name in [k for k in registry if k.startswith("my_rules:")]:
+            del registry[name]
 
 
 def test_the_documented_aggregator_is_a_trimmed_mean_and_gets_the_servers_f(examples_on_path):
@@ -167,3 +172,77 @@ def test_a_plugged_in_rules_own_parameters_come_from_aggregator_params(tmp_path,
         assert code == 2 and "is for a plugged-in aggregator" in capsys.readouterr().err
     finally:
         AGGREGATORS.pop("param_rules:scaled_mean", None)
+
+
+def test_the_documented_pre_step_clips_rows_to_the_median_norm_and_keeps_each_clients_trust(examples_on_path):
+    x = torch.randn(9, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x[0] *= 1e6                                                     # one huge row
+    step = resolve_pre_step("my_rules:clip_to_median_norm")
+    assert step.params == () and not step.random
+    rows, mix = step.fn(x)
+    median = x.norm(dim=1).median()
+    assert (rows.norm(dim=1) <= median * (1 + 1e-12)).all()
+    torch.testing.assert_close(mix, torch.eye(9, dtype=torch.float64))
+    res = aggregate("geometric_median", x, pre=["my_rules:clip_to_median_norm"])
+    torch.testing.assert_close(res.point, geometric_median(rows))
+    assert res.trust.shape == (9,)
+
+
+def test_a_pre_step_that_changes_the_row_count_must_say_how_rows_mix():
+    register_pre_step("test:halve", lambda x: x[: x.shape[0] // 2])
+    try:
+        with pytest.raises(ValueError, match="without its mixing matrix"):
+            aggregate("mean", torch.ones(6, 3), pre=["test:halve"])
+        m = torch.zeros(3, 6, dtype=torch.float64)
+        m[torch.arange(3), torch.arange(3) * 2] = 1.0
+        register_pre_step("test:halve", lambda x: (m.to(x.dtype) @ x, m), rows_out=lambda n, **_: n // 2)
+        x = torch.arange(12.0).reshape(6, 2)
+        res = aggregate("mean", x, pre=["test:halve"])
+        torch.testing.assert_close(res.point, x[::2].mean(0))
+        assert res.trust.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]   # rows that went nowhere are not trusted
+    finally:
+        del PRE_STEPS["test:halve"]
+
+
+def test_the_documented_local_rule_trains_phi_then_the_head(examples_on_path):
+    rule = resolve_local_rule("my_rules:rep_then_head")
+    assert (rule.shared, rule.private) == ("rep", "head")
+    assert rule.phases({"train.rep_epochs": 1, "train.head_epochs": 5}) == [("rep", 1), ("head", 5)]
+
+
+def test_a_plugged_in_pre_step_and_local_rule_run_from_python_and_the_cli(examples_on_path, tmp_path):
+    sets = {"train.rounds": 2, "threads": 1, "device": "cpu", "aggregator.pre": ["my_rules:clip_to_median_norm"],
+            "algorithm.name": "my_rules:rep_then_head"}
+    res = brmtrl.run(CONFIGS / "quick.toml", sets)
+    assert res["config"]["algorithm"]["name"] == "my_rules:rep_then_head"
+    assert res["config"]["aggregator"]["pre"] == ["my_rules:clip_to_median_norm"]
+    again = brmtrl.run(CONFIGS / "quick.toml", [f"{k}={v}" for k, v in sets.items() if k != "aggregator.pre"]
+                       + ['aggregator.pre=["my_rules:clip_to_median_norm"]'], out=tmp_path / "run")
+    assert again["final"] == res["final"]                                 # same seed, same numbers
+    assert (tmp_path / "run" / "results.json").is_file()
+    # the same plug-ins from the CLI, in a subprocess
+    cmd = [sys.executable, "-m", "brmtrl", "run", "--config", str(CONFIGS / "quick.toml"), "--out", str(tmp_path / "cli"),
+           "--quiet", *[a for k, v in sets.items() if k != "aggregator.pre" for a in ("--set", f"{k}={v}")],
+           "--set", 'aggregator.pre=["my_rules:clip_to_median_norm"]']
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["final"] == res["final"]
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("aggregator.pre", ["no_such_mod_q:step"], "config key 'aggregator.pre' = 'no_such_mod_q:step': cannot import"),
+    ("algorithm.name", "no_such_mod_q:rule", "config key 'algorithm.name' = 'no_such_mod_q:rule': cannot import"),
+    ("algorithm.name", "my_rules:SOMETHING", "module 'my_rules' has no 'SOMETHING'"),
+])
+def test_a_pre_step_or_local_rule_that_cannot_be_used_is_a_config_error(examples_on_path, key, value, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        brmtrl.run(CONFIGS / "quick.toml", {key: value})
+
+
+def test_run_from_python_checks_its_arguments():
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        brmtrl.run(CONFIGS / "quick.toml", engine="ray")
+    with pytest.raises(ConfigError, match="unknown config key 'train.roundz'"):
+        brmtrl.run(CONFIGS / "quick.toml", {"train.roundz": 3})
+    with pytest.raises(ConfigError, match="resume=True needs the run directory"):
+        brmtrl.run(CONFIGS / "quick.toml", resume=True)

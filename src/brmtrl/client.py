@@ -17,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from . import attacks as attack_mod
+from .generators import client_generator
+from .guard import validation_split
 from .local_update import (Augment, LocalRule, SGDSettings, compute_features, evaluate, train_heads_together,
                            train_phases)
 from .models import SplitModel
@@ -45,21 +46,13 @@ class ClientResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """One client's test accuracy (NaN for regression), mean loss and test-set size."""
+    """One client's test accuracy (NaN for regression), mean loss and test-set size; ``personal``: whether
+    the guard scored its personal model (None without a guard)."""
 
     accuracy: float
     loss: float
     num_samples: int
-
-
-def client_generator(seed: int, round_: int, client: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator for one client in one round, independent of every other (seed, round, client,
-    stream): stream 0 trains, 2 attacks, 3 transfers, 4 refits heads for evaluation, 5 fine-tunes
-    (``fedavg_ft``), 6 draws the few-shot samples of ``transfer.shots``, 7 (client 0) the server step's
-    omniscient attack of the round. Every engine
-    draws from these, so a client trains the same wherever it runs."""
-    state = np.random.SeedSequence([seed, round_, client, stream]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    personal: bool | None = None
 
 
 def train_client(model: SplitModel, rule: LocalRule, phases: list, sgd: SGDSettings, shared: torch.Tensor,
@@ -99,9 +92,12 @@ def train_clients(model: SplitModel, rule: LocalRule, phases: list, sgd: SGDSett
     return out
 
 
-def training_data(cfg: Mapping[str, Any], data: Data, num_classes: int, byzantine: bool) -> Data:
-    """The data a client trains on: its own, with labels permuted if it is a label-flipping
-    Byzantine client (:func:`brmtrl.attacks.flip_labels`)."""
+def training_data(cfg: Mapping[str, Any], data: Data, num_classes: int, byzantine: bool, client: int) -> Data:
+    """The data a client trains on: its own training samples (less its validation part when the guard is
+    on: :func:`brmtrl.guard.validation_split`), with labels permuted if it is a label-flipping Byzantine
+    client (:func:`brmtrl.attacks.flip_labels`)."""
+    if cfg["guard.name"] != "none":
+        data = validation_split(cfg, data, client)[0]
     x, y = data
     if byzantine and cfg["attack.name"] == "label_flip":
         y = attack_mod.flip_labels(y, num_classes)

@@ -46,10 +46,10 @@ ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedavg_ft", "fedper", "lg_fedavg", 
 # import torch; tests/test_defenses.py checks they match the registries)
 AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "bulyan", "median", "trimmed_mean",
                "centered_clipping")
-PRE_STEPS = ("nnm", "bucketing")
+PRE_STEPS = ("nnm", "bucketing", "arc")
 # the names of brmtrl.attacks.ATTACKS (literal for the same reason)
 ATTACKS = ("none", "gaussian", "gaussian_additive", "sign_flip", "label_flip", "random", "nan", "inf", "alie", "ipm",
-           "min_max", "min_sum", "mimic", "fang")
+           "min_max", "min_sum", "mimic", "fang", "opt_alie", "opt_ipm")
 
 POS_INT = Interval(int, 1, None)
 NONNEG_INT = Interval(int, 0, None)
@@ -89,7 +89,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
                             "layout of image batches and conv weights; 'auto' = channels_last for CNNs"),
     "model.rep_dim": (0, NONNEG_INT, "width of φ's output; 0 means the dataset's rank or the model default"),
     # algorithm
-    "algorithm.name": ("brmtrl", Options(ALGORITHMS), "local update rule"),
+    "algorithm.name": ("brmtrl", Named(ALGORITHMS), "local update rule (or 'package.module:name', docs/extending.md)"),
     "algorithm.lg_shared_layers": (2, POS_INT, "lg_fedavg: top layers shared (head included); 2 = fc2 and fc3 of "
                                    "the CIFAR-10 CNN, as FedRep's code shares them"),
     # training
@@ -123,7 +123,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "aggregator.tol": (1e-8, POS_FLOAT, "geometric_median: relative tolerance"),
     "aggregator.max_iter": (1000, POS_INT, "geometric_median: iteration cap"),
     "aggregator.eps": (1e-8, POS_FLOAT, "geometric_median: smoothing ν of the Weiszfeld weights"),
-    "aggregator.pre": ([], ListOf(Options(PRE_STEPS)),
+    "aggregator.pre": ([], ListOf(Named(PRE_STEPS)),
                        "pre-aggregation steps run in order before the rule, e.g. [\"nnm\", \"bucketing\"]: 'nnm' "
                        "replaces each update by the mean of its n - f nearest, 'bucketing' averages random buckets "
                        "of aggregator.bucket_size updates"),
@@ -142,6 +142,14 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "eval.protocol": ("brmtrl", Options(("brmtrl", "fedrep")),
                       "'brmtrl': unweighted mean over honest clients, each with the head it holds; 'fedrep': "
                       "FedRep's protocol, test-size-weighted mean, each head first refitted on the current φ"),
+    # the client-side guard (docs/robustness.md; brmtrl.guard)
+    "guard.name": ("none", Options(("none", "ditto")),
+                   "client-side guard: 'ditto' keeps a personal model per client (Ditto's proximal φ) and scores the "
+                   "better of it and the federated model on the client's validation part; 'none' is the paper's method"),
+    "guard.validation": (0.2, Interval(float, 0, 1, "neither"),
+                         "guard: fraction of each client's training samples held out for its validation (never trained on)"),
+    "guard.lam": (0.1, NONNEG_FLOAT, "guard: Ditto's proximal strength λ pulling the personal φ toward the received φ"),
+    "guard.epochs": (1, NONNEG_INT, "guard: epochs on the personal φ per round a client is sampled"),
     # transfer to new clients
     "transfer.clients": (0, NONNEG_INT, "clients held out of training; at each evaluation they fit only a head on φ"),
     "transfer.samples": (10, POS_INT, "training samples a held-out client fits its head on"),
@@ -186,8 +194,11 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "attack.fang_target": ("auto", Options(("auto", "krum", "trimmed_mean")),
                            "fang: the rule the attack is crafted for; auto: krum for krum, multi_krum and bulyan, "
                            "trimmed_mean for every other rule"),
+    "attack.tailored": (False, Boolean(), "min_max, min_sum: tune gamma against the server's actual rule (the "
+                        "AGR-tailored attack of Shejwalkar & Houmansadr) instead of the rule-blind stealth bound"),
+    "attack.evals": (20, POS_INT, "opt_alie, opt_ipm, tailored min_max/min_sum: evaluations of the server's rule "
+                     "per round in the search of the attack's scale"),
 }
-
 
 
 # --------------------------------------------------------------------------- Config
@@ -273,30 +284,48 @@ def validate(values: Mapping[str, Any], source: str = "config") -> Config:
 
 
 def _check_plugins(c: dict[str, Any]) -> None:
-    """A plugged-in rule or attack must import and fit, and ``aggregator.params.*`` must be parameters of
-    the rule (one line naming the key otherwise)."""
+    """Plugged-in rules, pre-aggregation steps, attacks and local update rules must import and fit, and
+    ``aggregator.params.*`` must be parameters of the plugged-in rule or steps (one line naming the key
+    otherwise)."""
     extra = sorted(k for k in c if k.startswith(PLUGIN_PARAMS))
+    takes: set[str] = set()
+    plugged = []
     if is_plugin_name(c["aggregator.name"]):
         from .aggregators import resolve_rule
 
-        try:
-            rule = resolve_rule(c["aggregator.name"])
-        except ValueError as exc:
-            raise ConfigError(f"config key 'aggregator.name' = {c['aggregator.name']!r}: {exc}") from None
-        for key in extra:
-            if key[len(PLUGIN_PARAMS):] not in rule.params:
-                raise ConfigError(f"config key {key!r}: aggregator {c['aggregator.name']!r} takes no parameter "
-                                  f"{key[len(PLUGIN_PARAMS):]!r} (it takes {', '.join(map(repr, rule.params)) or 'none'})")
-    elif extra:
-        raise ConfigError(f"config key {extra[0]!r} is for a plugged-in aggregator ('package.module:function'); "
-                          f"aggregator.name is {c['aggregator.name']!r}")
+        takes |= set(_plugin(c, "aggregator.name", c["aggregator.name"], resolve_rule).params)
+        plugged.append(c["aggregator.name"])
+    for name in c["aggregator.pre"]:
+        if is_plugin_name(name):
+            from .aggregators import resolve_pre_step
+
+            takes |= set(_plugin(c, "aggregator.pre", name, resolve_pre_step).params)
+            plugged.append(name)
+    for key in extra:
+        if not plugged:
+            raise ConfigError(f"config key {key!r} is for a plugged-in aggregator or pre-aggregation step "
+                              f"('package.module:function'); aggregator.name is {c['aggregator.name']!r} and "
+                              f"aggregator.pre is {c['aggregator.pre']!r}")
+        if key[len(PLUGIN_PARAMS):] not in takes:
+            who = f"{' and '.join(map(repr, plugged))} take" if len(plugged) > 1 else f"{plugged[0]!r} takes"
+            raise ConfigError(f"config key {key!r}: {who} no parameter {key[len(PLUGIN_PARAMS):]!r} "
+                              f"(it takes {', '.join(map(repr, sorted(takes))) or 'none'})")
     if is_plugin_name(c["attack.name"]):
         from .attacks import resolve_attack
 
-        try:
-            resolve_attack(c["attack.name"])
-        except ValueError as exc:
-            raise ConfigError(f"config key 'attack.name' = {c['attack.name']!r}: {exc}") from None
+        _plugin(c, "attack.name", c["attack.name"], resolve_attack)
+    if is_plugin_name(c["algorithm.name"]):
+        from .local_rules import resolve_local_rule
+
+        _plugin(c, "algorithm.name", c["algorithm.name"], resolve_local_rule)
+
+
+def _plugin(c: Mapping[str, Any], key: str, name: str, resolve: Any) -> Any:
+    """``resolve(name)``, its failure a one-line :class:`ConfigError` naming ``key``."""
+    try:
+        return resolve(name)
+    except ValueError as exc:
+        raise ConfigError(f"config key {key!r} = {name!r}: {exc}") from None
 
 
 def _cross_checks(c: dict[str, Any]) -> None:
@@ -317,6 +346,15 @@ def _cross_checks(c: dict[str, Any]) -> None:
                           f"Got {c['dataset.rank']} instead.")
     if c["algorithm.name"] in ("brmtrl", "fedrep") and c["train.head_epochs"] + c["train.rep_epochs"] == 0:
         raise ConfigError("config keys 'train.head_epochs' and 'train.rep_epochs' are both 0: nothing would be trained")
+    if c["attack.tailored"] and c["attack.name"] not in ("min_max", "min_sum"):
+        raise ConfigError("config key 'attack.tailored' = true applies to attack.name = 'min_max' or 'min_sum' "
+                          f"only, not {c['attack.name']!r} (opt_alie and opt_ipm are always tailored)")
+    if c["guard.name"] != "none":
+        from .local_rules import resolve_local_rule
+
+        if resolve_local_rule(c["algorithm.name"]).shared != "rep":
+            raise ConfigError(f"config key 'guard.name' = {c['guard.name']!r} needs an algorithm that shares φ and keeps "
+                              f"the head private (brmtrl, fedrep, fedper); algorithm.name is {c['algorithm.name']!r}")
     if c["aggregator.centre"] == "previous" and c["aggregator.name"] != "centered_clipping":
         raise ConfigError("config key 'aggregator.centre' = 'previous' applies to aggregator.name = "
                           f"'centered_clipping' only, not {c['aggregator.name']!r}")
@@ -374,8 +412,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Read a TOML file (optional), apply ``KEY=VALUE`` overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
+    """Read a TOML file (optional), apply overrides (``KEY=VALUE`` strings as ``--set`` reads them, or a
+    mapping of dotted keys to Python values), validate."""
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -389,8 +428,13 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         values = _flatten(table)
         for key in values:
             _check_key(key, repr(str(p)))
-    for text in overrides:
-        key, value = parse_override(text)
-        _check_key(key, f"--set {text!r}")
-        values[key] = value
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            _check_key(key, "the overrides")
+            values[key] = value
+    else:
+        for text in overrides:
+            key, value = parse_override(text)
+            _check_key(key, f"--set {text!r}")
+            values[key] = value
     return validate(values, source=repr(str(path)) if path else "config")

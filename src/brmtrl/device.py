@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 
 __all__ = ["aggregation_device", "configure_determinism", "for_aggregation", "resolve_device", "synchronize"]
 

@@ -22,15 +22,15 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, server_view
 from .device import aggregation_device, configure_determinism, resolve_device, synchronize
 from .data import FederatedData, augmentation_for, load_data, principal_angle_distance
-from .client import (ClientResult, EvalResult, client_generator, evaluate_client, features_of, fine_tune_and_evaluate,
-                     fit_heads, sent_update, train_client, train_clients, training_data, transfer_sample)
-from .evaluation import summarize
-from .local_update import RULES, LocalRule, SGDSettings
+from .client import ClientResult, client_generator, features_of, sent_update, train_client, train_clients, training_data
+from .evaluation import score_clients, summarize, transfer_scores
+from .guard import Guard, validation_split
+from .local_update import LocalRule, SGDSettings, resolve_local_rule
 from .federation import Federation, build_client_model, sample_clients
 from .models import SplitModel, linear_representation
 from .adversary import omniscient_adversary
 from .server import Aggregation, StepResult, server_step
-from .split import get_flat, set_flat
+from .split import get_flat
 from .record import RunRecord
 from .transfer import transfer_study
 
@@ -61,7 +61,7 @@ class Simulation:
         configure_determinism(self.device)
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
-        self.rule: LocalRule = RULES[cfg["algorithm.name"]]
+        self.rule: LocalRule = resolve_local_rule(cfg["algorithm.name"])
         self.sgd = SGDSettings.from_config(cfg)
         self.data = (data if data is not None else load_data(cfg)).to(self.device)
         self.model: SplitModel = build_client_model(cfg, self.data, self.device)
@@ -80,8 +80,12 @@ class Simulation:
         self.initial_private = get_flat(self.model, self.rule.private).to(self.device)
         self.initial_all = get_flat(self.model, "all").to(self.device)   # the from-scratch transfer baseline
         self.transfer: dict[str, Any] | None = None
-        self.adversary = omniscient_adversary(cfg, self.byzantine, size=self.shared.numel())
+        self.adversary = omniscient_adversary(cfg, self.byzantine, size=self.shared.numel(), aggregation=self.agg)
         self.private = self.initial_private.unsqueeze(0).repeat(n, 1)
+        #: the client-side guard (guard.name) and each client's personal model under it
+        self.guard = Guard.from_config(cfg, self.model)
+        self.guard_state = None if self.guard is None else \
+            self.guard.initial_state(self.device).unsqueeze(0).repeat(n, 1)
         #: history, rejections, identification, rounds above f: the record both engines keep alike
         self.record = RunRecord(self.agg.f, self.agg.uses_f)
         #: the previous round's aggregate, where centered clipping starts with aggregator.centre = 'previous'
@@ -169,6 +173,8 @@ class Simulation:
         train_s = time.perf_counter() - t0
         for c, res in zip(sampled, results):
             self.private[c] = res.private
+        if self.guard is not None:
+            self.guard_updates(sampled, results, r)
         if self.rule.shared == "none":
             return record
         senders = [c for c, res in zip(sampled, results) if res.delta is not None]
@@ -204,10 +210,22 @@ class Simulation:
                             self.private[client], self.client_data(client),
                             client_generator(self.cfg["seed"], r, client), self.augment)
 
+    def guard_updates(self, clients: list[int], results: list[ClientResult], r: int) -> None:
+        """Each honest sampled client's personal model after the round (:meth:`brmtrl.guard.Guard.update`,
+        from the φ it received); Byzantine clients keep none."""
+        assert self.guard is not None and self.guard_state is not None
+        byz = set(self.byzantine)
+        for c, res in zip(clients, results):
+            if c in byz or res.delta is None:
+                continue
+            self.guard_state[c] = self.guard.update(self.model, self.sgd, self.shared, res.private, self.guard_state[c],
+                                                    self.client_data(c), client_generator(self.cfg["seed"], r, c, stream=9),
+                                                    self.augment)
+
     def client_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's training data as it trains on it (:func:`brmtrl.client.training_data`)."""
         return training_data(self.cfg, self.data.client_train(client), self.data.num_classes,
-                             client in self.byzantine)
+                             client in self.byzantine, client)
 
     def attack(self, delta: torch.Tensor, client: int, r: int) -> torch.Tensor:
         """What ``client`` sends (:func:`brmtrl.client.sent_update`)."""
@@ -230,28 +248,20 @@ class Simulation:
         honest client's head on the current φ (``train.head_epochs``, its training data; the refitted
         head is used for scoring only) and weights clients by test-set size, as FedRep's code does."""
         shared_rep = self.rule.shared in ("rep", "all")
-        feats = features_of(self.model, self.shared[:self._rep_size()], self.data.test_x) if shared_rep else None
+        feats = features_of(self.model, self.shared[:self._rep_size()], self.data.test_x) \
+            if shared_rep and self.rule.name != "fedavg_ft" else None
         honest = self.honest
-        privates = self.private[honest]
-        if self.rule.name == "fedavg_ft":
-            return self._evaluate_fine_tuned(r)
-        fedrep = self.cfg["eval.protocol"] == "fedrep"
-        if fedrep and self.rule.private == "head" and self.cfg["train.head_epochs"] > 0:
-            data = [self.client_data(c) for c in honest]
-            active = [i for i, (_, y) in enumerate(data) if len(y)]
-            gens = [client_generator(self.cfg["seed"], r, honest[i], stream=4) for i in active]
-            privates = privates.clone()
-            privates[active] = fit_heads(self.model, self.shared, privates[active], [data[i] for i in active],
-                                         self.cfg["train.head_epochs"], self.sgd, gens).to(privates.dtype)
-        results: list[EvalResult] = []
-        with torch.no_grad():
-            for c, private in zip(honest, privates):
-                idx = self.data.test_index(c)
-                results.append(evaluate_client(self.model, self.rule, self.shared, private,
-                                               (self.data.test_x[idx], self.data.test_y[idx]),
-                                               features=None if feats is None else feats[idx]))
+        tests = [self.data.client_test(c) for c in honest]
+        guarded = {} if self.guard is None else {
+            "guard": self.guard, "guard_states": self.guard_state[honest],
+            "validation": [validation_split(self.cfg, self.data.client_train(c), c)[1] for c in honest]}
+        results = score_clients(self.cfg, self.model, self.rule, self.sgd, self.shared, self.private[honest], honest,
+                                [self.client_data(c) for c in honest], tests, r, augment=self.augment,
+                                test_features=None if feats is None else [feats[self.data.test_index(c)] for c in honest],
+                                **guarded)
         out: dict[str, Any] = {"round": r}
-        out.update(summarize(results, weighted=fedrep, classification=self.data.task == "classification"))
+        out.update(summarize(results, weighted=self.cfg["eval.protocol"] == "fedrep",
+                             classification=self.data.task == "classification"))
         if self.holdout and feats is not None and self.rule.private == "head" and self.data.task == "classification":
             out["transfer_acc_mean"] = self.transfer_accuracy(r, feats)
         b = linear_representation(self.model)
@@ -259,44 +269,19 @@ class Simulation:
             out["subspace_distance"] = principal_angle_distance(b.cpu().double().numpy(), self.data.extras["B_star"])
         return out
 
-    def _evaluate_fine_tuned(self, r: int) -> dict[str, Any]:
-        """FedAvg with fine-tuning: each honest client fine-tunes a copy of the global model
-        (``finetune.part`` for ``finetune.epochs`` on its training data, augmented as in training) and
-        is scored with it; the global model itself is unchanged."""
-        results = []
-        for c in self.honest:
-            idx = self.data.test_index(c)
-            results.append(fine_tune_and_evaluate(
-                self.model, self.shared, self.client_data(c), (self.data.test_x[idx], self.data.test_y[idx]),
-                self.cfg["finetune.part"], self.cfg["finetune.epochs"], self.sgd,
-                client_generator(self.cfg["seed"], r, c, stream=5), self.augment))
-        set_flat(self.model, "all", self.shared)
-        out: dict[str, Any] = {"round": r}
-        out.update(summarize(results, weighted=self.cfg["eval.protocol"] == "fedrep",
-                             classification=self.data.task == "classification"))
-        return out
-
     def _rep_size(self) -> int:
         """Length of φ at the front of the shared vector (all of it when the rule shares φ only)."""
         return self.shared.numel() if self.rule.shared == "rep" else sum(p.numel() for p in self.model.rep.parameters())
 
-    @torch.no_grad()
     def transfer_accuracy(self, r: int, test_features: torch.Tensor) -> float:
         """Mean test accuracy of the held-out clients after each fits a fresh head (the initial one)
-        on ``transfer.samples`` of its training samples, with the current φ frozen; their test
-        samples are scored on ``test_features`` (φ of the pooled test set, already computed)."""
-        gens = [client_generator(self.cfg["seed"], r, c, stream=3) for c in self.holdout]
-        data = [transfer_sample(self.data.client_train(c), self.cfg["transfer.samples"], g)
-                for c, g in zip(self.holdout, gens)]
-        fresh = self.initial_private.unsqueeze(0).repeat(len(self.holdout), 1)
-        heads = fit_heads(self.model, self.shared, fresh, data, self.cfg["transfer.epochs"], self.sgd, gens)
-        accs = []
-        for c, h in zip(self.holdout, heads):
-            idx = self.data.test_index(c)
-            res = evaluate_client(self.model, self.rule, self.shared, h, (self.data.test_x[idx], self.data.test_y[idx]),
-                                  features=test_features[idx])
-            if res.num_samples:
-                accs.append(res.accuracy)
+        on ``transfer.samples`` of its training samples, with the current φ frozen
+        (:func:`brmtrl.evaluation.transfer_scores`); ``test_features``: φ of the pooled test set."""
+        res = transfer_scores(self.cfg, self.model, self.rule, self.sgd, self.shared, self.initial_private,
+                              self.holdout, [self.data.client_train(c) for c in self.holdout],
+                              [self.data.client_test(c) for c in self.holdout], r,
+                              test_features=[test_features[self.data.test_index(c)] for c in self.holdout])
+        accs = [e.accuracy for e in res if e.num_samples]
         return float(np.mean(accs)) if accs else float("nan")
 
     # ------------------------------------------------------------------ results and checkpoints
@@ -336,7 +321,8 @@ class Simulation:
         to, with its fingerprint (:mod:`brmtrl.checkpoint`)."""
         from .checkpoint import config_fingerprint, config_identity
 
-        return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(),
+        guard = {} if self.guard_state is None else {"guard_state": self.guard_state.cpu()}
+        return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(), **guard,
                 **self.record.state(), "elapsed": dict(self.elapsed),
                 "last_step": None if self.last_step is None else self.last_step.cpu(),
                 "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg)}
@@ -349,7 +335,7 @@ class Simulation:
     def restore(self, run_dir: str | Path) -> None:
         """Continue from ``run_dir/checkpoint.pt``; a checkpoint of another configuration, or one whose
         tensors do not fit this model, is a :class:`brmtrl.checkpoint.CheckpointError`."""
-        from .checkpoint import CHECKPOINT, check_fits
+        from .checkpoint import CHECKPOINT, CheckpointError, check_fits
 
         st = load_checkpoint(run_dir, cfg=self.cfg)
         where = f"checkpoint {str(Path(run_dir) / CHECKPOINT)!r}"
@@ -357,6 +343,11 @@ class Simulation:
         check_fits("the clients' private vectors (heads)", st["private"], self.private, where)
         self.shared = st["shared"].to(self.device)
         self.private = st["private"].to(self.device)
+        if self.guard_state is not None:
+            if "guard_state" not in st:
+                raise CheckpointError(f"{where} has no guard state (it was written with guard.name = 'none')")
+            check_fits("the clients' personal models (guard)", st["guard_state"], self.guard_state, where)
+            self.guard_state = st["guard_state"].to(self.device)
         self.record.restore(st)
         last = st.get("last_step")
         self.last_step = None if last is None else last.to(aggregation_device(self.device))

@@ -1,9 +1,5 @@
-"""Local update rules: what a client trains, in which order, and what it sends.
-
-A rule is data: the part of the model shared with the server and a list of phases ``(part, epochs)``
-run one after another, each with the other parts frozen. BR-MTRL (and FedRep, which is BR-MTRL with
-the mean) runs ``head_epochs`` on the head, then ``rep_epochs`` on φ, and shares φ; the baselines
-are other rows of the same table.
+"""Local training: what a client runs for the phases of its local update rule (:mod:`brmtrl.local_rules`,
+re-exported here: which part it trains, in which order, and what it sends).
 
 Training itself is :func:`train_phases`: plain mini-batch SGD. While φ is frozen, a head phase
 computes φ's features once per epoch (once in all when there is no augmentation) in no-grad batches
@@ -20,58 +16,15 @@ import torch
 from torch import nn
 
 from .head_sgd import EpochData, head_sgd_batched
+from .local_rules import RULES, LocalRule, complement, register_local_rule, resolve_local_rule
 from .losses import loss_fn
 from .models import SplitModel
 from .split import Part, freeze_all_but
 
 __all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "compute_features", "evaluate", "loss_fn",
-           "train_heads_together",
-           "train_phases"]
+           "register_local_rule", "resolve_local_rule", "sgd_epochs", "train_heads_together", "train_phases"]
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LocalRule:
-    """``shared``: the part exchanged with the server; ``phases(cfg)``: [(part, epochs), ...]."""
-
-    name: str
-    shared: Part
-    phases: Callable[[Mapping[str, Any]], list[tuple[Part, int]]]
-    description: str
-
-    @property
-    def private(self) -> Part:
-        return complement(self.shared)
-
-
-def complement(part: Part) -> Part:
-    return {"rep": "head", "head": "rep", "all": "none", "none": "all", "top": "bottom",  # type: ignore[return-value]
-            "bottom": "top"}[part]  # type: ignore[return-value]
-
-
-def _alternating(cfg: Mapping[str, Any]) -> list[tuple[Part, int]]:
-    return [("head", cfg["train.head_epochs"]), ("rep", cfg["train.rep_epochs"])]
-
-
-def _whole(cfg: Mapping[str, Any]) -> list[tuple[Part, int]]:
-    return [("all", cfg["train.local_epochs"])]
-
-
-RULES: dict[str, LocalRule] = {
-    "brmtrl": LocalRule("brmtrl", "rep", _alternating,
-                        "alternating GD: head epochs with φ frozen, then φ epochs with the head frozen; sends φ"),
-    "fedrep": LocalRule("fedrep", "rep", _alternating, "FedRep (Collins et al. 2021): same local rule as brmtrl"),
-    "fedavg": LocalRule("fedavg", "all", _whole, "FedAvg: trains and sends the whole model"),
-    "fedavg_ft": LocalRule("fedavg_ft", "all", _whole,
-                           "FedAvg, then each client fine-tunes the global model before it is evaluated "
-                           "(finetune.part for finetune.epochs on its training data; the global model is unchanged)"),
-    "fedper": LocalRule("fedper", "rep", _whole, "FedPer (Arivazhagan et al. 2019): trains all jointly, sends φ"),
-    "lg_fedavg": LocalRule("lg_fedavg", "top", _whole,
-                           "LG-FedAvg (Liang et al. 2020): local lower layers, shared top layers "
-                           "(algorithm.lg_shared_layers; 2 = fc2 and fc3 of the CIFAR-10 CNN, as in FedRep's code)"),
-    "local": LocalRule("local", "none", _whole, "Local-only: no communication"),
-}
 
 
 @dataclass(frozen=True)
@@ -106,9 +59,13 @@ def _epoch_data(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
     return xe, ye
 
 
-def _sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
-                epochs: int, sgd: SGDSettings, generator: torch.Generator, augment: Augment | None,
-                inputs: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+def sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
+               epochs: int, sgd: SGDSettings, generator: torch.Generator, augment: Augment | None,
+               inputs: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               prox: tuple[list[torch.Tensor], float] | None = None) -> None:
+    """Mini-batch SGD on ``params`` of ``module`` for ``epochs`` on (x, y), visiting each epoch's samples in
+    the order ``generator`` draws. ``inputs``: a map applied to each epoch's inputs (φ's features);
+    ``prox = (anchor, λ)`` adds (λ/2) Σ ‖p − anchor‖² to each batch's loss (Ditto's proximal term)."""
     opt = sgd.optimizer(params)
     bs = sgd.batch_size
     for _ in range(epochs):
@@ -117,7 +74,11 @@ def _sgd_epochs(module: nn.Module, params: list[nn.Parameter], x: torch.Tensor, 
             xe = inputs(xe)
         for start in range(0, len(ye), bs):
             opt.zero_grad(set_to_none=True)
-            loss_fn(module(xe[start:start + bs]), ye[start:start + bs]).backward()
+            loss = loss_fn(module(xe[start:start + bs]), ye[start:start + bs])
+            if prox is not None:
+                anchor, lam = prox
+                loss = loss + 0.5 * lam * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+            loss.backward()
             opt.step()
 
 
@@ -137,12 +98,12 @@ def train_phases(model: SplitModel, x: torch.Tensor, y: torch.Tensor, phases: li
             if augment is None:
                 feats = compute_features(model, x)
                 # visiting order must match the reference: permute features instead of inputs
-                _sgd_epochs(model.head, params, feats, y, epochs, sgd, generator, None)
+                sgd_epochs(model.head, params, feats, y, epochs, sgd, generator, None)
             else:
-                _sgd_epochs(model.head, params, x, y, epochs, sgd, generator, augment,
+                sgd_epochs(model.head, params, x, y, epochs, sgd, generator, augment,
                             inputs=lambda xe: compute_features(model, xe))
         else:
-            _sgd_epochs(model, params, x, y, epochs, sgd, generator, augment)
+            sgd_epochs(model, params, x, y, epochs, sgd, generator, augment)
     for p in model.parameters():
         p.requires_grad_(True)
 

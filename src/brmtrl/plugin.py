@@ -16,11 +16,9 @@ from typing import Any, Callable
 
 from .errors import PluginError
 
-__all__ = ["PluginError", "is_plugin", "keyword_parameters", "load_callable", "positional_arity"]
+__all__ = ["PluginError", "is_plugin", "keyword_parameters", "load_callable", "load_object", "positional_arity"]
 
 _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-
-
 
 
 def is_plugin(name: Any) -> bool:
@@ -30,6 +28,14 @@ def is_plugin(name: Any) -> bool:
 
 def load_callable(name: str) -> Callable[..., Any]:
     """Import ``package.module`` and return its ``function``."""
+    fn = load_object(name)
+    if not callable(fn):
+        raise PluginError(f"{name!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def load_object(name: str) -> Any:
+    """Import ``package.module`` and return its attribute ``name`` (a function, or a declared object)."""
     if not is_plugin(name):
         raise PluginError(f"{name!r} is not of the form 'package.module:function'")
     module_name, attr = name.split(":")
@@ -41,8 +47,6 @@ def load_callable(name: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if fn is None:
         raise PluginError(f"module {module_name!r} has no {attr!r} (from {name!r})")
-    if not callable(fn):
-        raise PluginError(f"{name!r} is a {type(fn).__name__}, not a function")
     return fn
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,8 +26,13 @@ from . import aggregators as agg_mod
 from .config import ConfigError
 from .device import for_aggregation
 
-__all__ = ["Aggregation", "StepResult", "aggregate", "hypergeometric_quantile", "pre_generator", "screen",
-           "server_step"]
+__all__ = ["Aggregation", "StepResult", "UpdatesHook", "aggregate", "hypergeometric_quantile", "pre_generator",
+           "screen", "server_step"]
+
+#: a step run on the round's updates before the server step receives them: (the updates as sent, their
+#: senders, the round) -> the updates the server step receives. The simulated omniscient adversary
+#: (:mod:`brmtrl.adversary`) is one; a real federation has none.
+UpdatesHook = Callable[[Sequence[Any], Sequence[Any], int], list[Any]]
 
 log = logging.getLogger("brmtrl")
 
@@ -55,7 +60,7 @@ class Aggregation:
         (n itself when none takes f)."""
         limit = n
         for name in self.pre:
-            step = agg_mod.PRE_STEPS[name]
+            step = agg_mod.resolve_pre_step(name)
             if "f" in step.params:
                 limit = min(limit, step.largest_f(n))
             n = step.rows_out(n, **{k: self.params[k] for k in step.params if k in self.params})
@@ -64,7 +69,7 @@ class Aggregation:
 
     @property
     def uses_f(self) -> bool:
-        return "f" in agg_mod.resolve_rule(self.name).params or any("f" in agg_mod.PRE_STEPS[p].params for p in self.pre)
+        return "f" in agg_mod.resolve_rule(self.name).params or any("f" in agg_mod.resolve_pre_step(p).params for p in self.pre)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], per_round: int, pool: int) -> "Aggregation":
@@ -85,7 +90,7 @@ class Aggregation:
         name = cfg["aggregator.name"]
         rule = agg_mod.resolve_rule(name)
         pre = tuple(cfg.get("aggregator.pre", ()))
-        keys = set(rule.params).union(*(agg_mod.PRE_STEPS[p].params for p in pre))
+        keys = set(rule.params).union(*(agg_mod.resolve_pre_step(p).params for p in pre))
         # f is resolved below; centre is the server's state (the previous aggregate), not a config value
         # built-in keys (aggregator.tol, ...), and a plugged-in rule's own (aggregator.params.<name>; when
         # unset, its default applies)
@@ -251,7 +256,7 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
                     round_, len(kept), agg.describe())
         info["skipped"] = f"{len(kept)} valid updates, fewer than {agg.describe()} needs ({rule.min_rows(0)})"
         return StepResult(None, accepted, rejected, info)
-    gen = pre_generator(seed, round_) if any(agg_mod.PRE_STEPS[p].random for p in agg.pre) else None
+    gen = pre_generator(seed, round_) if any(agg_mod.resolve_pre_step(p).random for p in agg.pre) else None
     step, rule_info = aggregate(x, agg, generator=gen, centre=centre)
     info.update(rule_info)
     info["flagged"] = [c for c, t in zip(accepted, info["trust"]) if t < agg_mod.FLAG_BELOW]

@@ -43,13 +43,15 @@ from .geometric_median import (GeometricMedianResult, geometric_median, geometri
                                geometric_median_trust, geometric_median_trusted, weiszfeld_reference)
 from .gram import pairwise_sq_distances
 from .krum import bulyan, bulyan_trusted, krum, krum_scores, krum_trusted, multi_krum, multi_krum_trusted
-from .pre import PRE_STEPS, PreStep, bucketing, nnm
+from .pre import PRE_STEPS, PreStep, arc, arc_count, bucketing, nnm
 
 __all__ = [
     "AGGREGATORS",
     "FLAG_BELOW",
     "PRE_STEPS",
     "AggregateResult",
+    "arc",
+    "arc_count",
     "GeometricMedianResult",
     "PreStep",
     "Rule",
@@ -75,6 +77,8 @@ __all__ = [
     "nnm",
     "pairwise_sq_distances",
     "register_aggregator",
+    "register_pre_step",
+    "resolve_pre_step",
     "resolve_rule",
     "rows_after",
     "trimmed_mean",
@@ -142,12 +146,69 @@ def _unknown(kind: str, name: Any, known: Sequence[str]) -> ValueError:
     return ValueError(f"aggregate: unknown {kind} {name!r}; expected one of {', '.join(map(repr, sorted(known)))}")
 
 
+def register_pre_step(name: str, fn: Callable[..., Any], *, params: Sequence[str] = (), random: bool = False,
+                      min_rows: Callable[[int], int] | None = None,
+                      rows_out: Callable[..., int] | None = None) -> PreStep:
+    """Add a pre-aggregation step to :data:`PRE_STEPS` under ``name`` (an entry of ``aggregator.pre``).
+
+    ``fn(x, **params)`` takes the stacked updates x (n, d) and returns either the new rows (n, d), one per
+    input row (a step that rescales or clips rows: row i stays client i's), or ``(rows (n', d), M (n', n))``
+    with M the row-stochastic mixing matrix (x' = M x), through which the rule's trust is mapped back to the
+    clients. ``params``: the keywords the server passes (``"f"``: the f it assumes, and the names set with
+    ``aggregator.params.<name>``); ``random``: the step draws random numbers (it gets ``generator``, a CPU
+    ``torch.Generator``); ``min_rows(f)``: the fewest rows it needs; ``rows_out(n, **params)``: how many rows
+    it returns (default n)."""
+    step = PreStep(_with_mixing(name, fn), tuple(params), random, min_rows,
+                   rows_out if rows_out is not None else (lambda n, **_: n))
+    PRE_STEPS[name] = step
+    return step
+
+
+def _with_mixing(name: str, fn: Callable[..., Any]) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``fn`` returning (rows, M); a step that returns only rows (n, d) maps row i to row i (M = I)."""
+    def step(x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out = fn(x, **kwargs)
+        rows, mix = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+        if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or rows.shape[1] != x.shape[1]:
+            got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
+            raise ValueError(f"pre-aggregation step {name!r} returned {got}; rows of shape (n', {x.shape[1]}) "
+                             "are expected")
+        if mix is None:
+            if rows.shape[0] != x.shape[0]:
+                raise ValueError(f"pre-aggregation step {name!r} returned {rows.shape[0]} rows from {x.shape[0]} "
+                                 "without its mixing matrix; return (rows, M) with M of shape (rows, n)")
+            mix = torch.eye(x.shape[0], dtype=torch.float64)
+        mix = torch.as_tensor(mix, dtype=torch.float64).cpu()
+        if tuple(mix.shape) != (rows.shape[0], x.shape[0]):
+            raise ValueError(f"pre-aggregation step {name!r} returned a mixing matrix of shape {tuple(mix.shape)}; "
+                             f"({rows.shape[0]}, {x.shape[0]}) is expected")
+        return rows.to(device=x.device, dtype=x.dtype), mix
+
+    return step
+
+
+def resolve_pre_step(name: str) -> PreStep:
+    """The pre-aggregation step registered as ``name``; a ``"package.module:function"`` name is imported and
+    registered the first time (a function taking ``f`` gets the server's f, one taking ``generator`` the
+    round's generator; its other parameters need defaults and are set with ``aggregator.params.<name>``).
+    Importing the module may instead register a richer entry under that name (:func:`register_pre_step`)."""
+    if name in PRE_STEPS:
+        return PRE_STEPS[name]
+    if not is_plugin(name):
+        raise _unknown("pre-aggregation step", name, list(PRE_STEPS))
+    fn = load_callable(name)
+    if name in PRE_STEPS:
+        return PRE_STEPS[name]
+    accepted = positional_arity(fn, name, keywords=("f", "generator"))
+    optional = keyword_parameters(fn) - {"f", "generator"}
+    return register_pre_step(name, fn, params=tuple(sorted((accepted - {"generator"}) | optional)),
+                             random="generator" in accepted)
+
+
 def rows_after(pre: Sequence[str], n: int, **params: Any) -> int:
     """How many rows the rule sees after the ``pre`` steps, from n rows (bucketing: ⌈n/s⌉)."""
     for name in pre:
-        if name not in PRE_STEPS:
-            raise _unknown("pre-aggregation step", name, list(PRE_STEPS))
-        step = PRE_STEPS[name]
+        step = resolve_pre_step(name)
         n = step.rows_out(n, **{k: params[k] for k in step.params if k in params})
     return n
 
@@ -176,9 +237,7 @@ def aggregate(name: str, x: torch.Tensor, *, pre: Sequence[str] = (), generator:
     used: set[str] = set()
     mix: torch.Tensor | None = None
     for step_name in pre:
-        if step_name not in PRE_STEPS:
-            raise _unknown("pre-aggregation step", step_name, list(PRE_STEPS))
-        step = PRE_STEPS[step_name]
+        step = resolve_pre_step(step_name)
         kwargs = {k: params[k] for k in step.params if k in params}
         used.update(kwargs)
         if step.random:

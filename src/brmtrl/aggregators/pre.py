@@ -1,13 +1,15 @@
-"""Pre-aggregation steps that compose with any rule: nearest-neighbour mixing (Allouah et al., AISTATS 2023)
-and bucketing (Karimireddy, He & Jaggi, ICLR 2022).
+"""Pre-aggregation steps that compose with any rule: nearest-neighbour mixing (Allouah et al., AISTATS 2023),
+bucketing (Karimireddy, He & Jaggi, ICLR 2022) and adaptive robust clipping (Allouah et al., ICLR 2025).
 
 A step maps the n rows to n' new rows, each a convex combination of the old ones, and returns them with
 the row-stochastic mixing matrix M (n', n), x' = M x, so that what a rule says about the new rows (its
-trust) can be mapped back to the clients: trust = Mᵀt' / Mᵀ1.
+trust) can be mapped back to the clients: trust = Mᵀt' / Mᵀ1. A step that only rescales rows (ARC) keeps
+row i as client i's: M = I.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +18,7 @@ import torch
 from .base import _check_f, _check_int, _rows, largest_f
 from .gram import pairwise_sq_distances
 
-__all__ = ["PRE_STEPS", "PreStep", "bucketing", "nnm"]
+__all__ = ["PRE_STEPS", "PreStep", "arc", "arc_count", "bucketing", "nnm"]
 
 
 def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +75,39 @@ def bucketing(x: torch.Tensor, *, bucket_size: int = 2,
     return _mix(m, x), m
 
 
+def arc_count(n: int, f: int) -> int:
+    """How many rows ARC clips among n with f assumed Byzantine: k = ⌊2 (f/n) (n − f)⌋."""
+    return int(math.floor(2 * f * (n - f) / n)) if n else 0
+
+
+def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive robust clipping (Allouah, Guerraoui, Gupta, Jellouli, Rizk & Stephan, "Boosting Robustness
+    by Clipping Gradients in Distributed Learning", ICLR 2025, arXiv 2405.14432): with k = ⌊2(f/n)(n − f)⌋,
+    the k rows of largest norm are scaled down to the norm of the (k + 1)-th largest,
+
+        x'_i = x_i · min(1, C / ‖x_i‖),   C = ‖x_(k+1)‖ (norms in decreasing order),
+
+    and the others are left as they are (ties: the lower index is kept). Needs f < n/2 (k < n); with f = 0
+    it changes nothing. Returns the n rows (the input's dtype; norms in float64) and M = I (each row stays
+    its client's). Cost: one pass over the rows for the norms and one to scale the k clipped rows.
+    """
+    x = _rows(x, "arc")
+    n = x.shape[0]
+    _check_f("arc", f, n, 2 * f + 1)
+    eye = torch.eye(n, dtype=torch.float64)
+    k = arc_count(n, f)
+    if k == 0:
+        return x, eye
+    norms = torch.linalg.vector_norm(x.to(torch.float64), dim=1).cpu()
+    order = torch.argsort(-norms, stable=True)
+    bound = norms[order[k]]
+    scale = torch.ones(n, dtype=torch.float64)
+    clip = order[:k]
+    scale[clip] = torch.where(norms[clip] > bound, bound / norms[clip].clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+    out = (x.to(torch.float64) * scale.to(x.device).unsqueeze(1)).to(x.dtype)
+    return out, eye
+
+
 @dataclass(frozen=True)
 class PreStep:
     """A registry entry: the step, the ``aggregator.*`` config keys it takes, whether it draws random
@@ -95,4 +130,5 @@ PRE_STEPS: dict[str, PreStep] = {
     "bucketing": PreStep(bucketing, ("bucket_size",), random=True,
                          rows_out=lambda n, bucket_size=2, **_: -(-n // bucket_size)),
     "nnm": PreStep(nnm, ("f",), min_rows=lambda f: 2 * f + 1),
+    "arc": PreStep(arc, ("f",), min_rows=lambda f: 2 * f + 1),
 }

@@ -2,9 +2,11 @@
 they send. Each takes ``byzantine`` (b, d) and ``honest`` (h, d) stacked φ deltas and a CPU
 ``torch.Generator``; hyperparameters are keyword-only. Attacks act on φ only: heads are private.
 
-Two families, one module each: :mod:`.basic` needs only the client's own update (a real Byzantine
+Three families, one module each: :mod:`.basic` needs only the client's own update (a real Byzantine
 node runs it; ``honest`` is empty there), :mod:`.omniscient` reads the honest updates of the round
-(:data:`OMNISCIENT`; simulation only, inside the server step: :func:`server_attack`).
+(:data:`OMNISCIENT`; simulation only, the simulated adversary's step: :func:`server_attack`), and
+:mod:`.adaptive` also knows the defense: it gets ``aggregate``, the server's aggregate of the round as a
+function of the Byzantine rows, and tunes its scale against it (:data:`ADAPTIVE`).
 
 The registry :data:`ATTACKS` maps each config name (``attack.name``) to its :class:`Attack`: the
 callable, the ``attack.*`` config keys it takes (key -> keyword) and whether it is omniscient. The
@@ -21,11 +23,12 @@ import torch
 
 from ..plugin import is_plugin, load_callable, positional_arity
 from .basic import flip_labels, gaussian, gaussian_additive, inf, label_flip, nan, none, random, sign_flip
+from .adaptive import Aggregate, min_max_adaptive, min_sum_adaptive, opt_alie, opt_ipm
 from .omniscient import alie, alie_z, fang, ipm, mimic, min_max, min_sum, perturbation_direction
 
-__all__ = ["ATTACKS", "OMNISCIENT", "Attack", "alie", "alie_z", "attack_kwargs", "fang", "fang_target",
+__all__ = ["ADAPTIVE", "ATTACKS", "OMNISCIENT", "Aggregate", "Attack", "alie", "alie_z", "attack_kwargs", "fang", "fang_target",
            "flip_labels", "gaussian", "gaussian_additive", "inf", "ipm", "is_omniscient", "label_flip", "mimic",
-           "min_max", "min_sum", "nan", "none", "perturbation_direction", "random", "register_attack",
+           "min_max", "min_sum", "nan", "none", "opt_alie", "opt_ipm", "perturbation_direction", "random", "register_attack",
            "resolve_attack", "server_attack", "sign_flip"]
 
 AttackFn = Callable[..., torch.Tensor]
@@ -41,6 +44,8 @@ class Attack:
     fn: AttackFn
     keys: Mapping[str, str] = field(default_factory=dict)
     omniscient: bool = False
+    #: it takes ``aggregate`` (the server's rule as a function of the Byzantine rows); implies omniscient
+    adaptive: bool = False
 
 
 ATTACKS: dict[str, Attack] = {
@@ -54,26 +59,34 @@ ATTACKS: dict[str, Attack] = {
     "inf": Attack(inf),
     "alie": Attack(alie, {"z": "z", "direction": "direction"}, omniscient=True),
     "ipm": Attack(ipm, {"epsilon": "epsilon"}, omniscient=True),
-    "min_max": Attack(min_max, {"perturbation": "perturbation"}, omniscient=True),
-    "min_sum": Attack(min_sum, {"perturbation": "perturbation", "sum_bound": "bound"}, omniscient=True),
+    "min_max": Attack(min_max_adaptive, {"perturbation": "perturbation", "tailored": "tailored", "evals": "evals"},
+                      omniscient=True, adaptive=True),
+    "min_sum": Attack(min_sum_adaptive, {"perturbation": "perturbation", "sum_bound": "bound", "tailored": "tailored",
+                                         "evals": "evals"}, omniscient=True, adaptive=True),
+    "opt_alie": Attack(opt_alie, {"evals": "evals"}, omniscient=True, adaptive=True),
+    "opt_ipm": Attack(opt_ipm, {"evals": "evals", "epsilon": "epsilon"}, omniscient=True, adaptive=True),
     "mimic": Attack(mimic, omniscient=True),
     "fang": Attack(fang, {"fang_target": "target"}, omniscient=True),
 }
 
 #: attacks that need the honest updates of the round (applied in the server step, in simulation only)
 OMNISCIENT: frozenset[str] = frozenset(name for name, a in ATTACKS.items() if a.omniscient)
+#: attacks that also know the server's rule (they get ``aggregate``)
+ADAPTIVE: frozenset[str] = frozenset(name for name, a in ATTACKS.items() if a.adaptive)
 
 #: aggregators Fang et al.'s Krum attack targets; every other rule gets the trimmed-mean attack
 _KRUM_LIKE = frozenset({"krum", "multi_krum", "bulyan"})
 
 
 def register_attack(name: str, fn: AttackFn, *, keys: Mapping[str, str] | None = None,
-                    omniscient: bool = False) -> Attack:
+                    omniscient: bool = False, adaptive: bool = False) -> Attack:
     """Add an attack to :data:`ATTACKS` under ``name`` (a config's ``attack.name``), with the signature of
     the built-in ones: ``fn(byzantine (b, d), honest (h, d), *, generator, **params) -> (b, d)``;
     ``keys`` maps ``attack.<key>`` config keys to its keywords; ``omniscient`` when it reads the honest
-    rows (then it runs in simulation only, as the simulated adversary's step)."""
-    attack = Attack(fn, dict(keys or {}), omniscient)
+    rows (then it runs in simulation only, as the simulated adversary's step); ``adaptive`` when it also
+    takes ``aggregate``, the server's aggregate of the round as a function of the Byzantine rows
+    (:data:`brmtrl.attacks.adaptive.Aggregate`)."""
+    attack = Attack(fn, dict(keys or {}), omniscient or adaptive, adaptive)
     ATTACKS[name] = attack
     return attack
 
@@ -135,17 +148,33 @@ def attack_kwargs(cfg: Mapping[str, Any], name: str | None = None) -> dict[str, 
     return kwargs
 
 
-def server_attack(cfg: Mapping[str, Any], generator: torch.Generator) -> ServerAttack | None:
-    """The omniscient attack of the config as the server step applies it (None for the others):
-    the rows under the mask are replaced by what the attack crafts from the rows outside it."""
+def server_attack(cfg: Mapping[str, Any], generator: torch.Generator,
+                  aggregate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ServerAttack | None:
+    """The omniscient attack of the config as the simulated adversary applies it (None for the others):
+    the rows under the mask are replaced by what the attack crafts from the rows outside it. An adaptive
+    attack also gets ``aggregate``: the server's aggregate of all the rows (n, d) as they would arrive,
+    from which it evaluates candidate Byzantine rows in place."""
     name = cfg["attack.name"]
     if not is_omniscient(name):
         return None
-    fn, kwargs = resolve_attack(name).fn, attack_kwargs(cfg, name)
+    entry = resolve_attack(name)
+    fn, kwargs = entry.fn, attack_kwargs(cfg, name)
+    if entry.adaptive and aggregate is None:
+        raise ValueError(f"attack {name!r} knows the defense: it needs the server's aggregate")
 
     def attack(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = x.clone()
-        out[mask] = fn(x[mask], x[~mask], generator=generator, **kwargs).to(out.dtype)
+        extra: dict[str, Any] = {}
+        if entry.adaptive:
+            assert aggregate is not None
+
+            def with_rows(rows: torch.Tensor) -> torch.Tensor:   # the round's aggregate if these rows were sent
+                trial = x.clone()
+                trial[mask] = rows.to(trial.dtype)
+                return aggregate(trial)
+
+            extra["aggregate"] = with_rows
+        out[mask] = fn(x[mask], x[~mask], generator=generator, **kwargs, **extra).to(out.dtype)
         return out
 
     return attack

@@ -18,7 +18,7 @@ import torch
 
 from ..aggregators.gram import pairwise_sq_distances
 
-__all__ = ["alie", "alie_z", "fang", "ipm", "mimic", "min_max", "min_sum", "perturbation_direction"]
+__all__ = ["alie", "alie_z", "fang", "ipm", "mimic", "min_max", "min_max_sum_point", "min_sum", "perturbation_direction"]
 
 PERTURBATIONS = ("std", "sign", "unit")
 
@@ -108,17 +108,16 @@ def _largest_gamma(a: float, lin: torch.Tensor, const: torch.Tensor, bound: torc
 MIN_SUM_GAMMA_CAP = 100.0
 
 
-def _min_max_sum(byzantine: torch.Tensor, honest: torch.Tensor, perturbation: str, use_sum: bool,
-                 bound: str = "max") -> torch.Tensor:
+def min_max_sum_point(honest: torch.Tensor, perturbation: str, use_sum: bool,
+                      bound: str = "max") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(μ, ∇p, γ) of min-max (``use_sum`` False) or min-sum: the blind attack sends μ + γ∇p."""
     if bound not in ("max", "min"):
         raise ValueError(f"min_sum: bound must be 'max' or 'min'; got {bound!r}")
-    if honest.shape[0] == 0:
-        return byzantine
     x, mu, sigma = _stats(honest)
     p = perturbation_direction(mu, sigma, perturbation)
     a = float(p @ p)
     if a == 0.0:
-        return _copies(mu, byzantine)
+        return mu, p, 0.0
     c = mu.unsqueeze(0) - x                      # m − x_i = c_i + γ p
     lin, const = c @ p, (c * c).sum(dim=1)       # ‖c_i + γ p‖² = a γ² + 2 (c_i·p) γ + ‖c_i‖²
     d2 = pairwise_sq_distances(x).to(x.device)
@@ -131,6 +130,16 @@ def _min_max_sum(byzantine: torch.Tensor, honest: torch.Tensor, perturbation: st
             gamma = min(gamma, MIN_SUM_GAMMA_CAP)
     else:                                        # max_i ‖m − x_i‖ <= max_{i,j} ‖x_i − x_j‖
         gamma = _largest_gamma(a, lin, const, d2.max().expand_as(lin))
+    return mu, p, gamma
+
+
+def _min_max_sum(byzantine: torch.Tensor, honest: torch.Tensor, perturbation: str, use_sum: bool,
+                 bound: str = "max") -> torch.Tensor:
+    if bound not in ("max", "min"):
+        raise ValueError(f"min_sum: bound must be 'max' or 'min'; got {bound!r}")
+    if honest.shape[0] == 0:
+        return byzantine
+    mu, p, gamma = min_max_sum_point(honest, perturbation, use_sum, bound)
     return _copies(mu + gamma * p, byzantine)
 
 

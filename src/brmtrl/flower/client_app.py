@@ -49,6 +49,7 @@ from .records import array, arrays_of, config_of, ints, scalar, tensor
 __all__ = ["app", "byzantine_role", "hosted_partitions", "node_for"]
 
 PRIVATE = "brmtrl-private"
+GUARD = "brmtrl-guard"
 _NODES: dict[tuple[str, int, str], Node] = {}
 
 
@@ -150,11 +151,14 @@ def _eval_metrics(results: list[tuple[Node, EvalResult]], kind: str) -> MetricRe
                          "loss": [float(r.loss) for _, r in results],
                          "num-examples": [r.num_samples for _, r in results],
                          "byzantine": [int(n.byzantine) for n, _ in results],
+                         "personal": [-1 if r.personal is None else int(r.personal) for _, r in results],
                          "transfer": int(kind == "transfer")})
 
 
-def _private(node: Node, context: Context) -> torch.Tensor | None:
-    key = f"{PRIVATE}-{node.id}"
+def _private(node: Node, context: Context, kind: str = PRIVATE) -> torch.Tensor | None:
+    """What the node keeps for client ``node.id``: its private part (``PRIVATE``) or its guard's personal
+    model (``GUARD``); None before its first round."""
+    key = f"{kind}-{node.id}"
     if key in context.state:
         return tensor(context.state.array_records[key], "private")
     return None
@@ -177,6 +181,9 @@ def train(message: Message, context: Context) -> Message:
         synchronize(node.device)   # the node's queued kernels belong to its training time
         seconds.append(time.perf_counter() - t0)
         context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": array(res.private)})
+        guard = node.update_guard(shared, res, _private(node, context, GUARD), r)
+        if guard is not None:
+            context.state[f"{GUARD}-{node.id}"] = ArrayRecord({"private": array(guard)})
         if sent is not None and fault == "nan":
             sent = sent * float("nan")
         elif sent is not None and fault == "size":
@@ -198,7 +205,7 @@ def evaluate(message: Message, context: Context) -> Message:
     results = []
     for pid in _partitions(message, context):
         node = node_for(message, context, pid)
-        results.append((node, node.evaluate(shared, _private(node, context), r)))
+        results.append((node, node.evaluate(shared, _private(node, context), r, _private(node, context, GUARD))))
     return Message(RecordDict({"metrics": _eval_metrics(results, "evaluate")}), reply_to=message)
 
 

@@ -13,13 +13,14 @@ from functools import lru_cache
 
 import torch
 
-from ..client import (ClientResult, EvalResult, client_generator, evaluate_client, fine_tune_and_evaluate, fit_heads,
-                      sent_update, train_client, training_data, transfer_sample)
+from ..client import ClientResult, EvalResult, client_generator, sent_update, train_client, training_data
+from ..evaluation import score_clients, transfer_scores
+from ..guard import Guard, validation_split
 from ..config import Config, validate
 from ..data import FederatedData, load_data
 from ..device import configure_determinism, resolve_device
 from ..federation import Federation, build_client_model
-from ..local_update import RULES, SGDSettings
+from ..local_update import SGDSettings, resolve_local_rule
 from ..split import get_flat
 
 __all__ = ["Node", "config_from_json", "config_to_json"]
@@ -70,23 +71,22 @@ class Node:
         self.train_xy = (x.to(self.device), y.to(self.device))
         x, y = self.data.client_test(partition_id)
         self.test_xy = (x.to(self.device), y.to(self.device))
-        self.rule = RULES[cfg["algorithm.name"]]
+        self.rule = resolve_local_rule(cfg["algorithm.name"])
         self.sgd = SGDSettings.from_config(cfg)
         self.model = build_client_model(cfg, self.data, self.device)
         self.initial_private = get_flat(self.model, self.rule.private).to(self.device)
         from ..data.augment import augmentation_for  # noqa: PLC0415  (data owns the choice)
 
         self.augment = augmentation_for(self.data, cfg["dataset.augment"])
+        #: the client-side guard (guard.name): its personal model lives in the node's state, never sent
+        self.guard = Guard.from_config(cfg, self.model)
 
     @property
     def shared_size(self) -> int:
         return get_flat(self.model, self.rule.shared).numel()
 
     def _train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_data(self.cfg, self.train_xy, self.data.num_classes, self.byzantine)
-
-    def _test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.test_xy
+        return training_data(self.cfg, self.train_xy, self.data.num_classes, self.byzantine, self.id)
 
     def train(self, shared: torch.Tensor, private: torch.Tensor | None, r: int) -> tuple[ClientResult, torch.Tensor | None]:
         """The local update of round r from the server's ``shared`` vector and this node's private one
@@ -98,29 +98,31 @@ class Node:
         sent = None if res.delta is None else sent_update(self.cfg, res.delta, self.id, r, self.byzantine)
         return res, sent
 
-    def evaluate(self, shared: torch.Tensor, private: torch.Tensor | None, r: int) -> EvalResult:
-        """Test accuracy with this node's own private part; under ``eval.protocol = 'fedrep'`` the head
-        is first refitted on ``shared`` (scoring only), as the built-in engine does."""
+    def update_guard(self, received: torch.Tensor, res: ClientResult, state: torch.Tensor | None,
+                     r: int) -> torch.Tensor | None:
+        """This client's personal model after round r (:meth:`brmtrl.guard.Guard.update`, from the φ it
+        received), or None without a guard, for a Byzantine client, or with no training data."""
+        if self.guard is None or self.byzantine or res.delta is None:
+            return state
+        state = self.guard.initial_state(self.device) if state is None else state.to(self.device)
+        return self.guard.update(self.model, self.sgd, received.to(self.device), res.private, state, self._train_data(),
+                                 client_generator(self.cfg["seed"], r, self.id, stream=9), self.augment)
+
+    def evaluate(self, shared: torch.Tensor, private: torch.Tensor | None, r: int,
+                 guard_state: torch.Tensor | None = None) -> EvalResult:
+        """Test accuracy with this node's own private part, under the config's protocol
+        (:func:`brmtrl.evaluation.score_clients`, as the built-in engine scores every honest client);
+        with a guard, the better on its validation part of that and its personal model (``guard_state``)."""
         private = self.initial_private if private is None else private.to(self.device)
-        shared = shared.to(self.device)
-        if self.rule.name == "fedavg_ft":   # a fine-tuned copy of the global model, as the built-in engine scores it
-            return fine_tune_and_evaluate(self.model, shared, self._train_data(), self._test_data(),
-                                          self.cfg["finetune.part"], self.cfg["finetune.epochs"], self.sgd,
-                                          client_generator(self.cfg["seed"], r, self.id, stream=5), self.augment)
-        if self.cfg["eval.protocol"] == "fedrep" and self.rule.private == "head" and self.cfg["train.head_epochs"] > 0:
-            data = self._train_data()
-            if len(data[1]):
-                gen = client_generator(self.cfg["seed"], r, self.id, stream=4)
-                private = fit_heads(self.model, shared, private.unsqueeze(0), [data],
-                                    self.cfg["train.head_epochs"], self.sgd, [gen])[0].to(private.dtype)
-        return evaluate_client(self.model, self.rule, shared, private, self._test_data())
+        guarded = {} if self.guard is None else {
+            "guard": self.guard,
+            "guard_states": [self.guard.initial_state(self.device) if guard_state is None else guard_state.to(self.device)],
+            "validation": [validation_split(self.cfg, self.train_xy, self.id)[1]]}
+        return score_clients(self.cfg, self.model, self.rule, self.sgd, shared.to(self.device), private.unsqueeze(0),
+                             [self.id], [self._train_data()], [self.test_xy], r, augment=self.augment, **guarded)[0]
 
     def transfer(self, shared: torch.Tensor, r: int) -> EvalResult:
-        """A new client's test: fit a fresh head on ``transfer.samples`` of its training samples with
-        φ = ``shared`` frozen for ``transfer.epochs``, then score it."""
-        gen = client_generator(self.cfg["seed"], r, self.id, stream=3)
-        data = transfer_sample(self.train_xy, self.cfg["transfer.samples"], gen)
-        shared = shared.to(self.device)
-        head = fit_heads(self.model, shared, self.initial_private.unsqueeze(0), [data], self.cfg["transfer.epochs"],
-                         self.sgd, [gen])[0]
-        return evaluate_client(self.model, self.rule, shared, head, self._test_data())
+        """A new client's test (:func:`brmtrl.evaluation.transfer_scores`): fit a fresh head on
+        ``transfer.samples`` of its training samples with φ = ``shared`` frozen, then score it."""
+        return transfer_scores(self.cfg, self.model, self.rule, self.sgd, shared.to(self.device), self.initial_private,
+                               [self.id], [self.train_xy], [self.test_xy], r)[0]

@@ -33,10 +33,10 @@ from ..client import EvalResult
 from ..config import Config, server_view
 from ..evaluation import summarize
 from ..federation import build_model_for, num_sampled, sample_clients
-from ..local_update import RULES
+from ..local_update import resolve_local_rule
 from ..report import write_json, write_outputs
 from ..record import RunRecord
-from ..server import Aggregation, server_step
+from ..server import Aggregation, UpdatesHook, server_step
 from ..split import get_flat
 from .errors import FederationError
 from .node import config_from_json, config_to_json
@@ -44,22 +44,19 @@ from .records import arrays_of, config_of, floats, has, ints, metrics_of, scalar
 
 __all__ = ["BRMTRLStrategy", "FederationError", "SimulationHooks", "discover", "make_server_app", "run_server"]
 
-#: (the round's updates, their senders, the round) -> the updates the server step receives
-Adversary = Callable[[list[Any], list[int], int], list[Any]]
-
-
 @dataclass(frozen=True)
 class SimulationHooks:
     """What Flower's simulation engine adds around the server's round loop, and a real federation never
     has (:mod:`brmtrl.flower.simulation` builds it; a deployed ``ServerApp`` runs without).
 
-    ``adversary``: given the clients that described themselves as Byzantine and the size of φ, the
+    ``adversary``: given the clients that described themselves as Byzantine, the size of φ and the server's
+    declared aggregation (which an attack that knows the defense tunes itself against), the
     simulated omniscient adversary's step (:func:`brmtrl.adversary.omniscient_adversary`), applied to
     the round's updates before the server step receives them, or None. ``roles_from_seed``: tell the
     nodes that the config's seed picks the Byzantine clients (outside a simulation a node is Byzantine
     only when its own node config says so). ``notes``: lines for ``results.json``."""
 
-    adversary: Callable[[Collection[int], int], Adversary | None] | None = None
+    adversary: Callable[[Collection[int], int, Aggregation], UpdatesHook | None] | None = None
     roles_from_seed: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -158,7 +155,7 @@ class BRMTRLStrategy(Strategy):
         self.simulation = simulation
         self.adversary = None
         if simulation is not None and simulation.adversary is not None:
-            self.adversary = simulation.adversary(sorted(roster.byzantine), roster.shared_size)
+            self.adversary = simulation.adversary(sorted(roster.byzantine), roster.shared_size, self.agg)
         #: history, rejections, identification, rounds above f: the record both engines keep alike
         self.record = RunRecord(self.agg.f, self.agg.uses_f)
         self.last_step: torch.Tensor | None = None  # the previous aggregate (aggregator.centre = 'previous')
@@ -285,9 +282,10 @@ class BRMTRLStrategy(Strategy):
             m = metrics_of(reply)
             honest_ids = set(self.roster.honest)
             is_transfer = bool(scalar(m["transfer"]))
-            for p, acc, loss, n in zip(ints(m["partition-ids"]), floats(m["accuracy"]), floats(m["loss"]),
-                                       ints(m["num-examples"])):
-                res = EvalResult(acc, loss, n)
+            personal = ints(m["personal"]) if "personal" in m else [-1] * len(ints(m["partition-ids"]))
+            for p, acc, loss, n, own in zip(ints(m["partition-ids"]), floats(m["accuracy"]), floats(m["loss"]),
+                                            ints(m["num-examples"]), personal):
+                res = EvalResult(acc, loss, n, None if own < 0 else bool(own))
                 if is_transfer:
                     transfer.append(res)
                 elif p in honest_ids:
@@ -342,7 +340,7 @@ class BRMTRLStrategy(Strategy):
 def initial_shared(cfg: Config, roster: Roster) -> torch.Tensor:
     """φ at round 0: the seeded initial model's shared part, as every client builds it."""
     model = build_model_for(cfg, roster.model_spec, torch.device("cpu"))
-    shared = get_flat(model, RULES[cfg["algorithm.name"]].shared)
+    shared = get_flat(model, resolve_local_rule(cfg["algorithm.name"]).shared)
     if shared.numel() != roster.shared_size:
         raise FederationError(f"the nodes' φ has {roster.shared_size} values, the server's {shared.numel()}: "
                               "nodes and server run different configs or brmtrl versions")

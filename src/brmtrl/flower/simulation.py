@@ -45,7 +45,8 @@ def run_flower_simulation(cfg: Config, out_dir: str | Path, *, progress: bool = 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     notes = ((f"attack.name = {cfg['attack.name']!r} reads the round's honest updates: the simulated adversary "
               "applies it before the server step",) if attack_mod.is_omniscient(cfg["attack.name"]) else ())
-    hooks = SimulationHooks(adversary=lambda byzantine, size: omniscient_adversary(cfg, byzantine, size=size),
+    hooks = SimulationHooks(adversary=lambda byzantine, size, agg: omniscient_adversary(cfg, byzantine, size=size,
+                                                                                      aggregation=agg),
                             roles_from_seed=True, notes=notes)
     server = make_server_app(cfg, out, engine="flower-simulation", expected_clients=n, progress=progress,
                              simulation=hooks)
