@@ -13,7 +13,7 @@ import torch
 
 from brmtrl import attacks as A
 from brmtrl.aggregators import krum
-from brmtrl.config import ATTACKS as CONFIG_ATTACKS, load_config
+from brmtrl.config import ATTACK_NAMES as CONFIG_ATTACKS, load_config
 from brmtrl.engine import Simulation
 from brmtrl.server import Aggregation, server_step
 

@@ -14,7 +14,7 @@ from brmtrl import aggregators as agg
 from brmtrl.aggregators import (AGGREGATORS, FLAG_BELOW, PRE_STEPS, aggregate, bucketing, bulyan, bulyan_trusted,
                                 centered_clipping, centered_clipping_trusted, nnm)
 from brmtrl.cli import main
-from brmtrl.config import AGGREGATORS as CONFIG_RULES, PRE_STEPS as CONFIG_PRE, ConfigError, load_config
+from brmtrl.config import AGGREGATOR_NAMES as CONFIG_RULES, PRE_STEP_NAMES as CONFIG_PRE, ConfigError, load_config
 from brmtrl.server import Aggregation, pre_generator, server_step
 
 from .conftest import CONFIGS

@@ -41,15 +41,15 @@ __all__ = [
 # --------------------------------------------------------------------------- the schema
 DATASETS = ("synthetic_classification", "synthetic_linear", "cifar10", "femnist")
 MODELS = ("auto", "cnn_cifar", "cnn_femnist", "mlp", "linear")
-ALGORITHMS = ("brmtrl", "fedrep", "fedavg", "fedavg_ft", "fedper", "lg_fedavg", "local")
-# the names of brmtrl.aggregators.AGGREGATORS and PRE_STEPS (kept literal so that reading a config does not
-# import torch; tests/test_defenses.py checks they match the registries)
-AGGREGATORS = ("auto", "mean", "geometric_median", "krum", "multi_krum", "bulyan", "median", "trimmed_mean",
-               "centered_clipping")
-PRE_STEPS = ("nnm", "bucketing", "arc")
-# the names of brmtrl.attacks.ATTACKS (literal for the same reason)
-ATTACKS = ("none", "gaussian", "gaussian_additive", "sign_flip", "label_flip", "random", "nan", "inf", "alie", "ipm",
-           "min_max", "min_sum", "mimic", "fang", "opt_alie", "opt_ipm")
+ALGORITHM_NAMES = ("brmtrl", "fedrep", "fedavg", "fedavg_ft", "fedper", "lg_fedavg", "local")
+# the names in the registries brmtrl.aggregators.AGGREGATORS and PRE_STEPS (kept literal so that reading a config
+# does not import torch; tests/test_defenses.py checks they match the registries)
+AGGREGATOR_NAMES = ("auto", "mean", "geometric_median", "krum", "multi_krum", "bulyan", "median", "trimmed_mean",
+                    "centered_clipping")
+PRE_STEP_NAMES = ("nnm", "bucketing", "arc")
+# the names in the registry brmtrl.attacks.ATTACKS (literal for the same reason)
+ATTACK_NAMES = ("none", "gaussian", "gaussian_additive", "sign_flip", "label_flip", "random", "nan", "inf", "alie",
+                "ipm", "min_max", "min_sum", "mimic", "fang", "opt_alie", "opt_ipm")
 
 POS_INT = Interval(int, 1, None)
 NONNEG_INT = Interval(int, 0, None)
@@ -89,7 +89,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
                             "layout of image batches and conv weights; 'auto' = channels_last for CNNs"),
     "model.rep_dim": (0, NONNEG_INT, "width of φ's output; 0 means the dataset's rank or the model default"),
     # algorithm
-    "algorithm.name": ("brmtrl", Named(ALGORITHMS), "local update rule (or 'package.module:name', docs/extending.md)"),
+    "algorithm.name": ("brmtrl", Named(ALGORITHM_NAMES), "local update rule (or 'package.module:name', docs/extending.md)"),
     "algorithm.lg_shared_layers": (2, POS_INT, "lg_fedavg: top layers shared (head included); 2 = fc2 and fc3 of "
                                    "the CIFAR-10 CNN, as FedRep's code shares them"),
     # training
@@ -105,7 +105,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "train.eval_every": (1, POS_INT, "evaluate every k rounds (and after the last)"),
     "train.checkpoint_every": (10, NONNEG_INT, "checkpoint every k rounds; 0 disables"),
     # aggregation
-    "aggregator.name": ("auto", Named(AGGREGATORS), "rule combining the clients' updates; 'auto' = "
+    "aggregator.name": ("auto", Named(AGGREGATOR_NAMES), "rule combining the clients' updates; 'auto' = "
                         "geometric_median for brmtrl, mean for every other algorithm (fedrep is FedRep: the mean)"),
     "aggregator.byzantine_fraction": (0.2, Interval(float, 0, 1, "left"),
                                       "the server's declared assumption: the fraction of the client population that "
@@ -123,7 +123,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "aggregator.tol": (1e-8, POS_FLOAT, "geometric_median: relative tolerance"),
     "aggregator.max_iter": (1000, POS_INT, "geometric_median: iteration cap"),
     "aggregator.eps": (1e-8, POS_FLOAT, "geometric_median: smoothing ν of the Weiszfeld weights"),
-    "aggregator.pre": ([], ListOf(Named(PRE_STEPS)),
+    "aggregator.pre": ([], ListOf(Named(PRE_STEP_NAMES)),
                        "pre-aggregation steps run in order before the rule, e.g. [\"nnm\", \"bucketing\"]: 'nnm' "
                        "replaces each update by the mean of its n - f nearest, 'bucketing' averages random buckets "
                        "of aggregator.bucket_size updates"),
@@ -173,7 +173,7 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
     "flower.connect_timeout": (120.0, POS_FLOAT, "Flower: seconds to wait for every client's node to connect"),
     "flower.backend_cpus": (0, NONNEG_INT, "Flower simulation: CPUs Ray may use (0: all)"),
     # attack
-    "attack.name": ("none", Named(ATTACKS), "what Byzantine clients do"),
+    "attack.name": ("none", Named(ATTACK_NAMES), "what Byzantine clients do"),
     "attack.byzantine_fraction": (0.0, Interval(float, 0, 1, "left"), "fraction of clients that are Byzantine"),
     "attack.sigma": (1.0, NONNEG_FLOAT, "gaussian: std of the pure noise sent; gaussian_additive: std of the noise "
                      "added to the honest update"),
