@@ -10,6 +10,11 @@ embeds.
 Issue 18's matrices with the attacks that know the defense (``robustness_adaptive_*.toml``) name their attacks
 on an ``attack`` axis of variants (``min_max_tailored`` = ``min_max`` with ``attack.tailored = true``).
 
+It also writes the compact data behind the tables, ``<out>/data/<name>.json`` (per cell: defense, attack,
+seed, final honest accuracy, identification, wall time, evaluated history; never checkpoints), and
+``--data <out>/data/<name>.json`` rebuilds ``<out>/<name>.md`` from it alone (the test suite checks the
+committed tables this way, byte for byte).
+
 For each sweep it writes ``<out>/<name>.md`` (final honest accuracy per defense and attack, mean ± std
 over seeds; the gap of each cell to attack-free FedRep = ``mean`` under ``none``; per attack the best
 defense; per defense its worst attack; the identification precision and recall) and
@@ -19,6 +24,7 @@ defense; per defense its worst attack; the identification precision and recall) 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -36,33 +42,66 @@ REFERENCE = ("mean", "none")  # attack-free FedRep
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep", type=Path, nargs="+",
+    ap.add_argument("sweep", type=Path, nargs="*",
                     help="one sweep directory, or several whose rows are read as one matrix (e.g. a defense "
                          "with the guard beside the same defenses without it)")
+    ap.add_argument("--data", type=Path, help="rebuild the tables from this committed data file instead of sweeps")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/robustness"))
     ap.add_argument("--recommended", default="nnm_gm", help="the defense whose identification is reported")
     args = ap.parse_args()
-    states, rows = [], []
-    for sweep in args.sweep:
-        state, found, _ = collect(sweep)
-        states.append((sweep, state))
-        rows += [{**r, "sweep": sweep} for r in found]
-    defenses = list(dict.fromkeys(r["defense"] for r in rows))
-    # the attack axis: "attack.name", or "attack" where a grid names variants (e.g. min_max_tailored)
-    axis = "attack" if rows and "attack" in rows[0] else "attack.name"
-    attacks = list(dict.fromkeys(r[axis] for r in rows))
+    if bool(args.sweep) == bool(args.data):
+        ap.error("give either sweep directories or --data FILE")
+    data = json.loads(args.data.read_text()) if args.data else export(args.sweep)
+    if not args.data:
+        (args.out / "data").mkdir(parents=True, exist_ok=True)
+        (args.out / "data" / f"{args.name}.json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    lines, heat = tables(data, args.recommended)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    if not args.data:
+        _heatmap(args.out / f"{args.name}-heatmap.png", *heat, args.name)
+    print("\n".join(lines))
+
+
+def export(sweeps: list[Path]) -> dict:
+    """The compact data behind the tables, from finished sweeps: per cell its defense, attack and seed, the
+    final honest accuracy, the identification, the wall time and the evaluated history (round, accuracy)."""
+    out: dict = {"sweeps": [], "cells": []}
+    for sweep in sweeps:
+        state, rows, histories = collect(sweep)
+        out["sweeps"].append({"path": str(sweep), "command": state.get("command", ""),
+                              "wall_s": round(float(state.get("wall_s", 0.0)), 1)})
+        axis = "attack" if rows and "attack" in rows[0] else "attack.name"
+        for r in rows:
+            if r["status"] != "done" or not isinstance(r.get("honest_acc_mean"), (int, float)):
+                continue
+            res = _load(sweep / r["cell"] / "results.json")
+            overall = (res.get("identification") or {}).get("overall") or {}
+            out["cells"].append({
+                "defense": r["defense"], "attack": r[axis], "seed": int(r.get("seed", 0)),
+                "honest_acc_mean": float(r["honest_acc_mean"]),
+                "precision": overall.get("precision"), "recall": overall.get("recall"),
+                "wall_s": r.get("wall_s"),
+                "history": [[h["round"], None if h.get("honest_acc_mean") is None else round(h["honest_acc_mean"], 4)]
+                            for h in histories.get(r["cell"], [])]})
+        out["cells_total"] = out.get("cells_total", 0) + len(rows)
+    return out
+
+
+def tables(data: dict, rec: str) -> tuple[list[str], tuple]:
+    """The Markdown tables of one matrix, from its data (:func:`export`)."""
+    cells = data["cells"]
+    defenses = list(dict.fromkeys(c["defense"] for c in cells))
+    attacks = list(dict.fromkeys(c["attack"] for c in cells))
     acc: dict[tuple[str, str], list[float]] = {}
     by_seed: dict[tuple[str, str, int], float] = {}
     ident: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        if r["status"] != "done" or not isinstance(r.get("honest_acc_mean"), (int, float)):
-            continue
-        key = (r["defense"], r[axis])
-        acc.setdefault(key, []).append(float(r["honest_acc_mean"]))
-        by_seed[(*key, int(r.get("seed", 0)))] = float(r["honest_acc_mean"])
-        res = _load(r["sweep"] / r["cell"] / "results.json")
-        ident.setdefault(key, []).append((res.get("identification") or {}).get("overall") or {})
+    for c in cells:
+        key = (c["defense"], c["attack"])
+        acc.setdefault(key, []).append(c["honest_acc_mean"])
+        by_seed[(*key, c["seed"])] = c["honest_acc_mean"]
+        ident.setdefault(key, []).append({"precision": c["precision"], "recall": c["recall"]})
     seeds = sorted({s for (_, _, s) in by_seed})
     ref = acc.get(REFERENCE, [])
     ref_mean = float(np.mean(ref)) if ref else math.nan
@@ -73,10 +112,9 @@ def main() -> None:
                  if (d, a, s) in by_seed and (*REFERENCE, s) in by_seed]
         return float(np.mean(diffs)) if diffs else math.nan
 
-    done = sum(r["status"] == "done" for r in rows)
-    lines = [" ".join(f"Sweep `{sweep}`: total wall time {float(state.get('wall_s', 0.0)):.0f} s; command "
-                      f"`{state.get('command', '')}`." for sweep, state in states),
-             f"{done} of {len(rows)} cells done; seeds {seeds}.", "",
+    lines = [" ".join(f"Sweep `{sw['path']}`: total wall time {sw['wall_s']:.0f} s; command `{sw['command']}`."
+                      for sw in data["sweeps"]),
+             f"{len(cells)} of {data['cells_total']} cells done; seeds {seeds}.", "",
              f"Attack-free FedRep (`mean`, `none`): **{_fmt(ref)}**.", "",
              "Final honest accuracy (mean ± std over seeds):", "",
              "| defense | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]
@@ -110,7 +148,6 @@ def main() -> None:
         if math.isnan(g):
             continue
         lines.append(f"| `{d}` | {a} | {g:+.2f} | {'yes' if g >= -5 else f'no (by {-5 - g:.2f})'} |")
-    rec = args.recommended
     lines += ["", f"Identification by `{rec}` (the server step's rejections and the rule's distrusted clients "
               "against the true Byzantine clients, over all rounds; mean over seeds):", "",
               "| attack | precision | recall |", "|---|---:|---:|"]
@@ -120,10 +157,7 @@ def main() -> None:
         rc = [v["recall"] for v in vals if isinstance(v.get("recall"), (int, float))]
         if a != "none" and (p or rc):
             lines.append(f"| {a} | {_fmt(p)} | {_fmt(rc)} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    _heatmap(args.out / f"{args.name}-heatmap.png", defenses, attacks, acc, ref_mean, args.name)
-    print("\n".join(lines))
+    return lines, (defenses, attacks, acc, ref_mean)
 
 
 def _heatmap(path: Path, defenses: list[str], attacks: list[str], acc: dict, ref: float, name: str) -> None:
