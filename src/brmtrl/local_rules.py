@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import PluginError
-from .plugin import is_plugin, load_object
+from .plugin import load_object, resolve_registered
 from .split import Part
 
 __all__ = ["RULES", "LocalRule", "complement", "register_local_rule", "resolve_local_rule"]
@@ -83,19 +83,16 @@ def resolve_local_rule(name: str) -> LocalRule:
     """The local update rule registered as ``name``. A ``"package.module:name"`` is imported the first time: a
     :class:`LocalRule` is registered as it is; a function ``phases(cfg) -> [(part, epochs), ...]`` becomes a
     rule that shares φ and keeps the head private, as BR-MTRL does, with those phases."""
-    if name in RULES:
-        return RULES[name]
-    if not is_plugin(name):
-        raise ValueError(f"unknown local update rule {name!r}; expected one of {', '.join(map(repr, sorted(RULES)))} "
-                         "or 'package.module:name'")
-    obj = load_object(name)
-    if name in RULES:
-        return RULES[name]
-    if isinstance(obj, LocalRule):
-        return register_local_rule(name, obj.shared, obj.phases, obj.description)
-    if not callable(obj):
-        raise PluginError(f"{name!r} is a {type(obj).__name__}, neither a LocalRule nor a function of the config")
-    return register_local_rule(name, "rep", _checked_phases(name, obj), f"{name}: shares φ, phases from {name}")
+    def build(obj: Any) -> LocalRule:
+        if isinstance(obj, LocalRule):
+            return register_local_rule(name, obj.shared, obj.phases, obj.description)
+        if not callable(obj):
+            raise PluginError(f"{name!r} is a {type(obj).__name__}, neither a LocalRule nor a function of the config")
+        return register_local_rule(name, "rep", _checked_phases(name, obj), f"{name}: shares φ, phases from {name}")
+
+    return resolve_registered(RULES, name, build, lambda: ValueError(
+        f"unknown local update rule {name!r}; expected one of {', '.join(map(repr, sorted(RULES)))} or "
+        "'package.module:name'"), load=load_object)
 
 
 def _checked_phases(name: str, fn: Callable[..., Any]) -> Callable[[Mapping[str, Any]], list[tuple[Part, int]]]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import PluginError
 
-__all__ = ["PluginError", "is_plugin", "keyword_parameters", "load_callable", "load_object", "positional_arity"]
+__all__ = ["PluginError", "is_plugin", "keyword_parameters", "load_callable", "load_object", "positional_arity",
+           "resolve_registered"]
 
 _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
@@ -77,3 +78,22 @@ def keyword_parameters(fn: Callable[..., Any]) -> set[str]:
     except (TypeError, ValueError):
         return set()
     return {p.name for p in params if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+T = TypeVar("T")
+
+
+def resolve_registered(registry: Mapping[str, T], name: str, build: Callable[[Any], T],
+                       unknown: Callable[[], Exception], *, load: Callable[[str], Any] = load_callable) -> T:
+    """The entry of ``registry`` named ``name``. A ``"package.module:function"`` name is imported the first
+    time (``load``) and ``build(obj)`` registers it, unless importing the module registered a richer entry
+    under that name itself; any other unknown name raises ``unknown()``. Every registry of brmtrl (rules,
+    pre-aggregation steps, attacks, local update rules) resolves its names this way."""
+    if name in registry:
+        return registry[name]
+    if not is_plugin(name):
+        raise unknown()
+    obj = load(name)
+    if name in registry:
+        return registry[name]
+    return build(obj)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .averages import mean, mean_trusted, median, median_trusted, trimmed_mean, trimmed_mean_trusted
-from ..plugin import is_plugin, keyword_parameters, load_callable, positional_arity
+from ..plugin import keyword_parameters, positional_arity, resolve_registered
 from .base import FLAG_BELOW, AggregateResult, Rule, _rows
 from .clipping import centered_clipping, centered_clipping_trusted
 from .geometric_median import (GeometricMedianResult, geometric_median, geometric_median_result,
@@ -130,16 +130,12 @@ def resolve_rule(name: str) -> Rule:
     the first time (a function taking ``f`` gets the server's f; importing the module may register a
     richer entry under that name itself, with :func:`register_aggregator`). Unknown names and unusable
     functions raise :class:`ValueError` (:class:`brmtrl.plugin.PluginError`)."""
-    if name in AGGREGATORS:
-        return AGGREGATORS[name]
-    if not is_plugin(name):
-        raise _unknown("rule", name, list(AGGREGATORS))
-    fn = load_callable(name)
-    if name in AGGREGATORS:
-        return AGGREGATORS[name]
-    accepted = positional_arity(fn, name, keywords=("f",))
-    optional = keyword_parameters(fn) - {"f"}   # settable with aggregator.params.<name>
-    return register_aggregator(name, fn, params=tuple(sorted(accepted | optional)))
+    def build(fn: Callable[..., torch.Tensor]) -> Rule:
+        accepted = positional_arity(fn, name, keywords=("f",))
+        optional = keyword_parameters(fn) - {"f"}   # settable with aggregator.params.<name>
+        return register_aggregator(name, fn, params=tuple(sorted(accepted | optional)))
+
+    return resolve_registered(AGGREGATORS, name, build, lambda: _unknown("rule", name, list(AGGREGATORS)))
 
 
 def _unknown(kind: str, name: Any, known: Sequence[str]) -> ValueError:
@@ -192,17 +188,13 @@ def resolve_pre_step(name: str) -> PreStep:
     registered the first time (a function taking ``f`` gets the server's f, one taking ``generator`` the
     round's generator; its other parameters need defaults and are set with ``aggregator.params.<name>``).
     Importing the module may instead register a richer entry under that name (:func:`register_pre_step`)."""
-    if name in PRE_STEPS:
-        return PRE_STEPS[name]
-    if not is_plugin(name):
-        raise _unknown("pre-aggregation step", name, list(PRE_STEPS))
-    fn = load_callable(name)
-    if name in PRE_STEPS:
-        return PRE_STEPS[name]
-    accepted = positional_arity(fn, name, keywords=("f", "generator"))
-    optional = keyword_parameters(fn) - {"f", "generator"}
-    return register_pre_step(name, fn, params=tuple(sorted((accepted - {"generator"}) | optional)),
-                             random="generator" in accepted)
+    def build(fn: Callable[..., Any]) -> PreStep:
+        accepted = positional_arity(fn, name, keywords=("f", "generator"))
+        optional = keyword_parameters(fn) - {"f", "generator"}
+        return register_pre_step(name, fn, params=tuple(sorted((accepted - {"generator"}) | optional)),
+                                 random="generator" in accepted)
+
+    return resolve_registered(PRE_STEPS, name, build, lambda: _unknown("pre-aggregation step", name, list(PRE_STEPS)))
 
 
 def rows_after(pre: Sequence[str], n: int, **params: Any) -> int:

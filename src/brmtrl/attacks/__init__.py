@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..plugin import is_plugin, load_callable, positional_arity
+from ..plugin import positional_arity, resolve_registered
 from .basic import flip_labels, gaussian, gaussian_additive, inf, label_flip, nan, none, random, sign_flip
 from .adaptive import Aggregate, min_max_adaptive, min_sum_adaptive, opt_alie, opt_ipm
 from .omniscient import alie, alie_z, fang, ipm, mimic, min_max, min_sum, perturbation_direction
@@ -111,16 +111,12 @@ def resolve_attack(name: str) -> Attack:
     the first time: at its simplest a function of the Byzantine client's own honest update (d,) that
     returns what it sends (it may take ``generator``, a CPU ``torch.Generator``). Importing the module
     may instead register a richer entry under that name (:func:`register_attack`)."""
-    if name in ATTACKS:
-        return ATTACKS[name]
-    if not is_plugin(name):
-        raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(map(repr, sorted(ATTACKS)))} "
-                         "or 'package.module:function'")
-    fn = load_callable(name)
-    if name in ATTACKS:
-        return ATTACKS[name]
-    accepted = positional_arity(fn, name, keywords=("generator",))
-    return register_attack(name, _per_update(name, fn, "generator" in accepted))
+    def build(fn: Callable[..., torch.Tensor]) -> Attack:
+        accepted = positional_arity(fn, name, keywords=("generator",))
+        return register_attack(name, _per_update(name, fn, "generator" in accepted))
+
+    return resolve_registered(ATTACKS, name, build, lambda: ValueError(
+        f"unknown attack {name!r}; expected one of {', '.join(map(repr, sorted(ATTACKS)))} or 'package.module:function'"))
 
 
 def is_omniscient(name: str) -> bool:
