@@ -48,15 +48,17 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="rebuild the tables from this committed data file instead of sweeps")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/robustness"))
-    ap.add_argument("--recommended", default="nnm_gm", help="the defense whose identification is reported")
+    ap.add_argument("--recommended", default="geometric_median",
+                    help="the defense whose identification is reported (kept in the data file)")
     args = ap.parse_args()
     if bool(args.sweep) == bool(args.data):
         ap.error("give either sweep directories or --data FILE")
     data = json.loads(args.data.read_text()) if args.data else export(args.sweep)
     if not args.data:
+        data["recommended"] = args.recommended
         (args.out / "data").mkdir(parents=True, exist_ok=True)
         (args.out / "data" / f"{args.name}.json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    lines, heat = tables(data, args.recommended)
+    lines, heat = tables(data, data.get("recommended", args.recommended))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     if not args.data:
