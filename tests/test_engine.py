@@ -287,6 +287,7 @@ def test_a_resumed_run_keeps_the_rounds_above_f(tmp_path):
     from .conftest import CONFIGS
 
     base = ["device=cpu", "threads=1", "dataset.num_clients=10", "train.eval_every=2", "seed=2", "aggregator.f=0",
+            "aggregator.pre=[\"nnm\"]",
             "train.checkpoint_every=2"]
     whole = Simulation(load_config(CONFIGS / "quick.toml", [*base, "train.rounds=4"])).run()
     first = Simulation(load_config(CONFIGS / "quick.toml", [*base, "train.rounds=2"]), out_dir=tmp_path)

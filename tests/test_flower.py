@@ -54,8 +54,8 @@ def test_flower_simulation_matches_the_built_in_engine(tmp_path):
     head phase of all sampled clients at once; tested equal in test_fast_paths)."""
     from brmtrl.flower.simulation import run_flower_simulation
 
-    # f = 0 with Byzantine clients: rounds exceed f, some of them (round 1) between two evaluations
-    cfg = small("seed=2", "aggregator.f=0")
+    # f = 0 with Byzantine clients (and NNM, which takes f): rounds exceed f, some (round 1) between two evaluations
+    cfg = small("seed=2", "aggregator.f=0", "aggregator.pre=[\"nnm\"]")   # NNM takes f
     built_in = Simulation(cfg).run()
     flower = run_flower_simulation(cfg, tmp_path / "flower")
     # every round above f is listed, evaluated or not (Flower used to read them off the evaluated rounds)

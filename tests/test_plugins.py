@@ -246,3 +246,7 @@ def test_run_from_python_checks_its_arguments():
         brmtrl.run(CONFIGS / "quick.toml", {"train.roundz": 3})
     with pytest.raises(ConfigError, match="resume=True needs the run directory"):
         brmtrl.run(CONFIGS / "quick.toml", resume=True)
+    with pytest.raises(ConfigError, match="unknown config key 'train.roundz' in the config passed to brmtrl.run"):
+        brmtrl.run({"train.roundz": 3})
+    cfg = brmtrl.load_config(CONFIGS / "quick.toml", ["train.rounds=2", "device=cpu"])
+    assert brmtrl.run(cfg, {"seed": 5})["config"]["seed"] == 5          # a Config and overrides

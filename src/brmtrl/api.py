@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .config import Config, ConfigError, load_config, parse_override, validate
+from .config import Config, ConfigError, check_key, load_config, parse_override, validate
 from .rundir import run_builtin, write_config
 
 __all__ = ["run"]
@@ -48,6 +48,8 @@ def _config(config: str | Path | Mapping[str, Any] | None, overrides: Mapping[st
         return load_config(config, overrides)
     values = dict(config)
     values.update(overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides))
+    for key in values:
+        check_key(key, "the config passed to brmtrl.run")
     return validate(values, source="the config passed to brmtrl.run")
 
 

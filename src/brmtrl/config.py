@@ -249,7 +249,8 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 PLUGIN_PARAMS = "aggregator.params."
 
 
-def _check_key(key: str, source: str) -> None:
+def check_key(key: str, source: str) -> None:
+    """A ConfigError naming ``key`` (and a close known key) unless the schema, or a plug-in's params, has it."""
     if key.startswith(PLUGIN_PARAMS) and key[len(PLUGIN_PARAMS):].isidentifier():
         return
     if key not in SCHEMA:
@@ -262,7 +263,7 @@ def validate(values: Mapping[str, Any], source: str = "config") -> Config:
     """Fill defaults, check every value against its declared constraint and the cross-key rules."""
     resolved: dict[str, Any] = {}
     for key in values:
-        _check_key(key, source)
+        check_key(key, source)
     for key, (default, constraint, _help) in SCHEMA.items():
         value = values.get(key, default)
         try:
@@ -427,14 +428,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mappi
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
         values = _flatten(table)
         for key in values:
-            _check_key(key, repr(str(p)))
+            check_key(key, repr(str(p)))
     if isinstance(overrides, Mapping):
         for key, value in overrides.items():
-            _check_key(key, "the overrides")
+            check_key(key, "the overrides")
             values[key] = value
     else:
         for text in overrides:
             key, value = parse_override(text)
-            _check_key(key, f"--set {text!r}")
+            check_key(key, f"--set {text!r}")
             values[key] = value
     return validate(values, source=repr(str(path)) if path else "config")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import RESUMABLE_KEYS, config_fingerprint
-from .config import Config, ConfigError, _check_key, _flatten, server_view, validate
+from .config import Config, ConfigError, _flatten, check_key, server_view, validate
 from .sweep_layout import GridError
 
 if sys.version_info >= (3, 11):
@@ -80,7 +80,7 @@ def _read_toml(path: Path, what: str) -> tuple[str, dict[str, Any]]:
 def _known_keys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     flat = _flatten(table)
     for key in flat:
-        _check_key(key, where)
+        check_key(key, where)
     return flat
 
 
