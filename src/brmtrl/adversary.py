@@ -56,8 +56,9 @@ def omniscient_adversary(cfg: Mapping[str, Any], byzantine: Collection[Any], *, 
         kept, _ = screen(updates, senders, size=size, max_norm=max_norm, max_norm_ratio=ratio)
         if not any(senders[i] in byz for i in kept):
             return out
-        attack = attack_mod.server_attack(cfg, client_generator(int(cfg["seed"]), r, 0, stream=7),
-                                          aggregate=None if aggregation is None else _server_aggregate(aggregation, int(cfg["seed"]), r))
+        seed = int(cfg["seed"])
+        server = None if aggregation is None else _server_aggregate(aggregation, seed, r)
+        attack = attack_mod.server_attack(cfg, client_generator(seed, r, 0, stream=7), aggregate=server)
         assert attack is not None
         x = torch.stack([updates[i].to(torch.float64) for i in kept])
         x = attack(x, torch.tensor([senders[i] in byz for i in kept], device=x.device))
