@@ -170,3 +170,27 @@ def test_an_omniscient_attack_is_refused_on_a_real_federation(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "'alie' reads the honest updates" in err and "simulation only" in err
     assert not (tmp_path / "run" / "deploy").exists()  # refused before anything started
+
+
+def test_keygen_tls_makes_certificates_valid_for_the_days_asked(tmp_path, capsys):
+    """A real federation's certificates must not expire mid-project: `brmtrl keygen tls` defaults to a year,
+    --days and --ca-name set them; a bad --days is a one-line error."""
+    import datetime
+
+    from cryptography import x509
+
+    from brmtrl.cli import main
+
+    assert main(["keygen", "tls", "--out", str(tmp_path / "year"), "--host", "superlink.example.org"]) == 0
+    assert main(["keygen", "tls", "--out", str(tmp_path / "month"), "--days", "30", "--ca-name", "Lab CA"]) == 0
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for folder, days, ca_name in (("year", 365, "brmtrl federation CA"), ("month", 30, "Lab CA")):
+        for name in ("ca.crt", "server.pem"):
+            cert = x509.load_pem_x509_certificate((tmp_path / folder / name).read_bytes())
+            left = cert.not_valid_after_utc - now
+            assert datetime.timedelta(days=days - 1) < left <= datetime.timedelta(days=days), (folder, name)
+            assert cert.issuer.rfc4514_string() == f"CN={ca_name}"
+    capsys.readouterr()
+    assert main(["keygen", "tls", "--out", str(tmp_path / "bad"), "--days", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "certificate validity must be a whole number of days >= 1" in err

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--host", action="append", default=[], metavar="NAME",
                       help="tls: a host name or IP the SuperLink is reached at (repeatable; default 127.0.0.1, localhost)")
     keys.add_argument("--name", default="supernode", help="node: the key files' name")
+    keys.add_argument("--days", type=int, default=365, metavar="N",
+                      help="tls: days the CA and server certificate stay valid (default 365)")
+    keys.add_argument("--ca-name", default="brmtrl federation CA", help="tls: the CA's common name")
     sw = sub.add_parser("sweep", help="run every cell of a grid of configurations (resumable, in parallel); "
                                       "see README 'Sweeps'")
     sw.add_argument("--grid", metavar="FILE", required=True, help="grid TOML file: config, [set], [grid], [[exclude]]")
@@ -224,7 +227,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.what == "tls":
-        paths = make_ca(out, tuple(args.host) or ("127.0.0.1", "localhost"))
+        paths = make_ca(out, tuple(args.host) or ("127.0.0.1", "localhost"), days=args.days, ca_name=args.ca_name)
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     else:
         priv, pub = make_node_keys(out, args.name)

@@ -78,8 +78,13 @@ def _bin(name: str) -> str:
     return found
 
 
-def make_ca(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Path]:
-    """A self-signed CA and a server certificate signed by it for ``hosts`` (PEM files in ``folder``)."""
+def make_ca(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), *, days: int = 365,
+            ca_name: str = "brmtrl federation CA") -> dict[str, Path]:
+    """A self-signed CA named ``ca_name`` and a server certificate signed by it for ``hosts`` (PEM files in
+    ``folder``), both valid for ``days`` days from now (``brmtrl keygen tls --days``; deploy-local makes
+    2-day ones for its throw-away federations)."""
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise DeployError(f"certificate validity must be a whole number of days >= 1, got {days!r}")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -88,10 +93,10 @@ def make_ca(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "brmtrl deploy-local CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca = (x509.CertificateBuilder().subject_name(issuer).issuer_name(issuer).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=2))
+          .not_valid_after(now + datetime.timedelta(days=days))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP384R1())
@@ -102,8 +107,8 @@ def make_ca(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -
         except ValueError:
             sans.append(x509.DNSName(h))
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
@@ -169,7 +174,7 @@ class LocalFederation:
         args = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
                 "--health-server-address", f"127.0.0.1:{free_port()}"]
         if self.tls:
-            self.certs = make_ca(self.work / "certs")
+            self.certs = make_ca(self.work / "certs", days=2, ca_name="brmtrl deploy-local CA")   # throw-away
             args += ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
                      "--ssl-keyfile", str(self.certs["key"])]
         if self.auth:
