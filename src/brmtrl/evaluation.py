@@ -64,19 +64,16 @@ def score_clients(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, sg
             privates = privates.clone()
             privates[active] = fit_heads(model, shared, privates[active], [train[i] for i in active],
                                          cfg["train.head_epochs"], sgd, gens).to(privates.dtype)
-    if guard is None:
-        with torch.no_grad():
-            return [evaluate_client(model, rule, shared, private, te,
-                                    features=None if test_features is None else test_features[i])
-                    for i, (private, te) in enumerate(zip(privates, test))]
-    assert guard_states is not None and validation is not None
+    if guard is not None and (guard_states is None or validation is None):
+        raise ValueError("score_clients: a guard needs the clients' guard_states and validation parts")
     out = []
     with torch.no_grad():
         for i, (private, te) in enumerate(zip(privates, test)):
-            personal = guard.use_personal(model, shared, private, guard_states[i], validation[i])
-            if personal:
-                rep, head = guard.personal(guard_states[i])  # type: ignore[misc]
-                res = evaluate_client(model, rule, rep.to(shared.dtype), head.to(private.dtype), te)
+            personal = None if guard is None else \
+                guard.use_personal(model, shared, private, guard_states[i], validation[i])  # type: ignore[index]
+            mine = guard.personal(guard_states[i]) if guard is not None and personal else None  # type: ignore[index]
+            if mine is not None:
+                res = evaluate_client(model, rule, mine[0].to(shared.dtype), mine[1].to(private.dtype), te)
             else:
                 res = evaluate_client(model, rule, shared, private, te,
                                       features=None if test_features is None else test_features[i])

@@ -26,10 +26,10 @@ from .basic import flip_labels, gaussian, gaussian_additive, inf, label_flip, na
 from .adaptive import Aggregate, min_max_adaptive, min_sum_adaptive, opt_alie, opt_ipm
 from .omniscient import alie, alie_z, fang, ipm, mimic, min_max, min_sum, perturbation_direction
 
-__all__ = ["ADAPTIVE", "ATTACKS", "OMNISCIENT", "Aggregate", "Attack", "alie", "alie_z", "attack_kwargs", "fang", "fang_target",
-           "flip_labels", "gaussian", "gaussian_additive", "inf", "ipm", "is_omniscient", "label_flip", "mimic",
-           "min_max", "min_sum", "nan", "none", "opt_alie", "opt_ipm", "perturbation_direction", "random", "register_attack",
-           "resolve_attack", "server_attack", "sign_flip"]
+__all__ = ["ADAPTIVE", "ATTACKS", "OMNISCIENT", "Aggregate", "Attack", "alie", "alie_z", "attack_kwargs", "fang",
+           "fang_target", "flip_labels", "gaussian", "gaussian_additive", "inf", "ipm", "is_omniscient", "label_flip",
+           "mimic", "min_max", "min_sum", "nan", "none", "opt_alie", "opt_ipm", "perturbation_direction", "random",
+           "register_attack", "resolve_attack", "server_attack", "sign_flip"]
 
 AttackFn = Callable[..., torch.Tensor]
 #: an attack run in the server step: (stacked updates, Byzantine mask) -> updates
