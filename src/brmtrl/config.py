@@ -138,6 +138,12 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
                             "non-finite values and overflowing norms are always rejected)"),
     "aggregator.max_norm_ratio": (1e6, NONNEG_FLOAT, "reject updates whose L2 norm exceeds this many times the "
                                   "median norm of the round's valid updates (absurd norms; 0: no limit)"),
+    # the server's reputation across rounds (docs/robustness.md; brmtrl.reputation)
+    "reputation.name": ("none", Options(("none", "flags")), "server-side reputation: 'flags' excludes a client flagged "
+                        "in reputation.threshold of its last reputation.window rounds; 'none' is the paper's method"),
+    "reputation.window": (10, POS_INT, "reputation: participations a client is judged on (its latest ones)"),
+    "reputation.min_rounds": (3, POS_INT, "reputation: participations before a client can be excluded"),
+    "reputation.threshold": (0.8, Interval(float, 0, 1, "right"), "reputation: flagged fraction that excludes a client"),
     # evaluation
     "eval.protocol": ("brmtrl", Options(("brmtrl", "fedrep")),
                       "'brmtrl': unweighted mean over honest clients, each with the head it holds; 'fedrep': "

@@ -32,6 +32,7 @@ from .adversary import omniscient_adversary
 from .server import Aggregation, StepResult, server_step
 from .split import get_flat
 from .record import RunRecord
+from .reputation import Reputation, without
 from .transfer import transfer_study
 
 __all__ = ["RoundRecord", "Simulation", "resolve_device", "client_generator"]
@@ -74,6 +75,8 @@ class Simulation:
                               "client is left to evaluate")
         # the server's declared settings only: it never learns the simulated attack or who is Byzantine
         self.agg = Aggregation.from_config(server_view(cfg), self.num_sampled, len(self.training_clients))
+        #: the server's reputation across rounds (reputation.name; None: the paper's method)
+        self.reputation = Reputation.from_config(server_view(cfg))
         self.augment = augmentation_for(self.data, cfg["dataset.augment"])
         # state: the server's shared vector and every client's private vector
         self.shared = get_flat(self.model, self.rule.shared).to(self.device)
@@ -234,12 +237,15 @@ class Simulation:
     def omniscient_attack(self, updates: list[torch.Tensor], senders: list[int], r: int) -> list[torch.Tensor]:
         """The simulated adversary's step (:func:`brmtrl.adversary.omniscient_adversary`): an attack that
         reads the round's honest updates rewrites the Byzantine rows before the server receives them."""
-        return self.adversary(updates, senders, r) if self.adversary is not None else updates
+        if self.adversary is None:
+            return updates
+        excluded = self.reputation.excluded_among(senders) if self.reputation is not None else ()
+        return without(excluded, self.adversary, updates, senders, r)
 
     def server_step(self, updates: list[torch.Tensor], senders: list[int], r: int) -> StepResult:
         """:func:`brmtrl.server.server_step`, with the server's declared settings only."""
         return server_step(updates, senders, self.agg, size=self.shared.numel(), round_=r, seed=self.cfg["seed"],
-                           centre=self.last_step if self.agg.history else None)
+                           centre=self.last_step if self.agg.history else None, reputation=self.reputation)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, r: int) -> dict[str, Any]:
@@ -306,6 +312,7 @@ class Simulation:
             final=self.record.final(byzantine=self.byzantine, holdout=self.holdout, extra=names),
             transfer=self.transfer,
             short_rounds=[],  # rounds with fewer clients than sampled: never in one process
+            reputation=None if self.reputation is None else self.reputation.summary(self.byzantine),
             notes=[],
             timing={
                 "total_s": round(self.elapsed.get("wall_s", 0.0), 4),
@@ -322,6 +329,8 @@ class Simulation:
         from .checkpoint import config_fingerprint, config_identity
 
         guard = {} if self.guard_state is None else {"guard_state": self.guard_state.cpu()}
+        if self.reputation is not None:
+            guard["reputation"] = self.reputation.state()
         return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(), **guard,
                 **self.record.state(), "elapsed": dict(self.elapsed),
                 "last_step": None if self.last_step is None else self.last_step.cpu(),
@@ -348,6 +357,10 @@ class Simulation:
                 raise CheckpointError(f"{where} has no guard state (it was written with guard.name = 'none')")
             check_fits("the clients' personal models (guard)", st["guard_state"], self.guard_state, where)
             self.guard_state = st["guard_state"].to(self.device)
+        if self.reputation is not None:
+            if "reputation" not in st:
+                raise CheckpointError(f"{where} has no reputation state (it was written with reputation.name = 'none')")
+            self.reputation.restore(st["reputation"])
         self.record.restore(st)
         last = st.get("last_step")
         self.last_step = None if last is None else last.to(aggregation_device(self.device))

@@ -48,7 +48,9 @@ class RunRecord:
         ident = {**flag_counts(senders, flagged, byz).as_dict(r), "flagged": sorted(flagged),
                  "accepted": list(step.accepted), "trust": step.info.get("trust", [])}
         self.identification.append(ident)
-        info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged")}
+        info = {k: v for k, v in step.info.items() if k not in ("trust", "flagged", "reputation_new")}
+        if "reputation_new" in step.info:
+            info["reputation_new"] = len(step.info["reputation_new"])
         info.update(flagged=len(flagged), flag_precision=ident["precision"], flag_recall=ident["recall"])
         accepted = sum(c in byz for c in step.accepted)
         info["byzantine_accepted"] = accepted
@@ -88,8 +90,9 @@ class RunRecord:
 
     def results(self, *, config: Mapping[str, Any], engine: str, data: Mapping[str, Any], final: Mapping[str, Any],
                 transfer: Any, short_rounds: Sequence[Any], notes: Sequence[str],
-                timing: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``results.json`` dictionary, the same keys from either engine."""
+                timing: Mapping[str, Any], reputation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The ``results.json`` dictionary, the same keys from either engine (``reputation``: the server's
+        reputation summary, :meth:`brmtrl.reputation.Reputation.summary`, None without one)."""
         return {
             "config": dict(config),
             "engine": engine,
@@ -99,6 +102,7 @@ class RunRecord:
             "rejected_updates": self.rejected,
             "transfer": transfer,
             "identification": {"rounds": self.identification, "overall": identification_overall(self.identification)},
+            "reputation": None if reputation is None else dict(reputation),
             "short_rounds": list(short_rounds),
             "notes": list(notes),
             "timing": dict(timing),

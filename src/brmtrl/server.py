@@ -25,6 +25,7 @@ import torch
 from . import aggregators as agg_mod
 from .config import ConfigError
 from .device import for_aggregation
+from .reputation import Reputation
 
 __all__ = ["Aggregation", "StepResult", "UpdatesHook", "aggregate", "hypergeometric_quantile", "pre_generator",
            "screen", "server_step"]
@@ -226,7 +227,8 @@ def aggregate(x: torch.Tensor, agg: Aggregation, *, generator: torch.Generator |
 
 
 def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation, *, size: int,
-                round_: int = 0, seed: int = 0, centre: torch.Tensor | None = None) -> StepResult:
+                round_: int = 0, seed: int = 0, centre: torch.Tensor | None = None,
+                reputation: Reputation | None = None) -> StepResult:
     """Screen, aggregate: the server's whole step, from what arrived and who sent it.
 
     It takes the server's declared settings (``agg``) and nothing a simulation knows: which clients are
@@ -237,15 +239,35 @@ def server_step(updates: Sequence[Any], clients: Sequence[Any], agg: Aggregation
     trust in each accepted client (``accepted``'s order) and ``info["flagged"]`` the accepted clients
     trusted less than :data:`brmtrl.aggregators.FLAG_BELOW`. Random pre-aggregation steps draw from
     :func:`pre_generator` (``seed``, ``round_``). ``centre``: the previous round's aggregate, for a rule
-    that starts from it (``aggregator.centre = 'previous'``).
+    that starts from it (``aggregator.centre = 'previous'``). ``reputation``: the server's reputation
+    across rounds (:mod:`brmtrl.reputation`): the updates of the clients it excluded are rejected before
+    screening, and the round's flags are booked in it (``info["reputation_new"]``: the clients it
+    excluded this round, ``info["reputation_excluded"]``: how many senders were already excluded).
     """
     updates = [for_aggregation(u) for u in updates]   # float64 work: MPS updates are combined on the CPU
-    kept, rejected = screen(updates, clients, size=size, max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
+    out = reputation.excluded_among(clients) if reputation is not None else set()
+    judged = [i for i, c in enumerate(clients) if c not in out]
+    kept, rejected = screen([updates[i] for i in judged], [clients[i] for i in judged], size=size,
+                            max_norm=agg.max_norm, max_norm_ratio=agg.max_norm_ratio)
+    kept = [judged[i] for i in kept]
     for entry in rejected:
         log.warning("round %d: rejected the update of client %s (%s)", round_, entry["client"], entry["reason"])
+    rejected += [{"client": c, "reason": "excluded by reputation (flagged persistently)"} for c in clients if c in out]
     accepted = [clients[i] for i in kept]
     info: dict[str, Any] = {"aggregator": agg.name, "f_assumed": agg.f, "updates_received": len(updates),
                             "updates_accepted": len(kept)}
+    result = _step(updates, kept, accepted, rejected, info, agg, round_=round_, seed=seed, centre=centre)
+    if reputation is not None:   # the round's flags: screening's rejections and the rule's distrust
+        flagged = [e["client"] for e in rejected if e["client"] not in out] + list(result.info.get("flagged", []))
+        result.info.update(reputation_excluded=len(out),
+                           reputation_new=reputation.observe(round_, [clients[i] for i in judged], flagged))
+    return result
+
+
+def _step(updates: Sequence[torch.Tensor], kept: list[int], accepted: list[Any], rejected: list[dict[str, Any]],
+          info: dict[str, Any], agg: Aggregation, *, round_: int, seed: int,
+          centre: torch.Tensor | None) -> StepResult:
+    """The server step's aggregation of the accepted rows ``kept`` (screening done)."""
     if not kept:
         info["skipped"] = "no valid update"
         return StepResult(None, accepted, rejected, info)

@@ -36,6 +36,7 @@ from ..federation import build_model_for, num_sampled, sample_clients
 from ..local_update import resolve_local_rule
 from ..report import write_json, write_outputs
 from ..record import RunRecord
+from ..reputation import Reputation, without
 from ..server import Aggregation, UpdatesHook, server_step
 from ..split import get_flat
 from .errors import FederationError
@@ -158,6 +159,7 @@ class BRMTRLStrategy(Strategy):
             self.adversary = simulation.adversary(sorted(roster.byzantine), roster.shared_size, self.agg)
         #: history, rejections, identification, rounds above f: the record both engines keep alike
         self.record = RunRecord(self.agg.f, self.agg.uses_f)
+        self.reputation = Reputation.from_config(self.cfg)   # reputation.name; None: the paper's method
         self.last_step: torch.Tensor | None = None  # the previous aggregate (aggregator.centre = 'previous')
         self.short_rounds: list[dict[str, Any]] = []
         self.lost: set[int] = set()  # nodes that stopped answering
@@ -234,10 +236,12 @@ class BRMTRLStrategy(Strategy):
             except Exception as exc:  # a malformed array is screened out below, with its reason
                 updates.append(f"unreadable array ({type(exc).__name__})")
         if self.adversary is not None:   # Flower's simulation only: the simulated omniscient adversary
-            updates = self.adversary(updates, senders, server_round)
+            excluded = self.reputation.excluded_among(senders) if self.reputation is not None else ()
+            updates = without(excluded, self.adversary, updates, senders, server_round)
         t_agg = time.perf_counter()
         step = server_step(updates, senders, self.agg, size=self.roster.shared_size, round_=server_round,
-                           seed=int(self.cfg["seed"]), centre=self.last_step if self.agg.history else None)
+                           seed=int(self.cfg["seed"]), centre=self.last_step if self.agg.history else None,
+                           reputation=self.reputation)
         step.info.update(aggregate_s=round(time.perf_counter() - t_agg, 6), clients_train_s=round(train_s, 6),
                          slowest_node_train_s=round(slowest, 6))
         if step.step is not None:   # as the built-in engine: the float64 step cast, added in float32
@@ -327,6 +331,7 @@ class BRMTRLStrategy(Strategy):
                   "train_samples": int(sum(self.roster.train_samples.values()))},
             final=self.record.final(byzantine=sorted(self.roster.byzantine), holdout=sorted(self.roster.holdout)),
             transfer=None, short_rounds=self.short_rounds,
+            reputation=None if self.reputation is None else self.reputation.summary(sorted(self.roster.byzantine)),
             notes=["Byzantine roles come from each node's config (in simulation, from the seed); the server's f "
                    "comes from its declared aggregator.byzantine_fraction / aggregator.f"]
             + list(self.simulation.notes if self.simulation is not None else ())
