@@ -119,5 +119,8 @@ def test_both_engines_exclude_alike(tiny_cfg, tmp_path):
     ours = Simulation(cfg).run()
     theirs = run_flower_simulation(cfg, tmp_path / "flower")
     assert ours["reputation"] == theirs["reputation"]
+    mine, flower = ours["final"]["client_scores"], theirs["final"]["client_scores"]
+    assert mine["clients"] == flower["clients"] and mine["test_samples"] == flower["test_samples"]
+    assert mine["accuracy"] == pytest.approx(flower["accuracy"], abs=1e-6)
     assert [h["honest_acc_mean"] for h in ours["history"]] == pytest.approx(
         [h["honest_acc_mean"] for h in theirs["history"]], abs=1e-6)

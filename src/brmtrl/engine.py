@@ -23,7 +23,7 @@ from .config import Config, ConfigError, server_view
 from .device import aggregation_device, configure_determinism, resolve_device, synchronize
 from .data import FederatedData, augmentation_for, load_data, principal_angle_distance
 from .client import ClientResult, client_generator, features_of, sent_update, train_client, train_clients, training_data
-from .evaluation import score_clients, summarize, transfer_scores
+from .evaluation import client_scores, score_clients, summarize, transfer_scores
 from .guard import Guard, validation_split
 from .local_update import LocalRule, SGDSettings, resolve_local_rule
 from .federation import Federation, build_client_model, sample_clients
@@ -250,9 +250,10 @@ class Simulation:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, r: int) -> dict[str, Any]:
         """Each honest client's test accuracy with its own private part (and φ as the rule gives it);
-        clients with no test samples are not scored. ``eval.protocol = 'fedrep'`` first refits each
-        honest client's head on the current φ (``train.head_epochs``, its training data; the refitted
-        head is used for scoring only) and weights clients by test-set size, as FedRep's code does."""
+        clients with no test samples are not scored. ``eval.protocol = 'fedrep'`` first runs FedRep's final
+        round (:func:`brmtrl.evaluation.final_round`; for scoring only) and weights clients by test-set
+        size, as FedRep's code does. ``client_scores``: each scored client's accuracy (the record keeps the
+        last evaluation's for ``final``)."""
         shared_rep = self.rule.shared in ("rep", "all")
         feats = features_of(self.model, self.shared[:self._rep_size()], self.data.test_x) \
             if shared_rep and self.rule.name != "fedavg_ft" else None
@@ -268,6 +269,7 @@ class Simulation:
         out: dict[str, Any] = {"round": r}
         out.update(summarize(results, weighted=self.cfg["eval.protocol"] == "fedrep",
                              classification=self.data.task == "classification"))
+        out["client_scores"] = client_scores(honest, results)
         if self.holdout and feats is not None and self.rule.private == "head" and self.data.task == "classification":
             out["transfer_acc_mean"] = self.transfer_accuracy(r, feats)
         b = linear_representation(self.model)

@@ -5,9 +5,10 @@ at once, a Flower node for itself); :func:`transfer_scores` scores new clients t
 few of their samples. :func:`summarize` turns the per-client results into the reported metrics.
 
 Two protocols (``eval.protocol``): ``brmtrl`` (ours) is the unweighted mean over honest clients of
-each client's accuracy with the head it holds; ``fedrep`` follows FedRep's code, a mean weighted by
-each client's test-set size (the engine refits heads on the current φ first). Clients with no test
-samples are not scored under either; ``clients_scored`` says how many were.
+each client's accuracy with the head it holds; ``fedrep`` follows FedRep's code (``main_fedrep.py``), a
+mean weighted by each client's test-set size after FedRep's final round (:func:`final_round`): every
+client, sampled or not, trains the parameters that are local for its algorithm on the final global ones.
+Clients with no test samples are not scored under either; ``clients_scored`` says how many were.
 """
 
 from __future__ import annotations
@@ -21,11 +22,29 @@ import torch
 from .client import (Data, EvalResult, client_generator, evaluate_client, fine_tune_and_evaluate, fit_heads,
                      transfer_sample)
 from .guard import Guard
-from .local_update import Augment, LocalRule, SGDSettings
+from .local_update import Augment, LocalRule, SGDSettings, evaluate, train_phases
 from .models import SplitModel
-from .split import set_flat
+from .split import Part, set_flat
 
-__all__ = ["score_clients", "summarize", "transfer_scores"]
+__all__ = ["client_scores", "final_round", "mean_over", "score_clients", "summarize", "transfer_scores"]
+
+#: the epochs of FedRep's final round at least (``max(10, local_ep - local_rep_ep)``; 10 for FedAvg)
+FINAL_ROUND_EPOCHS = 10
+
+
+def final_round(cfg: Mapping[str, Any], rule: LocalRule) -> tuple[Part, int] | None:
+    """What a client trains in FedRep's final round under ``eval.protocol = 'fedrep'``, and for how many
+    epochs, as FedRep's ``LocalUpdate.train(last=True)`` does it: the parameters that are local for the
+    algorithm, with the global ones frozen, for ``max(10, budget - train.rep_epochs)`` epochs (``budget``:
+    the rule's epochs per round): the head for BR-MTRL, FedRep and FedPer, the lower layers for
+    LG-FedAvg, the whole model for Local-only; FedAvg's clients fine-tune the head of the global model for
+    10 epochs. None for ``fedavg_ft``, which fine-tunes as ``finetune.*`` says, and without the protocol."""
+    if cfg["eval.protocol"] != "fedrep" or rule.name == "fedavg_ft":
+        return None
+    if rule.private == "none":
+        return "head", FINAL_ROUND_EPOCHS
+    budget = sum(e for _, e in rule.phases(cfg))
+    return rule.private, max(FINAL_ROUND_EPOCHS, budget - int(cfg["train.rep_epochs"]))
 
 
 def score_clients(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, sgd: SGDSettings, shared: torch.Tensor,
@@ -39,8 +58,11 @@ def score_clients(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, sg
 
     * ``fedavg_ft``: a copy of the global model fine-tuned on the client's ``train`` data (``finetune.part``
       for ``finetune.epochs``, augmented as in training; stream 5), then scored;
-    * ``eval.protocol = 'fedrep'`` with a private head: the head is first refitted on ``shared``
-      (``train.head_epochs`` on the client's ``train`` data; stream 4), for scoring only;
+    * ``eval.protocol = 'fedrep'``: FedRep's final round first (:func:`final_round`; stream 4), for scoring
+      only: a private head is refitted on ``shared`` at every evaluation (cheap, batched); the other parts
+      (LG-FedAvg's lower layers, Local-only's model, FedAvg's head) are trained once, at the run's last
+      round (``round_ >= train.rounds``), one client at a time, augmented as in training, and earlier
+      evaluations score them as held;
     * otherwise the client's own private part as it is.
 
     ``test_features``: φ of each client's test inputs, when already computed. ``model`` is overwritten.
@@ -57,13 +79,25 @@ def score_clients(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, sg
                for c, tr, te in zip(clients, train, test)]
         set_flat(model, "all", shared)
         return out
-    if cfg["eval.protocol"] == "fedrep" and rule.private == "head" and cfg["train.head_epochs"] > 0:
+    last = final_round(cfg, rule)
+    if last is not None and last[0] != rule.private:   # FedAvg: the global model's head, at the last round
+        if round_ < cfg["train.rounds"]:
+            last = None
+        else:
+            return [_final_round_score(model, rule, shared, None, tr, te, last, sgd,
+                                       client_generator(seed, round_, c, stream=4), augment)
+                    for c, tr, te in zip(clients, train, test)]
+    if last is not None and last[0] == "head":
         active = [i for i, (_, y) in enumerate(train) if len(y)]
         if active:
             gens = [client_generator(seed, round_, clients[i], stream=4) for i in active]
             privates = privates.clone()
             privates[active] = fit_heads(model, shared, privates[active], [train[i] for i in active],
-                                         cfg["train.head_epochs"], sgd, gens).to(privates.dtype)
+                                         last[1], sgd, gens).to(privates.dtype)
+    elif last is not None and round_ >= cfg["train.rounds"]:   # LG-FedAvg's lower layers, Local-only's model
+        return [_final_round_score(model, rule, shared, p, tr, te, last, sgd,
+                                   client_generator(seed, round_, c, stream=4), augment)
+                for c, p, tr, te in zip(clients, privates, train, test)]
     if guard is not None and (guard_states is None or validation is None):
         raise ValueError("score_clients: a guard needs the clients' guard_states and validation parts")
     out = []
@@ -81,6 +115,24 @@ def score_clients(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, sg
     return out
 
 
+def _final_round_score(model: SplitModel, rule: LocalRule, shared: torch.Tensor, private: torch.Tensor | None,
+                       train: Data, test: Data, last: tuple[Part, int], sgd: SGDSettings,
+                       generator: torch.Generator, augment: Augment | None) -> EvalResult:
+    """One client's FedRep final round (``last``: the part and epochs) from the model it holds, then its
+    score on ``test``; ``model`` is overwritten."""
+    x, y = test
+    if len(y) == 0:
+        return EvalResult(float("nan"), float("nan"), 0)
+    set_flat(model, rule.shared, shared)
+    if private is not None:
+        set_flat(model, rule.private, private)
+    train_phases(model, train[0], train[1], [last], sgd, generator, augment)
+    model.eval()
+    with torch.no_grad():
+        acc, loss = evaluate(model, x, y)
+    return EvalResult(acc, loss, len(y))
+
+
 def transfer_scores(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, sgd: SGDSettings,
                     shared: torch.Tensor, fresh: torch.Tensor, clients: Sequence[int], train: Sequence[Data],
                     test: Sequence[Data], round_: int, *,
@@ -96,6 +148,28 @@ def transfer_scores(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, 
         return [evaluate_client(model, rule, shared, h, te,
                                 features=None if test_features is None else test_features[i])
                 for i, (h, te) in enumerate(zip(heads, test))]
+
+
+def client_scores(clients: Sequence[Any], results: Sequence[EvalResult]) -> dict[str, list[Any]]:
+    """Each scored client's accuracy and test-set size (``results.json`` ``final.client_scores``), so that a
+    run can be compared with a reference on the same clients (:func:`mean_over`)."""
+    kept = [(c, r) for c, r in zip(clients, results) if r.num_samples > 0]
+    return {"clients": [c for c, _ in kept],
+            "accuracy": [None if np.isnan(r.accuracy) else float(r.accuracy) for _, r in kept],   # None: regression
+            "test_samples": [int(r.num_samples) for _, r in kept]}
+
+
+def mean_over(scores: Mapping[str, Sequence[Any]], clients: Any, *, weighted: bool = False) -> float | None:
+    """The mean accuracy of :func:`client_scores` over the clients in ``clients`` only (weighted by test-set
+    size with ``weighted``, FedRep's protocol): a reference scored on another run's honest clients. None
+    when none of them was scored."""
+    keep = set(clients)
+    rows = [(a, n) for c, a, n in zip(scores["clients"], scores["accuracy"], scores["test_samples"])
+            if c in keep and a is not None]
+    if not rows:
+        return None
+    w = np.array([n if weighted else 1.0 for _, n in rows], dtype=np.float64)
+    return float(w @ np.array([a for a, _ in rows]) / w.sum())
 
 
 def summarize(results: Sequence[EvalResult], *, weighted: bool = False,

@@ -17,7 +17,7 @@ from .errors import PluginError
 from .plugin import load_object, resolve_registered
 from .split import Part
 
-__all__ = ["RULES", "LocalRule", "complement", "register_local_rule", "resolve_local_rule"]
+__all__ = ["RULES", "LocalRule", "complement", "local_epochs", "register_local_rule", "resolve_local_rule"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,16 @@ def _alternating(cfg: Mapping[str, Any]) -> list[tuple[Part, int]]:
     return [("head", cfg["train.head_epochs"]), ("rep", cfg["train.rep_epochs"])]
 
 
+def local_epochs(cfg: Mapping[str, Any]) -> int:
+    """Epochs per round of a method that trains its whole model: ``train.local_epochs``, or with ``'auto'``
+    BR-MTRL's budget ``train.head_epochs + train.rep_epochs`` (FedRep's code gives every method the same
+    ``local_ep``, which FedRep splits between head and φ)."""
+    e = cfg["train.local_epochs"]
+    return int(cfg["train.head_epochs"]) + int(cfg["train.rep_epochs"]) if e == "auto" else int(e)
+
+
 def _whole(cfg: Mapping[str, Any]) -> list[tuple[Part, int]]:
-    return [("all", cfg["train.local_epochs"])]
+    return [("all", local_epochs(cfg))]
 
 
 RULES: dict[str, LocalRule] = {

@@ -36,6 +36,8 @@ class RunRecord:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     identification: list[dict[str, Any]] = field(default_factory=list)
     f_exceeded_rounds: list[int] = field(default_factory=list)
+    #: the last evaluation's per-client scores (:func:`brmtrl.evaluation.client_scores`), for ``final``
+    client_scores: dict[str, Any] | None = None
 
     def record_step(self, r: int, senders: Sequence[Any], step: StepResult,
                     byzantine: Collection[Any]) -> dict[str, Any]:
@@ -64,7 +66,10 @@ class RunRecord:
 
     def add_evaluation(self, r: int, metrics: Mapping[str, Any], *, round_s: float, byzantine_sampled: int,
                        rejected: int, no_update: int, step_info: Mapping[str, Any]) -> dict[str, Any]:
-        """Append round r's history row: its metrics, then what the round did."""
+        """Append round r's history row: its metrics, then what the round did (per-client scores are kept
+        for ``final`` only)."""
+        metrics = dict(metrics)
+        self.client_scores = metrics.pop("client_scores", self.client_scores)
         row = {"round": r, **metrics, "round_s": round(round_s, 6), "byzantine_sampled": byzantine_sampled,
                "rejected": rejected, "no_update": no_update, **step_info}
         self.history.append(row)
@@ -84,6 +89,8 @@ class RunRecord:
         out["aggregator_f"] = self.f
         out["rounds_byzantine_exceeded_f"] = list(self.f_exceeded_rounds)
         out["updates_rejected"] = len(self.rejected)
+        if self.client_scores is not None:
+            out["client_scores"] = self.client_scores
         out.update(extra or {})
         out["rounds"] = last.get("round", 0)
         return out
@@ -111,7 +118,7 @@ class RunRecord:
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of the record."""
         return {"history": self.history, "rejected": self.rejected, "identification": self.identification,
-                "f_exceeded_rounds": self.f_exceeded_rounds}
+                "f_exceeded_rounds": self.f_exceeded_rounds, "client_scores": self.client_scores}
 
     def restore(self, st: Mapping[str, Any]) -> None:
         """Continue from :meth:`state` (a checkpoint written before ``f_exceeded_rounds`` was kept gets
@@ -119,6 +126,7 @@ class RunRecord:
         self.history = list(st["history"])
         self.rejected = list(st["rejected"])
         self.identification = list(st.get("identification", []))
+        self.client_scores = st.get("client_scores")
         if "f_exceeded_rounds" in st:
             self.f_exceeded_rounds = list(st["f_exceeded_rounds"])
         else:

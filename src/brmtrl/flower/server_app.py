@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Strategy
 
 from ..client import EvalResult
 from ..config import Config, server_view
-from ..evaluation import summarize
+from ..evaluation import client_scores, summarize
 from ..federation import build_model_for, num_sampled, sample_clients
 from ..local_update import resolve_local_rule
 from ..report import write_json, write_outputs
@@ -277,7 +277,7 @@ class BRMTRLStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         if not self._eval_round(server_round):
             return None
-        honest, transfer = [], []
+        honest, transfer, ids = [], [], []
         for reply in replies:
             if reply.has_error():
                 log.warning("round %d: evaluation failed on node %s: %s", server_round, reply.metadata.src_node_id,
@@ -294,8 +294,11 @@ class BRMTRLStrategy(Strategy):
                     transfer.append(res)
                 elif p in honest_ids:
                     honest.append(res)
+                    ids.append(p)
         classification = not all(np.isnan(r.accuracy) for r in honest if r.num_samples)
         metrics = summarize(honest, weighted=self.cfg["eval.protocol"] == "fedrep", classification=classification)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        metrics["client_scores"] = client_scores([ids[i] for i in order], [honest[i] for i in order])
         if transfer:
             accs = [r.accuracy for r in transfer if r.num_samples]
             metrics["transfer_acc_mean"] = float(np.mean(accs)) if accs else None
