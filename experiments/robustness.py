@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _common import fmt as _fmt, load_json as _load  # noqa: E402
+from brmtrl.evaluation import mean_over  # noqa: E402
 from brmtrl.sweep_report import collect, draw_heatmap  # noqa: E402
 
 REFERENCE = ("mean", "none")  # attack-free FedRep
@@ -80,11 +81,17 @@ def export(sweeps: list[Path]) -> dict:
                 continue
             res = _load(sweep / r["cell"] / "results.json")
             overall = (res.get("identification") or {}).get("overall") or {}
+            final = res.get("final") or {}
+            # the reference keeps its per-client scores, every cell its Byzantine clients: each gap is then
+            # taken on the cell's honest clients (issue 19)
+            scores = {"client_scores": final["client_scores"]} \
+                if (r["defense"], r[axis]) == REFERENCE and "client_scores" in final else {}
+            out["weighted"] = (res.get("config") or {}).get("eval", {}).get("protocol") == "fedrep"
             out["cells"].append({
                 "defense": r["defense"], "attack": r[axis], "seed": int(r.get("seed", 0)),
                 "honest_acc_mean": float(r["honest_acc_mean"]),
                 "precision": overall.get("precision"), "recall": overall.get("recall"),
-                "wall_s": r.get("wall_s"),
+                "wall_s": r.get("wall_s"), "byzantine": list(final.get("byzantine_clients", [])), **scores,
                 "history": [[h["round"], None if h.get("honest_acc_mean") is None else round(h["honest_acc_mean"], 4)]
                             for h in histories.get(r["cell"], [])]})
         out["cells_total"] = out.get("cells_total", 0) + len(rows)
@@ -107,10 +114,25 @@ def tables(data: dict, rec: str) -> tuple[list[str], tuple]:
     seeds = sorted({s for (_, _, s) in by_seed})
     ref = acc.get(REFERENCE, [])
     ref_mean = float(np.mean(ref)) if ref else math.nan
+    byzantine = {(c["defense"], c["attack"], c["seed"]): set(c.get("byzantine", [])) for c in cells}
+    ref_scores = {c["seed"]: c["client_scores"] for c in cells
+                  if (c["defense"], c["attack"]) == REFERENCE and "client_scores" in c}
+    same_clients = bool(ref_scores)
+
+    def reference(d: str, a: str, s: int) -> float:
+        """Attack-free FedRep of seed s, scored on the honest clients of cell (d, a, s) when the data has its
+        per-client scores (data written before 2026-12-02 has not: then on all of its clients)."""
+        if s not in ref_scores:
+            return by_seed[(*REFERENCE, s)]
+        sc = ref_scores[s]
+        value = mean_over(sc, [c for c in sc["clients"] if c not in byzantine[(d, a, s)]],
+                          weighted=bool(data.get("weighted")))
+        return math.nan if value is None else value
 
     def gap(d: str, a: str) -> float:
-        """Mean over seeds of (cell − attack-free FedRep of the same seed), in points."""
-        diffs = [100 * (by_seed[(d, a, s)] - by_seed[(*REFERENCE, s)]) for s in seeds
+        """Mean over seeds of (cell − attack-free FedRep of the same seed on the cell's honest clients), in
+        points."""
+        diffs = [100 * (by_seed[(d, a, s)] - reference(d, a, s)) for s in seeds
                  if (d, a, s) in by_seed and (*REFERENCE, s) in by_seed]
         return float(np.mean(diffs)) if diffs else math.nan
 
@@ -123,7 +145,8 @@ def tables(data: dict, rec: str) -> tuple[list[str], tuple]:
     for d in defenses:
         lines.append(f"| `{d}` | " + " | ".join(_fmt(acc.get((d, a), [])) for a in attacks) + " |")
     lines += ["", "Gap to attack-free FedRep, in points (mean over seeds of the per-seed difference; "
-              "negative = below):", "", "| defense | " + " | ".join(attacks) + " | worst |",
+              "negative = below; " + ("attack-free FedRep scored on each cell's honest clients):" if same_clients
+                                      else "attack-free FedRep scored on all its clients):"), "", "| defense | " + " | ".join(attacks) + " | worst |",
               "|---|" + "---:|" * (len(attacks) + 1)]
     worst: dict[str, tuple[float, str]] = {}
     for d in defenses:

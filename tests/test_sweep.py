@@ -170,13 +170,14 @@ def test_a_finished_sweep_runs_nothing_again(full: tuple[Path, Path], monkeypatc
     assert "0 cells run, 8 already done" in capsys.readouterr().out
 
 
-def test_killed_sweep_resumes_where_it_stopped_with_identical_numbers(
+def test_a_stopped_sweep_with_a_half_run_cell_resumes_with_identical_numbers(
         full: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     _, reference = full
     grid = write_grid(tmp_path)
     out = tmp_path / "sweep"
-    assert sweep(grid, out, "--threads", "1", "--max-cells", "3") == 0  # stopped after 3 cells
+    # stopped after 3 cells (--max-cells), then a 4th cell left as a kill would leave it (the real kill: below)
+    assert sweep(grid, out, "--threads", "1", "--max-cells", "3") == 0
     cells = load_grid(grid).cells
     assert [summary(out)[c.name]["status"] for c in cells] == ["done"] * 3 + ["missing"] * 5
     # the 4th cell was killed after round 2 of 3: its checkpoint and a short results.json remain
@@ -377,3 +378,43 @@ def test_variant_errors_name_the_axis_and_the_key(tmp_path, edit, needle):
     with pytest.raises(ConfigError, match=None) as err:
         load_grid(write_grid(tmp_path, edit(VARIANTS)))
     assert needle in str(err.value), str(err.value)
+
+
+def test_a_sweep_killed_with_sigkill_mid_cell_resumes_with_identical_numbers(tmp_path: Path) -> None:
+    """A real kill: the sweep runs in its own process group and gets SIGKILL while its first cell is between
+    two checkpoints; run again, it resumes that cell from its checkpoint and ends with the numbers of an
+    uninterrupted sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = write_grid(tmp_path, GRID.replace('"train.rounds" = 3', '"train.rounds" = 120\n"train.checkpoint_every" = 10\n'
+                                              '"train.eval_every" = 20')
+                      .replace('"aggregator.name" = ["mean", "median"]', '"aggregator.name" = ["median"]')
+                      .replace('"attack.name" = ["sign_flip", "gaussian"]', '"attack.name" = ["sign_flip"]'))
+    assert sweep(grid, tmp_path / "reference", "--threads", "1") == 0
+    out = tmp_path / "killed"
+    first = load_grid(grid).cells[0].name
+    proc = subprocess.Popen([sys.executable, "-m", "brmtrl", "sweep", "--grid", str(grid), "--out", str(out),
+                             "--quiet", "--threads", "1"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / first / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / first / "results.json").exists() or \
+        json.loads((out / first / "results.json").read_text())["final"]["rounds"] < 120
+    assert sweep(grid, out, "--threads", "1") == 0
+    assert numbers(out) == numbers(tmp_path / "reference")
+    for cell in summary(out):
+        hist = json.loads((out / cell / "results.json").read_text())["history"]
+        ref = json.loads((tmp_path / "reference" / cell / "results.json").read_text())["history"]
+        assert [h["honest_acc_mean"] for h in hist] == [h["honest_acc_mean"] for h in ref]
