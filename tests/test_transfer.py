@@ -86,3 +86,56 @@ def test_transfer_configuration_errors(tiny_cfg, tmp_path):
                               f"transfer.fedavg_run={json.dumps(str(tmp_path / 'missing'))}"))
     with pytest.raises(ConfigError, match="transfer.fedavg_run"):
         sim.run()
+
+
+def test_transfer_settings_are_chosen_on_a_validation_part_of_the_shots_never_on_test_data(tiny_cfg):
+    from brmtrl.client import EvalResult
+    from brmtrl.transfer import select_on_validation, validation_split
+
+    x = torch.arange(12, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2])
+    fit, val = validation_split((x, y))
+    assert sorted(val[1].tolist()) == [0, 1, 2] and len(fit[1]) == 9          # one held out per class
+    assert set(val[0].flatten().tolist()) == {9.0, 10.0, 11.0}                  # the last of each class
+    assert validation_split((x[:4], torch.tensor([0, 0, 1, 2]))) is None        # a class with one sample
+    seen = []
+
+    def fake(train, test, epochs, lr):
+        seen.append((len(train[1]), len(test[1])))
+        return EvalResult({(30, 0.1): 0.9, (10, 0.1): 0.9}.get((epochs, lr), 0.5), {(10, 0.1): 0.2}.get((epochs, lr), 0.3), 3)
+
+    assert select_on_validation(fake, (x, y), [10, 30], [0.01, 0.1]) == (10, 0.1)   # tie on accuracy: lower loss
+    assert seen == [(9, 3)] * 4
+    # a scrambled test set changes no choice
+    common = ["transfer.clients=3", "transfer.shots=[1, 3]", "train.rounds=3", "transfer.epochs_grid=[5, 20]",
+              "transfer.lr_grid=[0.01, 0.1]"]
+    a = Simulation(tiny_cfg(*common)).run()["transfer"]
+    sim = Simulation(tiny_cfg(*common))
+    g = torch.Generator().manual_seed(0)
+    sim.data.test_y = sim.data.test_y[torch.randperm(len(sim.data.test_y), generator=g)]
+    b = sim.run()["transfer"]
+    assert a["select"] == "validation" and a["selected"] == b["selected"]
+    assert a["methods"] != b["methods"]
+    for method, per_k in a["selected"].items():
+        assert all(choice == [100, 0.05] for choice in per_k["1"])   # k = 1: nothing to hold out, fixed settings
+        assert all(choice[0] in (5, 20) and choice[1] in (0.01, 0.1) for choice in per_k["3"])
+    fixed = Simulation(tiny_cfg(*common, "transfer.select=fixed")).run()["transfer"]
+    assert all(choice == [100, 0.05] for per_k in fixed["selected"].values() for v in per_k.values() for choice in v)
+
+
+def test_the_fedavg_baseline_must_be_a_finished_run_on_the_same_data_and_partition(tiny_cfg, tmp_path):
+    common = ["transfer.clients=2", "transfer.shots=[2]", "train.rounds=2"]
+    done = tmp_path / "fedavg"
+    Simulation(tiny_cfg("algorithm.name=fedavg", *common), out_dir=done).run()
+    ok = Simulation(tiny_cfg(*common, f"transfer.fedavg_run={json.dumps(str(done))}")).run()
+    assert "fedavg_finetuned" in ok["transfer"]["methods"]
+    other = tmp_path / "other"
+    Simulation(tiny_cfg("algorithm.name=fedavg", *common, "dataset.noise=0.3"), out_dir=other).run()
+    with pytest.raises(ConfigError, match=r"transfer.fedavg_run.*other data or another partition"):
+        Simulation(tiny_cfg(*common, f"transfer.fedavg_run={json.dumps(str(other))}")).run()
+    unfinished = tmp_path / "unfinished"
+    stopped = Simulation(tiny_cfg("algorithm.name=fedavg", *common, "train.rounds=4"), out_dir=unfinished)
+    stopped.round(1)
+    stopped.checkpoint(1)   # as a run killed after round 1 of 4 leaves it
+    with pytest.raises(ConfigError, match=r"transfer.fedavg_run.*stopped at round 1 of 4"):
+        Simulation(tiny_cfg(*common, f"transfer.fedavg_run={json.dumps(str(unfinished))}")).run()

@@ -93,6 +93,8 @@ class Simulation:
         self.record = RunRecord(self.agg.f, self.agg.uses_f)
         #: the previous round's aggregate, where centered clipping starts with aggregator.centre = 'previous'
         self.last_step: torch.Tensor | None = None
+        #: the dataset and its partition (:meth:`brmtrl.data.FederatedData.fingerprint`), kept in checkpoints
+        self.data_fingerprint = self.data.fingerprint()
         self.start_round = 1
         self.elapsed = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
 
@@ -160,6 +162,7 @@ class Simulation:
             t1 = time.perf_counter()
             self.transfer = transfer_study(
                 self.cfg, self.model, self.rule, self.sgd, shared=self.shared, initial_head=self.initial_private,
+                data_fingerprint=self.data_fingerprint,
                 initial_all=self.initial_all,
                 clients=[(c, self.data.client_train(c), self.data.client_test(c)) for c in self.holdout])
             self.elapsed["transfer_s"] = time.perf_counter() - t1
@@ -333,10 +336,11 @@ class Simulation:
         guard = {} if self.guard_state is None else {"guard_state": self.guard_state.cpu()}
         if self.reputation is not None:
             guard["reputation"] = self.reputation.state()
-        return {"round": r, "shared": self.shared.cpu(), "private": self.private.cpu(), **guard,
+        return {"round": r, "rounds": self.cfg["train.rounds"], "shared": self.shared.cpu(), "private": self.private.cpu(), **guard,
                 **self.record.state(), "elapsed": dict(self.elapsed),
                 "last_step": None if self.last_step is None else self.last_step.cpu(),
-                "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg)}
+                "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg),
+                "data_fingerprint": self.data_fingerprint}
 
     def checkpoint(self, r: int) -> Path:
         """Write :meth:`state` atomically to ``out_dir/checkpoint.pt``."""

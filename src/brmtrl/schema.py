@@ -142,8 +142,17 @@ SCHEMA: dict[str, tuple[Any, Any, str]] = {
                        "classes, for each k in the list (e.g. [1, 5, 10, 20]); results.json 'transfer', transfer.png"),
     "transfer.scratch_epochs": (100, POS_INT, "transfer.shots: epochs of the baseline trained from scratch on the k-shot "
                                 "samples (the same budget as transfer.epochs by default)"),
-    "transfer.fedavg_run": ("", Text(), "transfer.shots: directory of a finished fedavg run on the same dataset and "
-                            "model; its global model, fine-tuned on the same samples, is the third baseline"),
+    "transfer.fedavg_run": ("", Text(), "transfer.shots: directory of a finished fedavg run on the same data and "
+                            "partition (checked by fingerprint); its global model, fine-tuned on the same samples, is the "
+                            "third baseline"),
+    "transfer.select": ("validation", Options(("validation", "fixed")),
+                        "transfer.shots: 'validation' chooses each method's epochs and lr per new client and k on one "
+                        "held-out sample per class of its k shots (k >= 2), from transfer.epochs_grid x transfer.lr_grid, "
+                        "then refits on all k; 'fixed': transfer.epochs / transfer.scratch_epochs at train.lr"),
+    "transfer.epochs_grid": ([10, 30, 100], ListOf(Interval(int, 1, None), min_len=1, unique=True),
+                             "transfer.select = 'validation': the epochs tried"),
+    "transfer.lr_grid": ([0.01, 0.03, 0.1], ListOf(Interval(float, 0, None, "neither"), min_len=1, unique=True),
+                         "transfer.select = 'validation': the learning rates tried"),
     # FedAvg with fine-tuning
     "finetune.epochs": (5, POS_INT, "fedavg_ft (and the FedAvg transfer baseline): epochs each client fine-tunes "
                         "the global model on its training data before it is evaluated"),
