@@ -92,6 +92,10 @@ def export(sweeps: list[Path]) -> dict:
                 "honest_acc_mean": float(r["honest_acc_mean"]),
                 "precision": overall.get("precision"), "recall": overall.get("recall"),
                 "wall_s": r.get("wall_s"), "byzantine": list(final.get("byzantine_clients", [])), **scores,
+                **({"excluded": [rep["byzantine_excluded"], rep["honest_excluded"],
+                                 max((e["round"] for e in rep["excluded"]
+                                      if e["client"] in final.get("byzantine_clients", [])), default=None)]}
+                   if (rep := res.get("reputation")) else {}),
                 "history": [[h["round"], None if h.get("honest_acc_mean") is None else round(h["honest_acc_mean"], 4)]
                             for h in histories.get(r["cell"], [])]})
         out["cells_total"] = out.get("cells_total", 0) + len(rows)
@@ -182,6 +186,18 @@ def tables(data: dict, rec: str) -> tuple[list[str], tuple]:
         rc = [v["recall"] for v in vals if isinstance(v.get("recall"), (int, float))]
         if a != "none" and (p or rc):
             lines.append(f"| {a} | {_fmt(p)} | {_fmt(rc)} |")
+    with_rep = [d for d in defenses if any("excluded" in c for c in cells if c["defense"] == d)]
+    for d in with_rep:
+        lines += ["", f"Clients excluded by the server's reputation under `{d}` (summed over seeds; per seed "
+                  f"{max(len(b) for b in byzantine.values())} of the clients are Byzantine), and the round by "
+                  "which every excluded Byzantine client was:", "",
+                  "| attack | Byzantine excluded | honest excluded | last Byzantine excluded in round (per seed) |",
+                  "|---|---:|---:|---|"]
+        for a in attacks:
+            ex = [c["excluded"] for c in cells if c["defense"] == d and c["attack"] == a and "excluded" in c]
+            if ex:
+                lines.append(f"| {a} | {sum(e[0] for e in ex)} | {sum(e[1] for e in ex)} | "
+                             + ", ".join("—" if e[2] is None else str(e[2]) for e in ex) + " |")
     return lines, (defenses, attacks, acc, ref_mean)
 
 

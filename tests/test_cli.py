@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from brmtrl.cli import main
 from brmtrl.config import SCHEMA, Interval, Options, load_config
+from brmtrl.constraints import ListOf
 
 from .conftest import CONFIGS
 
@@ -128,6 +129,8 @@ def bad_value(constraint):
         return st.one_of(*out)
     if isinstance(constraint, Options):
         return st.one_of(st.text(max_size=12).filter(lambda s: s not in constraint.values), st.integers(), st.booleans())
+    if isinstance(constraint, ListOf):   # not a list, or a list with an item no list key accepts
+        return st.one_of(st.lists(st.integers(max_value=0), min_size=1, max_size=2), st.integers(), st.booleans())
     return st.one_of(st.lists(st.integers(), min_size=1, max_size=2), st.integers(min_value=-5, max_value=-1))
 
 

@@ -85,9 +85,10 @@ def test_tls_and_authentication_refuse_an_unregistered_supernode(tmp_path):
 
 def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
     """Four SuperNodes of 3 clients each; one replies with NaN updates, one is killed after round 1.
-    The run goes on with the others, rejects the NaN updates and lists the short rounds."""
+    The run goes on with the others, rejects the NaN updates (and, after 3 rounds, the server's reputation
+    excludes their senders) and lists the short rounds."""
     cfg = small("dataset.num_clients=12", "train.rounds=4", "train.participation=1.0", "attack.name=none",
-                "flower.round_timeout=20", "flower.min_clients=3", "aggregator.name=median",
+                "flower.round_timeout=45", "flower.min_clients=3", "aggregator.name=median",
                 "train.eval_every=1")
     out = tmp_path / "run"
     fed = LocalFederation(out / "deploy")
@@ -118,7 +119,10 @@ def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
     assert short and all(set(e["no_reply"]) | set(e["unreachable"]) <= killed for e in short)
     assert any(set(e["no_reply"]) | set(e["unreachable"]) == killed for e in short)
     assert {e["client"] for e in res["rejected_updates"]} == set(groups[1])  # the NaN node, every round
-    assert all("non-finite" in e["reason"] for e in res["rejected_updates"])
+    reasons = [e["reason"] for e in res["rejected_updates"]]
+    assert all("non-finite" in r or "excluded by reputation" in r for r in reasons)
+    assert sum("non-finite" in r for r in reasons) == 3 * 3   # rounds 1-3; then excluded
+    assert {e["client"] for e in res["reputation"]["excluded"]} == set(groups[1])
     assert res["history"][-1]["updates_accepted"] == 6  # 12 clients - 3 NaN - 3 killed
     assert res["final"]["honest_acc_mean"] is not None
     assert flower_processes_of(out / "deploy") == []

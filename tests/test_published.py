@@ -20,3 +20,21 @@ def test_a_published_table_regenerates_from_its_data(data, tmp_path):
     assert done.returncode == 0, done.stderr
     published = ROOT / "docs" / "robustness" / f"{data.stem}.md"
     assert (tmp_path / f"{data.stem}.md").read_text() == published.read_text()
+
+
+def test_the_tables_embedded_in_robustness_md_are_the_generated_ones():
+    """A section of docs/robustness.md that embeds a generated table file (marked
+    ``<!-- generated: docs/robustness/<name>.md ... -->``) holds it verbatim from "Attack-free FedRep" on."""
+    page = (ROOT / "docs" / "robustness.md").read_text()
+    marks = [line for line in page.splitlines() if line.startswith("<!-- generated: docs/robustness/")]
+    assert len(marks) >= 2
+    for mark in marks:
+        name = mark.split("docs/robustness/")[1].split(".md")[0]
+        gen = (ROOT / "docs" / "robustness" / f"{name}.md").read_text()
+        body = gen[gen.index("Attack-free FedRep"):].rstrip("\n")
+        assert mark + "\n" + body + "\n" in page, name
+
+
+def test_every_robustness_table_file_has_its_data():
+    tables = {p.stem for p in (ROOT / "docs" / "robustness").glob("*.md")}
+    assert tables == {d.stem for d in DATA}
