@@ -1,4 +1,4 @@
-"""Every published robustness table regenerates from the compact data committed beside it, byte for byte
+"""Every published table regenerates from the compact data committed beside it, byte for byte
 (`python experiments/robustness.py --data docs/robustness/data/<name>.json --name <name>`)."""
 
 from __future__ import annotations
@@ -38,3 +38,15 @@ def test_the_tables_embedded_in_robustness_md_are_the_generated_ones():
 def test_every_robustness_table_file_has_its_data():
     tables = {p.stem for p in (ROOT / "docs" / "robustness").glob("*.md")}
     assert tables == {d.stem for d in DATA}
+
+
+RESULTS = sorted((ROOT / "docs" / "results" / "data").glob("*.json"))
+
+
+@pytest.mark.parametrize("data", RESULTS, ids=[d.stem for d in RESULTS])
+def test_a_published_results_table_regenerates_from_its_data(data, tmp_path):
+    """docs/results tables of the fair study (`python experiments/fair_study.py --data ...`)."""
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "fair_study.py"), "--data", str(data),
+                           "--name", data.stem, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / f"{data.stem}.md").read_text() == (ROOT / "docs" / "results" / f"{data.stem}.md").read_text()
