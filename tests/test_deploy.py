@@ -128,6 +128,49 @@ def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
     assert flower_processes_of(out / "deploy") == []
 
 
+def test_a_federation_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL every process of a deploy-local run (ServerApp, SuperLink, SuperNodes) after a few rounds,
+    then `deploy-local --resume`: a new federation; the server continues from its checkpoint, each node's
+    clients from their state-dir, and the run ends with the built-in engine's numbers (which an
+    uninterrupted deploy-local run equals: the first test)."""
+    from brmtrl.cli import main
+
+    sets = ["device=cpu", "threads=1", "dataset.num_clients=8", "train.rounds=6", "train.eval_every=1"]
+    cfg = load_config(CONFIGS / "quick.toml", sets)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "brmtrl", "deploy-local", "--config", str(CONFIGS / "quick.toml"),
+           *[a for kv in sets for a in ("--set", kv)], "--supernodes", "2", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / "progress.json").read_text())["round"] >= 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+    finally:   # the power goes: every process at once, no clean-up
+        for pid in [proc.pid, *flower_processes_of(out / "deploy")]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+    killed_at = json.loads((out / "progress.json").read_text())["round"]
+    assert 2 <= killed_at < 6 and not (out / "results.json").exists()
+    assert sorted(p.name for p in (out / "deploy" / "state").iterdir()) == ["supernode-0", "supernode-1"]
+    assert main(["deploy-local", "--resume", "--out", str(out), "--supernodes", "2", "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    ref = Simulation(cfg).run()
+    assert [h["round"] for h in res["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [h["honest_acc_mean"] for h in res["history"]] == pytest.approx(
+        [h["honest_acc_mean"] for h in ref["history"]], abs=1e-3)
+    assert res["final"]["honest_acc_mean"] == pytest.approx(ref["final"]["honest_acc_mean"], abs=1e-3)
+    assert (out / "checkpoint.pt").is_file()
+    assert flower_processes_of(out / "deploy") == []
+
+
 def _ctrl_c_as_in_a_terminal() -> None:
     """A job started in the background by a non-interactive shell (CI scripts, ``cmd &``) inherits SIGINT
     ignored, and Python then keeps it ignored; a terminal's foreground process has the default."""

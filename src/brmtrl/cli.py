@@ -39,12 +39,15 @@ def _parser() -> argparse.ArgumentParser:
                           "needs pip install 'brmtrl[flower]'")
     dep = sub.add_parser("deploy-local", help="run a real Flower federation here: a SuperLink and N SuperNodes "
                                               "as separate processes on 127.0.0.1")
-    dep.add_argument("--config", metavar="FILE", required=True, help="TOML configuration file")
+    dep.add_argument("--config", metavar="FILE", help="TOML configuration file (not with --resume)")
     dep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key (repeatable)")
     dep.add_argument("--supernodes", type=int, default=4, metavar="N", help="SuperNodes to start (default 4); "
                      "the clients are split among them")
     dep.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config>-deploy-<time>)")
+    dep.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint: a "
+                     "new SuperLink and SuperNodes, the server from its last round, each node's clients from "
+                     "their state-dir (the config is read from --out/config.json; --set may change the resumable keys)")
     dep.add_argument("--tls", action="store_true", help="generate a CA and certificates; TLS on every connection")
     dep.add_argument("--auth", action="store_true", help="SuperNode authentication: each node's key is registered "
                                                          "with the SuperLink, unregistered nodes are refused")
@@ -240,10 +243,18 @@ def _deploy(args: argparse.Namespace) -> int:
 
     if args.supernodes < 1:
         raise ConfigError(f"--supernodes must be >= 1, got {args.supernodes}")
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.out) if args.out else _default_run_dir(args.config, "deploy")
+    if args.resume:
+        if not args.out:
+            raise ConfigError("deploy-local --resume needs --out DIR, the run to continue")
+        run_dir = Path(args.out)
+        cfg = _resume_config(run_dir, args.overrides)
+    else:
+        if not args.config:
+            raise ConfigError("deploy-local needs --config FILE (or --resume with --out DIR)")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.out) if args.out else _default_run_dir(args.config, "deploy")
     results = deploy_local(cfg, run_dir, supernodes=args.supernodes, tls=args.tls, auth=args.auth,
-                           progress=not args.quiet and sys.stderr.isatty(), timeout=args.timeout)
+                           progress=not args.quiet and sys.stderr.isatty(), timeout=args.timeout, resume=args.resume)
     _print_summary(results, run_dir)
     return 0
 

@@ -21,8 +21,9 @@ Every message carries the run's resolved config as JSON (``config["brmtrl-config
 optionally ``byzantine`` (true/false: all of its clients), ``byzantine-ids`` (which of its clients are
 Byzantine, ``"3,7"``), ``attack`` (what its Byzantine clients send, an attack a node can run on its own
 update; default the config's ``attack.name``), ``transfer`` (true/false: override the held-out role the
-seed gives it), ``dataset-root`` (where this machine keeps the data) and ``fault`` (``nan`` or
-``size``: reply with a malformed update, for testing the server's screening).
+seed gives it), ``dataset-root`` (where this machine keeps the data), ``state-dir`` (a directory on this machine where
+the node keeps its clients' private parts across restarts: :mod:`brmtrl.flower.node_state`) and ``fault``
+(``nan`` or ``size``: reply with a malformed update, for testing the server's screening).
 
 A client is Byzantine only when its node config says so; in Flower's simulation engine, whose nodes
 have no config of their own, the server's messages say ``brmtrl-roles-from-seed`` and the config's
@@ -44,6 +45,7 @@ from ..client import EvalResult
 from ..device import synchronize
 from ..federation import model_spec
 from .node import Node, config_from_json
+from .node_state import NodeState
 from .records import array, arrays_of, config_of, ints, scalar, tensor
 
 __all__ = ["app", "byzantine_role", "hosted_partitions", "node_for"]
@@ -156,12 +158,39 @@ def _eval_metrics(results: list[tuple[Node, EvalResult]], kind: str) -> MetricRe
 
 
 def _private(node: Node, context: Context, kind: str = PRIVATE) -> torch.Tensor | None:
-    """What the node keeps for client ``node.id``: its private part (``PRIVATE``) or its guard's personal
-    model (``GUARD``); None before its first round."""
+    """What the node keeps in memory for client ``node.id``: its private part (``PRIVATE``) or its guard's
+    personal model (``GUARD``); None before its first round."""
     key = f"{kind}-{node.id}"
     if key in context.state:
         return tensor(context.state.array_records[key], "private")
     return None
+
+
+_STATES: dict[tuple[str, str], NodeState] = {}
+
+
+def _state_dir(message: Message, context: Context) -> NodeState | None:
+    """The node's on-disk state (node config ``state-dir``), for the message's experiment; None without."""
+    folder = context.node_config.get("state-dir")
+    if not folder:
+        return None
+    cfg_json = str(config_of(message)["brmtrl-config"])
+    key = (str(folder), cfg_json)
+    if key not in _STATES:
+        from ..checkpoint import config_fingerprint
+
+        _STATES[key] = NodeState(str(folder), config_fingerprint(config_from_json(cfg_json)))
+    return _STATES[key]
+
+
+def _held(node: Node, message: Message, context: Context, r: int, *, training: bool) -> tuple[Any, Any]:
+    """Client ``node.id``'s private part and guard state that count in round r: from the node's
+    ``state-dir`` when it has one (it survives restarts), else from memory."""
+    disk = _state_dir(message, context)
+    if disk is None:
+        return _private(node, context), _private(node, context, GUARD)
+    st = disk.load(node.id, r, training=training)
+    return st.get("private"), st.get("guard")
 
 
 app = ClientApp()
@@ -176,14 +205,18 @@ def train(message: Message, context: Context) -> Message:
     arrays, pids, counts, byz, seconds = ArrayRecord(), [], [], [], []
     for pid in _partitions(message, context):
         node = node_for(message, context, pid)
+        private, guard_before = _held(node, message, context, r, training=True)
         t0 = time.perf_counter()
-        res, sent = node.train(shared, _private(node, context), r)
+        res, sent = node.train(shared, private, r)
         synchronize(node.device)   # the node's queued kernels belong to its training time
         seconds.append(time.perf_counter() - t0)
         context.state[f"{PRIVATE}-{node.id}"] = ArrayRecord({"private": array(res.private)})
-        guard = node.update_guard(shared, res, _private(node, context, GUARD), r)
+        guard = node.update_guard(shared, res, guard_before, r)
         if guard is not None:
             context.state[f"{GUARD}-{node.id}"] = ArrayRecord({"private": array(guard)})
+        disk = _state_dir(message, context)
+        if disk is not None:   # written before the reply: a round the server saw is on the node's disk
+            disk.save(node.id, r, {"private": res.private, **({} if guard is None else {"guard": guard})})
         if sent is not None and fault == "nan":
             sent = sent * float("nan")
         elif sent is not None and fault == "size":
@@ -205,7 +238,8 @@ def evaluate(message: Message, context: Context) -> Message:
     results = []
     for pid in _partitions(message, context):
         node = node_for(message, context, pid)
-        results.append((node, node.evaluate(shared, _private(node, context), r, _private(node, context, GUARD))))
+        private, guard = _held(node, message, context, r, training=False)
+        results.append((node, node.evaluate(shared, private, r, guard)))
     return Message(RecordDict({"metrics": _eval_metrics(results, "evaluate")}), reply_to=message)
 
 

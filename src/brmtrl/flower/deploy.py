@@ -58,6 +58,7 @@ clientapp = "brmtrl.flower.client_app:app"
 brmtrl-config = ""
 brmtrl-out = ""
 brmtrl-clients = 0
+brmtrl-resume = false
 """
 
 
@@ -217,10 +218,12 @@ class LocalFederation:
             args += ["--auth-supernode-private-key", str(key)]
         return self._spawn(name, args + self._security())
 
-    def run_app(self, cfg: Config, out_dir: Path, clients: int, timeout: float) -> subprocess.CompletedProcess:
-        """Submit the brmtrl Flower App for ``cfg`` to the SuperLink and wait for the run to finish."""
+    def run_app(self, cfg: Config, out_dir: Path, clients: int, timeout: float, *,
+                resume: bool = False) -> subprocess.CompletedProcess:
+        """Submit the brmtrl Flower App for ``cfg`` to the SuperLink and wait for the run to finish
+        (``resume``: the ServerApp continues from the checkpoint in ``out_dir``)."""
         app = self.work / "app"
-        toml = write_app(app, cfg, str(out_dir), clients)
+        toml = write_app(app, cfg, str(out_dir), clients, resume=resume)
         cmd = [_bin("flwr"), "run", str(app), "local", "--run-config", str(toml), "--stream"]
         with open(self.work / "flwr-run.log", "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env(),
@@ -308,14 +311,15 @@ def _signal_all(pids: set[int], sig: int) -> None:
             pass
 
 
-def write_app(folder: Path, cfg: Config, out_dir: str, clients: int) -> Path:
+def write_app(folder: Path, cfg: Config, out_dir: str, clients: int, *, resume: bool = False) -> Path:
     """A Flower App directory for ``flwr run`` (its components live in the installed brmtrl) and the
     run config that carries ``cfg``; returns the run-config file."""
     from .node import config_to_json
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pyproject.toml").write_text(APP_PYPROJECT)
-    run_config = {"brmtrl-config": config_to_json(cfg), "brmtrl-out": out_dir, "brmtrl-clients": clients}
+    run_config = {"brmtrl-config": config_to_json(cfg), "brmtrl-out": out_dir, "brmtrl-clients": clients,
+                  "brmtrl-resume": resume}
     toml = folder / "run-config.toml"
     toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
     return toml
@@ -338,8 +342,12 @@ def byzantine_extra(clients: list[int], byzantine: list[int]) -> dict[str, Any]:
 
 
 def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: bool = False, auth: bool = False,
-                 progress: bool = False, timeout: float = 3600.0) -> dict[str, Any]:
-    """Run ``cfg`` on a SuperLink and ``supernodes`` SuperNodes started here; return results.json."""
+                 progress: bool = False, timeout: float = 3600.0, resume: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` on a SuperLink and ``supernodes`` SuperNodes started here; return results.json.
+
+    Each SuperNode keeps its clients' private parts in ``<out_dir>/deploy/state/supernode-<k>`` (node
+    config ``state-dir``) and the ServerApp checkpoints into ``out_dir`` after every round; with ``resume``
+    a run that was killed continues from there (a fresh run clears both first)."""
     from ..data import load_data
     from ..federation import Federation
     from .errors import check_real_attack
@@ -349,6 +357,10 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
     out.mkdir(parents=True, exist_ok=True)
     n = load_data(cfg).num_clients
     fed = LocalFederation(out / "deploy", tls=tls, auth=auth)
+    state = out / "deploy" / "state"
+    if not resume:
+        shutil.rmtree(state, ignore_errors=True)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
 
     def _terminate(signum: int, frame: Any) -> None:
@@ -364,13 +376,13 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
                 if auth:
                     key, pub = make_node_keys(fed.work / "keys", f"supernode-{k}")
                     fed.register(pub)
-                fed.start_supernode(f"supernode-{k}", node_config(clients, byzantine_extra(clients, byzantine)),
-                                    key=key)
+                extra = {**byzantine_extra(clients, byzantine), "state-dir": str(state / f"supernode-{k}")}
+                fed.start_supernode(f"supernode-{k}", node_config(clients, extra), key=key)
             for stale in ("results.json", "error.txt"):
                 (out / stale).unlink(missing_ok=True)
             bar = _ProgressWatcher(out, cfg["train.rounds"]) if progress else None
             try:
-                done = fed.run_app(cfg, out, n, timeout)
+                done = fed.run_app(cfg, out, n, timeout, resume=resume)
             finally:
                 if bar is not None:
                     bar.close()

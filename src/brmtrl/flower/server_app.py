@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from ..client import EvalResult
-from ..config import Config, server_view
+from ..config import SIMULATION_ONLY, Config, server_view
 from ..evaluation import client_scores, summarize
 from ..federation import build_model_for, num_sampled, sample_clients
 from ..local_update import resolve_local_rule
@@ -39,6 +39,7 @@ from ..record import RunRecord
 from ..reputation import Reputation, without
 from ..server import Aggregation, UpdatesHook, server_step
 from ..split import get_flat
+from ..checkpoint import save_checkpoint
 from .errors import FederationError
 from .node import config_from_json, config_to_json
 from .records import arrays_of, config_of, floats, has, ints, metrics_of, scalar
@@ -167,10 +168,17 @@ class BRMTRLStrategy(Strategy):
         self.progress_file: Path | None = None
         self._round: dict[str, Any] = {}
         self.timing = {"train_s": 0.0, "eval_s": 0.0, "rounds": 0}
+        #: rounds done before this process (a resumed run): Flower's loop counts from 1 again
+        self.offset = 0
+        #: where the round's checkpoint goes (None: none is written)
+        self.checkpoint_dir: Path | None = None
+        #: the experiment as the server may see it (no attack.*): what its checkpoints are checked against
+        self.identity = {k: self.cfg[k] for k in sorted(self.cfg) if not k.startswith(SIMULATION_ONLY)}
 
     # -------------------------------------------------------------- training
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         t0 = time.perf_counter()
         sampled = sample_clients(self.cfg, self.roster.training, server_round, self.m)
         online = set(grid.get_node_ids()) - self.lost
@@ -192,6 +200,7 @@ class BRMTRLStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         replies = list(replies)
         sent = self._round["sent"]
         answered: dict[int, Any] = {}
@@ -265,6 +274,7 @@ class BRMTRLStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         self._round["e0"] = time.perf_counter()
         if not self._eval_round(server_round):
             self._finish_round(server_round, None)
@@ -275,6 +285,7 @@ class BRMTRLStrategy(Strategy):
         return self._messages(clients, server_round, lambda p: "query.transfer" if p in holdout else "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.offset
         if not self._eval_round(server_round):
             return None
         honest, transfer, ids = [], [], []
@@ -317,10 +328,51 @@ class BRMTRLStrategy(Strategy):
                 self.progress.set_postfix(acc=f"{row['honest_acc_mean']:.4f}")
         if self.progress is not None:
             self.progress.update(1)
+        if self.checkpoint_dir is not None:   # every round: a restarted server loses at most the round under way
+            save_checkpoint(self.checkpoint_dir, self.state(r))
         if self.progress_file is not None:
             last = self.record.history[-1] if self.record.history else {}
             write_json(self.progress_file, {"round": r, "rounds": self.cfg["train.rounds"],
                                             "honest_acc_mean": last.get("honest_acc_mean")})
+
+    # -------------------------------------------------------------- checkpoints
+    def state(self, r: int) -> dict[str, Any]:
+        """The server's state after round r, in the built-in engine's checkpoint format (the heads live on
+        the nodes: ``private`` is empty; ``node_state``: where they keep them, node config ``state-dir``)."""
+        from ..checkpoint import config_fingerprint, config_identity
+
+        return {"round": r, "rounds": self.cfg["train.rounds"], "engine": "flower", "shared": self.shared.clone(),
+                "private": torch.zeros(0), "last_step": self.last_step, **self.record.state(),
+                "reputation": None if self.reputation is None else self.reputation.state(),
+                "short_rounds": list(self.short_rounds), "elapsed": dict(self.timing),
+                "roster": {"clients": sorted(self.roster.node_of), "byzantine": sorted(self.roster.byzantine),
+                           "holdout": sorted(self.roster.holdout)},
+                "config": config_identity(self.identity), "fingerprint": config_fingerprint(self.identity)}
+
+    def restore(self, run_dir: Path) -> int:
+        """Continue from ``run_dir/checkpoint.pt`` (a checkpoint of this experiment, with the same clients
+        and roles); returns the round it was written after."""
+        from ..checkpoint import CheckpointError, check_fits, load_checkpoint
+
+        st = load_checkpoint(run_dir, cfg=self.identity)
+        where = f"checkpoint {str(run_dir / 'checkpoint.pt')!r}"
+        if st.get("engine") != "flower":
+            raise CheckpointError(f"{where} was written by the built-in engine; resume it with brmtrl run --resume")
+        roster = {"clients": sorted(self.roster.node_of), "byzantine": sorted(self.roster.byzantine),
+                  "holdout": sorted(self.roster.holdout)}
+        if st.get("roster") != roster:
+            raise CheckpointError(f"{where} was written by a federation with other clients or roles than the nodes "
+                                  "connected now")
+        check_fits("the shared vector (φ)", st["shared"], self.shared, where)
+        self.shared = st["shared"].to(torch.float32)
+        self.last_step = st.get("last_step")
+        self.record.restore(st)
+        if self.reputation is not None and st.get("reputation") is not None:
+            self.reputation.restore(st["reputation"])
+        self.short_rounds = list(st.get("short_rounds", []))
+        self.timing = dict(st["elapsed"])
+        self.offset = int(st["round"])
+        return self.offset
 
     def summary(self) -> None:
         log.info("BR-MTRL strategy: %s, f=%d, %d clients per round", self.agg.name, self.agg.f, self.m)
@@ -356,31 +408,39 @@ def initial_shared(cfg: Config, roster: Roster) -> torch.Tensor:
 
 
 def run_server(grid: Grid, cfg: Config, out_dir: Path, *, engine: str, expected_clients: int | None = None,
-               progress: bool = False, simulation: SimulationHooks | None = None) -> dict[str, Any]:
-    """Drive the federation: discover the nodes, run ``train.rounds`` rounds, write the outputs."""
+               progress: bool = False, simulation: SimulationHooks | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    """Drive the federation: discover the nodes, run ``train.rounds`` rounds, write the outputs. The
+    server's state is checkpointed into ``out_dir`` after every round; with ``resume``, a checkpoint found
+    there is continued from (the nodes keep their clients' heads in their ``state-dir``)."""
     t0 = time.perf_counter()
     cfg_json = config_to_json(cfg)
     expected = expected_clients if expected_clients is not None else cfg["dataset.num_clients"]
     roster = discover(grid, cfg_json, expected, cfg["flower.connect_timeout"],
                       roles_from_seed=simulation is not None and simulation.roles_from_seed)
+    strategy = BRMTRLStrategy(cfg, roster, initial_shared(cfg, roster), simulation=simulation)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", dict(cfg))   # what --resume reads
+    done = strategy.restore(out_dir) if resume and (out_dir / "checkpoint.pt").is_file() else 0
+    if done:
+        log.info("resuming after round %d of %d from %s", done, cfg["train.rounds"], out_dir / "checkpoint.pt")
+    strategy.checkpoint_dir = out_dir
+    strategy.progress_file = out_dir / "progress.json"
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg["train.rounds"], desc="rounds", unit="round", dynamic_ncols=True)
-    strategy = BRMTRLStrategy(cfg, roster, initial_shared(cfg, roster), progress=bar, simulation=simulation)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    strategy.progress_file = out_dir / "progress.json"
+        bar = tqdm(total=cfg["train.rounds"], initial=done, desc="rounds", unit="round", dynamic_ncols=True)
+        strategy.progress = bar
     try:
-        strategy.start(grid, ArrayRecord({"shared": Array(strategy.shared.numpy())}), num_rounds=cfg["train.rounds"],
-                       timeout=cfg["flower.round_timeout"])
+        if done < cfg["train.rounds"]:
+            strategy.start(grid, ArrayRecord({"shared": Array(strategy.shared.numpy())}),
+                           num_rounds=cfg["train.rounds"] - done, timeout=cfg["flower.round_timeout"])
     finally:
         if bar is not None:
             bar.close()
     results = strategy.results(engine, time.perf_counter() - t0)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_outputs(out_dir, results)
-    write_json(out_dir / "config.json", dict(cfg))
     return results
 
 
@@ -402,7 +462,7 @@ def make_server_app(cfg: Config | None = None, out_dir: str | Path | None = None
             int(rc["brmtrl-clients"]) if "brmtrl-clients" in rc else None)
         try:
             run_server(grid, run_cfg, out, engine=engine, expected_clients=expected, progress=progress,
-                       simulation=simulation)
+                       simulation=simulation, resume=bool(rc.get("brmtrl-resume", False)))
         except Exception as exc:  # the caller (simulation or deploy-local) reads the reason from here
             out.mkdir(parents=True, exist_ok=True)
             (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 19's transfer study on CIFAR-10: does φ help a new client more than training from scratch?
+# For each of 3 seeds: FedAvg without attack (its global model, fine-tuned, is the third baseline), then
+# brmtrl (the shipped default defense) without and with 20 % sign-flipping clients, 25 rounds without
+# augmentation, 11 local epochs for every method; 10 clients held out of training (never sampled, never
+# Byzantine) each fit on k = 1, 5, 10, 20 samples per class of their 2 classes, each method's epochs and lr
+# chosen on one held-out sample per class of the k shots (transfer.select = "validation"; k = 1: 100 epochs
+# at the training lr). Resumable: a finished run is skipped, an interrupted one continues from its checkpoint.
+#   bash experiments/transfer_cifar10.sh [OUT=runs/transfer-cifar10]
+#   python experiments/results.py transfer runs/transfer-cifar10 ...   (tables: see docs/results.md)
+set -euo pipefail
+OUT=${1:-runs/transfer-cifar10}
+C=(--config configs/cifar10.toml --set dataset.root=../shared/data/cifar10 --set dataset.augment=false
+   --set train.rounds=25 --set train.local_epochs=11 --set threads=1 --set transfer.clients=10
+   --set "transfer.shots=[1,5,10,20]" --set eval.protocol=fedrep --quiet)
+run() {  # run DIR ARGS...: skip when finished, resume when interrupted
+  local dir=$1; shift
+  if [ -f "$dir/results.json" ] && python -c "import json,sys; r=json.load(open('$dir/results.json')); sys.exit(0 if r['final']['rounds']==25 and r.get('transfer') else 1)"; then
+    echo "done: $dir"; return; fi
+  if [ -f "$dir/checkpoint.pt" ]; then brmtrl run --resume "$dir" --quiet; else brmtrl run "${C[@]}" "$@" --out "$dir"; fi
+}
+for seed in 0 1 2; do
+  run "$OUT/fedavg-seed$seed" --set seed=$seed --set algorithm.name=fedavg --set aggregator.name=mean \
+      --set reputation.name=none --set attack.name=none --set attack.byzantine_fraction=0.0
+  F=(--set "transfer.fedavg_run=\"$OUT/fedavg-seed$seed\"")
+  run "$OUT/brmtrl-none-seed$seed" --set seed=$seed --set attack.name=none --set attack.byzantine_fraction=0.0 "${F[@]}"
+  run "$OUT/brmtrl-signflip-seed$seed" --set seed=$seed "${F[@]}"
+done
