@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from brmtrl.config import load_config
 from brmtrl.engine import Simulation
@@ -168,6 +169,51 @@ def test_a_federation_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tm
         [h["honest_acc_mean"] for h in ref["history"]], abs=1e-3)
     assert res["final"]["honest_acc_mean"] == pytest.approx(ref["final"]["honest_acc_mean"], abs=1e-3)
     assert (out / "checkpoint.pt").is_file()
+    assert flower_processes_of(out / "deploy") == []
+
+
+def test_a_restarted_supernode_comes_back_with_its_clients_heads(tmp_path):
+    """SIGKILL one of two SuperNodes mid-run and start it again with the same state-dir: the server sees
+    a new node hosting the lost clients and moves them to it; they train on with their heads (read back
+    from the state-dir) and are all scored at the end. The round in flight when the node died is short for
+    its clients (it is listed); with no short round the run equals the built-in engine's."""
+    cfg = small("train.rounds=8", "train.participation=1.0", "train.eval_every=1", "attack.name=none",
+                "attack.byzantine_fraction=0.0", "flower.round_timeout=45", "flower.min_clients=2")
+    out = tmp_path / "run"
+    groups = split_clients(8, 2)
+    configs = [node_config(c, {"byzantine": False, "state-dir": str(tmp_path / f"state-{k}")}) for k, c in enumerate(groups)]
+    fed = LocalFederation(out / "deploy")
+    with fed:
+        fed.start_superlink()
+        for k, nc in enumerate(configs):
+            fed.start_supernode(f"supernode-{k}", nc)
+        done: dict = {}
+        runner = threading.Thread(target=lambda: done.update(rc=fed.run_app(cfg, out, 8, 600).returncode))
+        runner.start()
+        deadline = time.time() + 200
+        while time.time() < deadline:
+            try:
+                if json.loads((out / "progress.json").read_text())["round"] >= 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        os.killpg(fed.procs["supernode-1"].pid, signal.SIGKILL)
+        fed.procs["supernode-1"].wait(timeout=30)
+        fed.start_supernode("supernode-1-again", configs[1])
+        runner.join(timeout=580)
+        assert done.get("rc") == 0, (out / "deploy" / "flwr-run.log").read_text()[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert [h["round"] for h in res["history"]] == list(range(1, 9))
+    assert any(f"clients {groups[1]} came back" in note for note in res["notes"])
+    assert res["history"][-1]["clients_scored"] == 8          # everyone is scored at the end
+    short = [e["round"] for e in res["short_rounds"]]
+    assert len(short) <= 2                                      # only the round(s) of the outage
+    state = torch.load(tmp_path / "state-1" / f"client-{groups[1][0]}.pt", weights_only=True)
+    assert max(state["rounds"]) == 8                            # it trained to the end, from its state-dir
+    if not short:
+        ref = Simulation(cfg).run()
+        assert res["final"]["honest_acc_mean"] == pytest.approx(ref["final"]["honest_acc_mean"], abs=1e-3)
     assert flower_processes_of(out / "deploy") == []
 
 

@@ -16,12 +16,11 @@ rounds that had fewer clients and why, and the run stops with an error when fewe
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, cast
+from typing import Any, Callable, Collection, Iterable
 
 import numpy as np
 import torch
@@ -41,10 +40,12 @@ from ..server import Aggregation, UpdatesHook, server_step
 from ..split import get_flat
 from ..checkpoint import save_checkpoint
 from .errors import FederationError
+from .roster import Roster, config_record, describe_nodes, discover
 from .node import config_from_json, config_to_json
-from .records import arrays_of, config_of, floats, has, ints, metrics_of, scalar
+from .records import arrays_of, floats, has, ints, metrics_of, scalar
 
-__all__ = ["BRMTRLStrategy", "FederationError", "SimulationHooks", "discover", "make_server_app", "run_server"]
+__all__ = ["BRMTRLStrategy", "FederationError", "Roster", "SimulationHooks", "discover", "make_server_app",
+           "run_server"]
 
 @dataclass(frozen=True)
 class SimulationHooks:
@@ -63,78 +64,6 @@ class SimulationHooks:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 log = logging.getLogger("brmtrl")
-
-
-class Roster:
-    """Which node hosts which client, and each client's role, as the nodes described themselves."""
-
-    def __init__(self) -> None:
-        self.node_of: dict[int, int] = {}
-        self.byzantine: set[int] = set()
-        self.holdout: set[int] = set()
-        self.train_samples: dict[int, int] = {}
-        self.num_clients = 0
-        self.shared_size = 0
-        self.model_spec: dict[str, Any] = {}
-
-    @property
-    def training(self) -> list[int]:
-        return sorted(p for p in self.node_of if p not in self.holdout)
-
-    @property
-    def honest(self) -> list[int]:
-        return [p for p in self.training if p not in self.byzantine]
-
-
-def _config_record(cfg_json: str, r: int, partitions: list[int] | None = None, *,
-                   roles_from_seed: bool = False) -> ConfigRecord:
-    rec = ConfigRecord({"brmtrl-config": cfg_json, "server-round": r})
-    if roles_from_seed:
-        rec["brmtrl-roles-from-seed"] = True
-    if partitions is not None:
-        rec["partition-ids"] = partitions
-    return rec
-
-
-def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float, *,
-             roles_from_seed: bool = False) -> Roster:
-    """Ask every connected node which clients it hosts, until ``expected_clients`` are known."""
-    roster = Roster()
-    asked: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while len(roster.node_of) < expected_clients:
-        new = [n for n in grid.get_node_ids() if n not in asked]
-        if not new:
-            if time.monotonic() > deadline:
-                raise FederationError(f"{len(roster.node_of)} of {expected_clients} clients connected after "
-                                      f"{timeout:.0f} s; start the missing SuperNodes (see docs/deployment.md)")
-            time.sleep(0.5)
-            continue
-        msgs = [Message(RecordDict({"config": _config_record(cfg_json, 0, roles_from_seed=roles_from_seed)}),
-                        dst_node_id=n,
-                        message_type="query.describe") for n in new]
-        for reply in grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())):
-            src = reply.metadata.src_node_id
-            asked.add(src)
-            if reply.has_error():
-                log.warning("node %s could not describe itself: %s", src, reply.error.reason)
-                continue
-            info = config_of(reply)
-            flags = [cast(list, info[k]) for k in ("byzantine", "transfer")]
-            for p, b, t, n in zip(ints(info["partitions"]), flags[0], flags[1], ints(info["train-samples"])):
-                if p in roster.node_of:
-                    raise FederationError(f"client {p} is hosted by two nodes ({roster.node_of[p]} and {src}); "
-                                          "give every SuperNode its own partition-id")
-                roster.node_of[p] = src
-                roster.train_samples[p] = n
-                if b:
-                    roster.byzantine.add(p)
-                if t:
-                    roster.holdout.add(p)
-            roster.num_clients = int(scalar(info["num-clients"]))
-            roster.model_spec = json.loads(str(info["model-spec"]))
-            roster.shared_size = int(scalar(info["shared-size"]))
-    return roster
 
 
 class BRMTRLStrategy(Strategy):
@@ -164,6 +93,8 @@ class BRMTRLStrategy(Strategy):
         self.last_step: torch.Tensor | None = None  # the previous aggregate (aggregator.centre = 'previous')
         self.short_rounds: list[dict[str, Any]] = []
         self.lost: set[int] = set()  # nodes that stopped answering
+        self.strangers: set[int] = set()  # nodes that connected later and host no lost client
+        self.rejoined: list[dict[str, Any]] = []  # clients whose restarted node came back, and when
         self.progress = progress
         self.progress_file: Path | None = None
         self._round: dict[str, Any] = {}
@@ -175,10 +106,41 @@ class BRMTRLStrategy(Strategy):
         #: the experiment as the server may see it (no attack.*): what its checkpoints are checked against
         self.identity = {k: self.cfg[k] for k in sorted(self.cfg) if not k.startswith(SIMULATION_ONLY)}
 
+    # -------------------------------------------------------------- nodes that come back
+    def rejoin(self, grid: Grid, r: int) -> None:
+        """A SuperNode that restarted comes back under a new node id: when a node the server has not seen
+        connects, ask it which clients it hosts, and clients whose node was lost move to it (with the same
+        roles; their heads come back from the node's ``state-dir``). Called before each round's sampling."""
+        known = set(self.roster.node_of.values()) | self.lost | self.strangers
+        new = [n for n in grid.get_node_ids() if n not in known]
+        if not new:
+            return
+        seeded = self.simulation is not None and self.simulation.roles_from_seed
+        for src, clients in describe_nodes(grid, self.cfg_json, new, self.cfg["flower.round_timeout"],
+                                           roles_from_seed=seeded).items():
+            moved = []
+            for c in clients or []:
+                p = c["id"]
+                same_role = (c["byzantine"] == (p in self.roster.byzantine)
+                             and c["transfer"] == (p in self.roster.holdout))
+                if p in self.roster.node_of and self.roster.node_of[p] in self.lost and same_role:
+                    self.roster.node_of[p] = src
+                    moved.append(p)
+                elif p in self.roster.node_of and self.roster.node_of[p] not in self.lost:
+                    log.warning("round %d: node %s also claims client %s, which node %s still hosts; ignored",
+                                r, src, p, self.roster.node_of[p])
+            if moved:
+                log.warning("round %d: clients %s are back (node %s)", r, moved, src)
+                self.rejoined.append({"round": r, "clients": moved})
+            else:
+                self.strangers.add(src)
+
     # -------------------------------------------------------------- training
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.offset
+        if self.lost:
+            self.rejoin(grid, server_round)
         t0 = time.perf_counter()
         sampled = sample_clients(self.cfg, self.roster.training, server_round, self.m)
         online = set(grid.get_node_ids()) - self.lost
@@ -195,7 +157,7 @@ class BRMTRLStrategy(Strategy):
             groups.setdefault((self.roster.node_of[p], kind(p)), []).append(p)
         seeded = self.simulation is not None and self.simulation.roles_from_seed
         return [Message(RecordDict({"arrays": payload,
-                                    "config": _config_record(self.cfg_json, r, ps, roles_from_seed=seeded)}),
+                                    "config": config_record(self.cfg_json, r, ps, roles_from_seed=seeded)}),
                         dst_node_id=node, message_type=t) for (node, t), ps in groups.items()]
 
     def aggregate_train(self, server_round: int,
@@ -335,6 +297,15 @@ class BRMTRLStrategy(Strategy):
             write_json(self.progress_file, {"round": r, "rounds": self.cfg["train.rounds"],
                                             "honest_acc_mean": last.get("honest_acc_mean")})
 
+    def _shrunk_note(self) -> list[str]:
+        """A note when the last evaluation scored fewer honest clients than the federation has (nodes lost)."""
+        last = self.record.history[-1] if self.record.history else {}
+        scored, honest = last.get("clients_scored"), len(self.roster.honest)
+        if scored is None or scored >= honest:
+            return []
+        return [f"the last evaluation scored {scored} of {honest} honest clients: the others' nodes stopped "
+                "answering (short_rounds), so the accuracy is over fewer clients"]
+
     # -------------------------------------------------------------- checkpoints
     def state(self, r: int) -> dict[str, Any]:
         """The server's state after round r, in the built-in engine's checkpoint format (the heads live on
@@ -344,7 +315,7 @@ class BRMTRLStrategy(Strategy):
         return {"round": r, "rounds": self.cfg["train.rounds"], "engine": "flower", "shared": self.shared.clone(),
                 "private": torch.zeros(0), "last_step": self.last_step, **self.record.state(),
                 "reputation": None if self.reputation is None else self.reputation.state(),
-                "short_rounds": list(self.short_rounds), "elapsed": dict(self.timing),
+                "short_rounds": list(self.short_rounds), "rejoined": list(self.rejoined), "elapsed": dict(self.timing),
                 "roster": {"clients": sorted(self.roster.node_of), "byzantine": sorted(self.roster.byzantine),
                            "holdout": sorted(self.roster.holdout)},
                 "config": config_identity(self.identity), "fingerprint": config_fingerprint(self.identity)}
@@ -370,6 +341,7 @@ class BRMTRLStrategy(Strategy):
         if self.reputation is not None and st.get("reputation") is not None:
             self.reputation.restore(st["reputation"])
         self.short_rounds = list(st.get("short_rounds", []))
+        self.rejoined = list(st.get("rejoined", []))
         self.timing = dict(st["elapsed"])
         self.offset = int(st["round"])
         return self.offset
@@ -391,7 +363,9 @@ class BRMTRLStrategy(Strategy):
                    "comes from its declared aggregator.byzantine_fraction / aggregator.f"]
             + list(self.simulation.notes if self.simulation is not None else ())
             + (["transfer.shots (the few-shot study of new clients) runs on the built-in engine only"]
-               if self.cfg["transfer.shots"] else []),
+               if self.cfg["transfer.shots"] else [])
+            + [f"round {e['round']}: clients {e['clients']} came back on a restarted node" for e in self.rejoined]
+            + self._shrunk_note(),
             timing={"total_s": round(wall_s, 4), "per_round_s": round(self.timing["train_s"] / rounds, 4),
                     "eval_total_s": round(self.timing["eval_s"], 4), "rounds_timed": self.timing["rounds"],
                     "device": "nodes"})
