@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the ServerApp writes results.json (a path on the SuperLink's host)")
     fa.add_argument("--clients", type=int, default=0, metavar="N",
                     help="clients to wait for (default: dataset.num_clients)")
+    fa.add_argument("--resume", action="store_true", help="the ServerApp continues the run in --results from its "
+                    "checkpoint (after the SuperLink or the ServerApp died); the nodes keep their clients' heads in "
+                    "their state-dir")
     keys = sub.add_parser("keygen", help="TLS certificates for a SuperLink, or a SuperNode's authentication key pair")
     keys.add_argument("what", choices=("tls", "node"))
     keys.add_argument("--out", metavar="DIR", required=True)
@@ -220,7 +223,8 @@ def _flower_app(args: argparse.Namespace) -> int:
         print(f"note: attack.name = {cfg['attack.name']!r} is set; in a real federation only the clients whose "
               "node config says byzantine=true (or lists them in byzantine-ids) run it, the others are honest",
               file=sys.stderr)
-    toml = write_app(Path(args.out), cfg, args.results, args.clients or cfg["dataset.num_clients"])
+    toml = write_app(Path(args.out), cfg, args.results, args.clients or cfg["dataset.num_clients"],
+                     resume=args.resume)
     print(f"Flower App in {args.out}/; run it with: flwr run {args.out} <federation> --run-config {toml} --stream")
     return 0
 
