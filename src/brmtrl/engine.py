@@ -336,7 +336,8 @@ class Simulation:
         guard = {} if self.guard_state is None else {"guard_state": self.guard_state.cpu()}
         if self.reputation is not None:
             guard["reputation"] = self.reputation.state()
-        return {"round": r, "rounds": self.cfg["train.rounds"], "shared": self.shared.cpu(), "private": self.private.cpu(), **guard,
+        return {"round": r, "rounds": self.cfg["train.rounds"], "shared": self.shared.cpu(),
+                "private": self.private.cpu(), **guard,
                 **self.record.state(), "elapsed": dict(self.elapsed),
                 "last_step": None if self.last_step is None else self.last_step.cpu(),
                 "config": config_identity(self.cfg), "fingerprint": config_fingerprint(self.cfg),

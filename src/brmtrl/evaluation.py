@@ -80,24 +80,18 @@ def score_clients(cfg: Mapping[str, Any], model: SplitModel, rule: LocalRule, sg
         set_flat(model, "all", shared)
         return out
     last = final_round(cfg, rule)
-    if last is not None and last[0] != rule.private:   # FedAvg: the global model's head, at the last round
-        if round_ < cfg["train.rounds"]:
-            last = None
-        else:
-            return [_final_round_score(model, rule, shared, None, tr, te, last, sgd,
-                                       client_generator(seed, round_, c, stream=4), augment)
-                    for c, tr, te in zip(clients, train, test)]
-    if last is not None and last[0] == "head":
+    if last is not None and last[0] == rule.private == "head":   # heads: refitted at every evaluation, batched
         active = [i for i, (_, y) in enumerate(train) if len(y)]
         if active:
             gens = [client_generator(seed, round_, clients[i], stream=4) for i in active]
             privates = privates.clone()
             privates[active] = fit_heads(model, shared, privates[active], [train[i] for i in active],
                                          last[1], sgd, gens).to(privates.dtype)
-    elif last is not None and round_ >= cfg["train.rounds"]:   # LG-FedAvg's lower layers, Local-only's model
+    elif last is not None and round_ >= cfg["train.rounds"]:   # the other parts: once, at the last round
+        held: Sequence[torch.Tensor | None] = privates if rule.private != "none" else [None] * len(clients)
         return [_final_round_score(model, rule, shared, p, tr, te, last, sgd,
                                    client_generator(seed, round_, c, stream=4), augment)
-                for c, p, tr, te in zip(clients, privates, train, test)]
+                for c, p, tr, te in zip(clients, held, train, test)]
     if guard is not None and (guard_states is None or validation is None):
         raise ValueError("score_clients: a guard needs the clients' guard_states and validation parts")
     out = []

@@ -21,8 +21,8 @@ reports, for the record, how many honest clients were excluded (``results.json``
 It defends against attackers that the rule already singles out but that still pull the aggregate by
 their share, round after round (the large updates, and the attacks that tune themselves against the
 rule: docs/robustness.md); it cannot exclude an attacker the rule never flags (ALIE-like rows inside
-the honest cloud). ``reputation.name = "none"`` (the default) is the
-paper's method. Its state is part of a checkpoint (:meth:`Reputation.state`).
+the honest cloud). ``reputation.name = "none"`` (the schema's default; the shipped configs set
+``"flags"``) is the paper's method. Its state is part of a checkpoint (:meth:`Reputation.state`).
 """
 
 from __future__ import annotations
