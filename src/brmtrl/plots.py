@@ -13,11 +13,19 @@ import numpy as np
 __all__ = ["finish_plot", "plot_history", "plot_identification", "plot_transfer"]
 
 
-def finish_plot(fig: Any, ax: Any, path: Path, title: str, legend_size: int | None = None) -> None:
-    """The common end of every line plot: title, grid, legend, tight layout, saved at 120 dpi, closed."""
-    import matplotlib.pyplot as plt
+def finish_plot(fig: Any, ax: Any, path: Path, title: str, legend_size: int | None = None,
+                rounds: bool = False) -> None:
+    """The common end of every line plot: title (wrapped to the figure's width), grid, legend, integer
+    ticks on a rounds axis (``rounds``), tight layout, saved at 120 dpi, closed."""
+    import textwrap
 
-    ax.set_title(title, fontsize=9)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    width = int(fig.get_figwidth() * 72 / 9 * 1.6)   # characters of a 9-point title that fit the figure
+    ax.set_title("\n".join(textwrap.wrap(title, width)) or title, fontsize=9)
+    if rounds:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=legend_size)
     fig.tight_layout()
@@ -45,7 +53,7 @@ def plot_history(path: Path, history: list[dict[str, Any]], title: str) -> None:
         ax.set_ylabel("test loss (honest clients)")
         ax.set_yscale("log")
     ax.set_xlabel("round")
-    finish_plot(fig, ax, path, title)
+    finish_plot(fig, ax, path, title, rounds=True)
 
 
 def plot_identification(path: Any, rounds: Sequence[Mapping[str, Any]], title: str) -> None:
@@ -63,7 +71,7 @@ def plot_identification(path: Any, rounds: Sequence[Mapping[str, Any]], title: s
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("round")
     ax.set_ylabel("flagging the Byzantine clients")
-    finish_plot(fig, ax, path, title, legend_size=8)
+    finish_plot(fig, ax, path, title, legend_size=8, rounds=True)
 
 
 def plot_transfer(path: Path, section: Mapping[str, Any], title: str) -> None:
