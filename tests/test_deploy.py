@@ -57,7 +57,9 @@ def test_deploy_local_with_four_supernodes_matches_the_built_in_engine(tmp_path)
     assert res["final"]["byzantine_clients"] == ref["final"]["byzantine_clients"]   # byzantine-ids from the seed
     assert [h["f_assumed"] for h in res["history"]] == [h["f_assumed"] for h in ref["history"]]
     assert res["history"][-1]["f_assumed"] > 0
-    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png"}
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png",
+                                                              "checkpoint.pt", "config.json", "status.json"}
+    assert json.loads((tmp_path / "run" / "status.json").read_text()) == {"status": "finished"}
     logs = sorted(p.name for p in (tmp_path / "run" / "deploy").glob("supernode-*.log"))
     assert logs == [f"supernode-{k}.log" for k in range(4)]
     assert flower_processes_of(tmp_path / "run" / "deploy") == []  # nothing survives

@@ -209,6 +209,9 @@ def _print_summary(results: dict[str, Any], run_dir: Path) -> None:
     shown = f"honest accuracy {acc:.4f} (std {f['honest_acc_std']:.4f}, min {f['honest_acc_min']:.4f})" \
         if acc is not None else f"honest test loss {f['honest_loss_mean']:.4g}"
     extra = f", subspace distance {f['subspace_distance']:.4f}" if "subspace_distance" in f else ""
+    scored, honest = f.get("clients_scored"), f.get("honest_clients")
+    if scored is not None and honest is not None and scored < honest:   # a federation that lost nodes
+        extra += f", over only {scored} of {honest} honest clients (their nodes stopped answering: see notes)"
     print(f"{shown}{extra}; {len(f['byzantine_clients'])} Byzantine clients; "
           f"{results['timing']['per_round_s']:.3f} s/round; results in {run_dir}/")
 

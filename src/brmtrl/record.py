@@ -21,7 +21,7 @@ __all__ = ["FINAL_KEYS", "RunRecord"]
 log = logging.getLogger("brmtrl")
 
 #: the last evaluated round's metrics that ``final`` repeats
-FINAL_KEYS = ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean")
+FINAL_KEYS = ("honest_acc_mean", "honest_acc_std", "honest_acc_min", "honest_loss_mean", "clients_scored")
 
 
 @dataclass

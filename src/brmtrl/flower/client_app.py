@@ -21,7 +21,8 @@ Every message carries the run's resolved config as JSON (``config["brmtrl-config
 optionally ``byzantine`` (true/false: all of its clients), ``byzantine-ids`` (which of its clients are
 Byzantine, ``"3,7"``), ``attack`` (what its Byzantine clients send, an attack a node can run on its own
 update; default the config's ``attack.name``), ``transfer`` (true/false: override the held-out role the
-seed gives it), ``dataset-root`` (where this machine keeps the data), ``state-dir`` (a directory on this machine where
+seed gives it), ``name`` (how the operator knows the node: errors and notes use it), ``dataset-root`` (where this
+machine keeps the data), ``state-dir`` (a directory on this machine where
 the node keeps its clients' private parts across restarts: :mod:`brmtrl.flower.node_state`) and ``fault``
 (``nan`` or ``size``: reply with a malformed update, for testing the server's screening).
 
@@ -251,6 +252,7 @@ def describe(message: Message, context: Context) -> Message:
                          "transfer": [n.holdout for n in nodes],
                          "train-samples": [int(len(n.data.train_idx[n.id])) for n in nodes],
                          "num-clients": nodes[0].data.num_clients, "shared-size": nodes[0].shared_size,
+                         "name": str(context.node_config.get("name", "")),
                          "model-spec": json.dumps(model_spec(nodes[0].data))})
     return Message(RecordDict({"config": info}), reply_to=message)
 

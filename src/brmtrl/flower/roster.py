@@ -31,6 +31,14 @@ class Roster:
         self.num_clients = 0
         self.shared_size = 0
         self.model_spec: dict[str, Any] = {}
+        self.names: dict[int, str] = {}   # node id -> the name its node config gives it (``name``)
+
+    def label(self, node: int) -> str:
+        """The node as its operator knows it: its node config ``name``, else the clients it hosts, with
+        Flower's node id."""
+        hosted = sorted(p for p, n in self.node_of.items() if n == node)
+        name = self.names.get(node) or (f"clients {hosted[0]}-{hosted[-1]}" if hosted else "unknown clients")
+        return f"{name} (Flower node {node})"
 
     @property
     def training(self) -> list[int]:
@@ -94,6 +102,8 @@ def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float, *
                     raise FederationError(f"client {p} is hosted by two nodes ({roster.node_of[p]} and {src}); "
                                           "give every SuperNode its own partition-id")
                 roster.node_of[p] = src
+                if c["info"].get("name"):
+                    roster.names[src] = str(c["info"]["name"])
                 roster.train_samples[p] = c["train-samples"]
                 if c["byzantine"]:
                     roster.byzantine.add(p)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -36,32 +35,17 @@ from ..local_update import resolve_local_rule
 from ..report import write_json, write_outputs
 from ..record import RunRecord
 from ..reputation import Reputation, without
-from ..server import Aggregation, UpdatesHook, server_step
+from ..server import Aggregation, server_step
 from ..split import get_flat
 from ..checkpoint import save_checkpoint
 from .errors import FederationError
+from .hooks import SimulationHooks
 from .roster import Roster, config_record, describe_nodes, discover
 from .node import config_from_json, config_to_json
 from .records import arrays_of, floats, has, ints, metrics_of, scalar
 
 __all__ = ["BRMTRLStrategy", "FederationError", "Roster", "SimulationHooks", "discover", "make_server_app",
            "run_server"]
-
-@dataclass(frozen=True)
-class SimulationHooks:
-    """What Flower's simulation engine adds around the server's round loop, and a real federation never
-    has (:mod:`brmtrl.flower.simulation` builds it; a deployed ``ServerApp`` runs without).
-
-    ``adversary``: given the clients that described themselves as Byzantine, the size of φ and the server's
-    declared aggregation (which an attack that knows the defense tunes itself against), the
-    simulated omniscient adversary's step (:func:`brmtrl.adversary.omniscient_adversary`), applied to
-    the round's updates before the server step receives them, or None. ``roles_from_seed``: tell the
-    nodes that the config's seed picks the Byzantine clients (outside a simulation a node is Byzantine
-    only when its own node config says so). ``notes``: lines for ``results.json``."""
-
-    adversary: Callable[[Collection[int], int, Aggregation], UpdatesHook | None] | None = None
-    roles_from_seed: bool = True
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
 log = logging.getLogger("brmtrl")
 
@@ -125,6 +109,8 @@ class BRMTRLStrategy(Strategy):
                              and c["transfer"] == (p in self.roster.holdout))
                 if p in self.roster.node_of and self.roster.node_of[p] in self.lost and same_role:
                     self.roster.node_of[p] = src
+                    if c["info"].get("name"):
+                        self.roster.names[src] = str(c["info"]["name"])
                     moved.append(p)
                 elif p in self.roster.node_of and self.roster.node_of[p] not in self.lost:
                     log.warning("round %d: node %s also claims client %s, which node %s still hosts; ignored",
@@ -171,7 +157,7 @@ class BRMTRLStrategy(Strategy):
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                failed.append({"node": node, "reason": f"error reply: {reply.error.reason}"})
+                failed.append({"node": self.roster.label(node), "reason": f"error reply: {reply.error.reason}"})
                 continue
             try:
                 pids = ints(metrics_of(reply)["partition-ids"])
@@ -179,7 +165,8 @@ class BRMTRLStrategy(Strategy):
                 train_s, slowest = train_s + node_s, max(slowest, node_s)
                 arrays = arrays_of(reply) if has(reply, "arrays") else ArrayRecord()
             except (KeyError, TypeError, ValueError) as exc:
-                failed.append({"node": node, "reason": f"malformed reply ({type(exc).__name__}: {exc})"})
+                failed.append({"node": self.roster.label(node),
+                               "reason": f"malformed reply ({type(exc).__name__}: {exc})"})
                 continue
             for p in pids:
                 if p not in sent or p in answered or self.roster.node_of.get(p) != node:
@@ -356,7 +343,8 @@ class BRMTRLStrategy(Strategy):
             config=self.config_record, engine=engine,
             data={"name": self.cfg["dataset.name"], "num_clients": self.roster.num_clients,
                   "train_samples": int(sum(self.roster.train_samples.values()))},
-            final=self.record.final(byzantine=sorted(self.roster.byzantine), holdout=sorted(self.roster.holdout)),
+            final=self.record.final(byzantine=sorted(self.roster.byzantine), holdout=sorted(self.roster.holdout),
+                                    extra={"honest_clients": len(self.roster.honest)}),
             transfer=None, short_rounds=self.short_rounds,
             reputation=None if self.reputation is None else self.reputation.summary(sorted(self.roster.byzantine)),
             notes=["Byzantine roles come from each node's config (in simulation, from the seed); the server's f "
@@ -434,13 +422,16 @@ def make_server_app(cfg: Config | None = None, out_dir: str | Path | None = None
         out = Path(out_dir) if out_dir is not None else Path(str(rc.get("brmtrl-out", "runs/flower")))
         expected = expected_clients if expected_clients is not None else (
             int(rc["brmtrl-clients"]) if "brmtrl-clients" in rc else None)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "status.json", {"status": "running"})   # flwr run's exit code does not say how it ended
         try:
             run_server(grid, run_cfg, out, engine=engine, expected_clients=expected, progress=progress,
                        simulation=simulation, resume=bool(rc.get("brmtrl-resume", False)))
         except Exception as exc:  # the caller (simulation or deploy-local) reads the reason from here
-            out.mkdir(parents=True, exist_ok=True)
             (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            write_json(out / "status.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
             raise
+        write_json(out / "status.json", {"status": "finished"})
 
     return app
 
