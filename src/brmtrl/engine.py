@@ -314,7 +314,8 @@ class Simulation:
         rounds = max(self.elapsed["rounds"], 1)
         return self.record.results(
             config=self.cfg.nested(), engine="builtin", data=self.data.summary(),
-            final=self.record.final(byzantine=self.byzantine, holdout=self.holdout, extra=names),
+            final=self.record.final(byzantine=self.byzantine, holdout=self.holdout,
+                                    extra={**names, "honest_clients": len(self.honest)}),
             transfer=self.transfer,
             short_rounds=[],  # rounds with fewer clients than sampled: never in one process
             reputation=None if self.reputation is None else self.reputation.summary(self.byzantine),
