@@ -212,6 +212,9 @@ def _print_summary(results: dict[str, Any], run_dir: Path) -> None:
     scored, honest = f.get("clients_scored"), f.get("honest_clients")
     if scored is not None and honest is not None and scored < honest:   # a federation that lost nodes
         extra += f", over only {scored} of {honest} honest clients (their nodes stopped answering: see notes)"
+    rep = results.get("reputation")
+    if rep:
+        extra += f"; {len(rep['excluded'])} clients excluded by the server's reputation"
     print(f"{shown}{extra}; {len(f['byzantine_clients'])} Byzantine clients; "
           f"{results['timing']['per_round_s']:.3f} s/round; results in {run_dir}/")
 

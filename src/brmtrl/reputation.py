@@ -71,8 +71,8 @@ class Reputation:
             if len(hist) >= self.min_rounds and sum(hist) >= self.threshold * len(hist) - 1e-9:
                 self.excluded[c] = r
                 new.append(c)
-                log.warning("round %d: client %s excluded by reputation (flagged in %d of its last %d rounds)",
-                            r, c, sum(hist), len(hist))
+                log.info("round %d: client %s excluded by reputation (flagged in %d of its last %d rounds)",
+                         r, c, sum(hist), len(hist))
         return new
 
     def summary(self, byzantine: Collection[Any] | None = None) -> dict[str, Any]:
