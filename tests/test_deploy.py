@@ -48,6 +48,19 @@ def flower_processes_of(work: Path) -> list[int]:
     return out
 
 
+def wait_for_round(out: Path, round_: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Until the run in ``out`` has finished round ``round_`` (its progress.json), ``timeout`` seconds pass or
+    ``proc`` (the process running it, if any) ends."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and (proc is None or proc.poll() is None):
+        try:
+            if json.loads((out / "progress.json").read_text())["round"] >= round_:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+
+
 def test_deploy_local_with_four_supernodes_matches_the_built_in_engine(tmp_path):
     cfg = small()
     res = deploy_local(cfg, tmp_path / "run", supernodes=4, timeout=300)
@@ -103,14 +116,7 @@ def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
         done: dict = {}
         runner = threading.Thread(target=lambda: done.update(rc=fed.run_app(cfg, out, 12, 300).returncode))
         runner.start()
-        deadline = time.time() + 200
-        while time.time() < deadline:  # kill node 3 once round 1 is over
-            try:
-                if json.loads((out / "progress.json").read_text())["round"] >= 1:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.2)
+        wait_for_round(out, 1, 200)   # kill node 3 once round 1 is over
         victim = fed.procs["supernode-3"]
         os.killpg(victim.pid, signal.SIGKILL)
         runner.join(timeout=280)
@@ -145,14 +151,7 @@ def test_a_federation_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tm
            *[a for kv in sets for a in ("--set", kv)], "--supernodes", "2", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if json.loads((out / "progress.json").read_text())["round"] >= 2:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.1)
+        wait_for_round(out, 2, 240, proc)
     finally:   # the power goes: every process at once, no clean-up
         for pid in [proc.pid, *flower_processes_of(out / "deploy")]:
             try:
@@ -192,14 +191,7 @@ def test_a_restarted_supernode_comes_back_with_its_clients_heads(tmp_path):
         done: dict = {}
         runner = threading.Thread(target=lambda: done.update(rc=fed.run_app(cfg, out, 8, 600).returncode))
         runner.start()
-        deadline = time.time() + 200
-        while time.time() < deadline:
-            try:
-                if json.loads((out / "progress.json").read_text())["round"] >= 2:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.1)
+        wait_for_round(out, 2, 200)
         os.killpg(fed.procs["supernode-1"].pid, signal.SIGKILL)
         fed.procs["supernode-1"].wait(timeout=30)
         fed.start_supernode("supernode-1-again", configs[1])

@@ -1,5 +1,6 @@
 """Every published table regenerates from the compact data committed beside it, byte for byte
-(`python experiments/robustness.py --data docs/robustness/data/<name>.json --name <name>`)."""
+(`python experiments/robustness.py --data docs/robustness/data/<name>.json --name <name>`, and
+`experiments/fair_study.py` for docs/results)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = sorted((ROOT / "docs" / "robustness" / "data").glob("*.json"))
+RESULTS = sorted((ROOT / "docs" / "results" / "data").glob("*.json"))
+#: (the script that writes a table, its data file): every committed data file of both pages
+PUBLISHED = [("robustness", d) for d in DATA] + [("fair_study", d) for d in RESULTS]
 
 
-@pytest.mark.parametrize("data", DATA, ids=[d.stem for d in DATA])
-def test_a_published_table_regenerates_from_its_data(data, tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "robustness.py"), "--data", str(data),
+@pytest.mark.parametrize("script, data", PUBLISHED, ids=[f"{s}-{d.stem}" for s, d in PUBLISHED])
+def test_a_published_table_regenerates_from_its_data(script, data, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{script}.py"), "--data", str(data),
                            "--name", data.stem, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    published = ROOT / "docs" / "robustness" / f"{data.stem}.md"
+    published = data.parent.parent / f"{data.stem}.md"
     assert (tmp_path / f"{data.stem}.md").read_text() == published.read_text()
 
 
@@ -39,14 +43,3 @@ def test_every_robustness_table_file_has_its_data():
     tables = {p.stem for p in (ROOT / "docs" / "robustness").glob("*.md")}
     assert tables == {d.stem for d in DATA}
 
-
-RESULTS = sorted((ROOT / "docs" / "results" / "data").glob("*.json"))
-
-
-@pytest.mark.parametrize("data", RESULTS, ids=[d.stem for d in RESULTS])
-def test_a_published_results_table_regenerates_from_its_data(data, tmp_path):
-    """docs/results tables of the fair study (`python experiments/fair_study.py --data ...`)."""
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "fair_study.py"), "--data", str(data),
-                           "--name", data.stem, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / f"{data.stem}.md").read_text() == (ROOT / "docs" / "results" / f"{data.stem}.md").read_text()
