@@ -55,6 +55,20 @@ CAP_S = 60.0        # wall-clock cap for one rule on one (n, d), warm-up include
 MAX_REPS = 5
 CONFIGS = [(10, 100_000), (10, 1_000_000), (100, 100_000), (100, 200_000), (100, 1_000_000)]
 QUICK_CONFIGS = [(10, 10_000), (20, 20_000)]
+#: every shipped rule and pre-step: label -> (rule, pre, keyword arguments; "f": Krum's f, "fb": Bulyan's)
+EVERY: dict[str, tuple[str, list[str], dict[str, object]]] = {
+    "mean": ("mean", [], {}),
+    "median": ("median", [], {}),
+    "trimmed mean": ("trimmed_mean", [], {"f": "f"}),
+    "geometric median": ("geometric_median", [], {}),
+    "Krum": ("krum", [], {"f": "f"}),
+    "Multi-Krum": ("multi_krum", [], {"f": "f"}),
+    "Bulyan": ("bulyan", [], {"f": "fb"}),
+    "centered clipping": ("centered_clipping", [], {}),
+    "NNM + GM": ("geometric_median", ["nnm"], {"f": "f"}),
+    "bucketing + GM": ("geometric_median", ["bucketing"], {"bucket_size": 2}),
+    "ARC + GM": ("geometric_median", ["arc"], {"f": "f"}),
+}
 
 
 def krum_f(n: int) -> int:
@@ -231,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ours = ("gm", "krum", "bulyan", "cc", "nnm_gm", "bkt_gm", "srv_gm", "srv_nnm_gm")
     timers = {k: Timer() for k in ("gemm", "pass", *ours, "fl_krum", "bz_gm", "bz_krum")}
-    rows, checks, engine_rows = [], [], []
+    every = {k: Timer() for k in EVERY}
+    rows, checks, engine_rows, every_rows = [], [], [], {k: [] for k in EVERY}
     gen = torch.Generator().manual_seed(SEED)
     for n, d in configs:
         f = krum_f(n)
@@ -276,6 +291,12 @@ def main(argv: list[str] | None = None) -> None:
             cell["bz_krum"] = timers["bz_krum"].run(lambda: bz_krum(x), n, d)
 
         bound = cell["gemm"][0] + cell["pass"][0]
+        for key, (rule, pre, kwargs) in EVERY.items():      # every shipped rule and step, through aggregate()
+            kw = {k: (f if v == "f" else bulyan_f(n) if v == "fb" else v) for k, v in kwargs.items()}
+            if pre == ["bucketing"]:
+                kw["generator"] = torch.Generator().manual_seed(SEED)
+            t, note, _ = every[key].run(lambda: agg.aggregate(rule, x, pre=pre, **kw), n, d)
+            every_rows[key].append(f"{fmt_ratio(t, bound)} ({fmt_s(t, note)})" if t is not None else note)
         row = [str(n), fmt_d(d), fmt_s(cell["gemm"][0]), fmt_s(cell["pass"][0]),
                fmt_s(bound), fmt_s(cell["gm"][0], cell["gm"][1]), fmt_ratio(cell["gm"][0], bound),
                fmt_s(cell["krum"][0], cell["krum"][1]), fmt_ratio(cell["krum"][0], bound)]
@@ -330,6 +351,15 @@ def main(argv: list[str] | None = None) -> None:
     print("|" + "|".join("---:" for _ in head) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+    print("\n## Every shipped rule and pre-aggregation step, through `aggregate` (trust included): time / BOUND\n")
+    print("Float32 input, the same rows as above; targets (issue 20): ≤ 3× at n = 100, d = 1e6 and ≤ 5× at n = 10, "
+          "d = 1e5.\n")
+    head = ["rule", *(f"n={n}, d={fmt_d(d)}" for n, d in configs)]
+    print("| " + " | ".join(head) + " |")
+    print("|---|" + "|".join("---:" for _ in configs) + "|")
+    for key, cells in every_rows.items():
+        print(f"| {key} | " + " | ".join(cells) + " |")
 
     print("\n## What the engines run (median wall clock)\n")
     print("The server step (`brmtrl.server.aggregate`) casts the float32 updates to float64 before any rule "

@@ -122,6 +122,30 @@ def test_bulyan_needs_4f_plus_3_and_float32_stays_float32():
     assert out.dtype == torch.float32 and out.shape == (4,)
 
 
+@pytest.mark.parametrize("n", [5, 8, 9, 52])
+def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
+    """The coordinate-wise selections run in column blocks (brmtrl.aggregators.columns): over many blocks
+    and with many ties (small integers), the same as a stable sort of the whole matrix in float64."""
+    from brmtrl.aggregators.columns import block_columns, median_columns, nearest_to_median_mean
+
+    d = 3 * block_columns(n) + 17
+    x = torch.randint(-3, 4, (n, d), generator=torch.Generator().manual_seed(n)).to(torch.float32)
+    s = x.double().sort(dim=0).values
+    mid = s[(n - 1) // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    point, values = median_columns(x)
+    assert torch.equal(point, mid.float()) and torch.equal(values[0], s[(n - 1) // 2].float())
+    rows_ = torch.arange(n - 1, -1, -1)                       # S in another order than x's rows
+    keep = max(1, n // 3)
+    sel = x[rows_].double()
+    order = torch.argsort((sel - mid).abs(), dim=0, stable=True)[:keep]
+    kept = torch.gather(sel, 0, order)
+    got, used = nearest_to_median_mean(x, rows_, keep)
+    torch.testing.assert_close(got, kept.mean(dim=0).float(), rtol=0, atol=0)
+    inband = (sel >= kept.amin(dim=0)) & (sel <= kept.amax(dim=0))
+    want = (inband.double() * (keep / inband.sum(dim=0).double())).sum(dim=1) / d
+    torch.testing.assert_close(used, want, rtol=1e-12, atol=0)
+
+
 # --------------------------------------------------------------------------- centered clipping
 @pytest.mark.parametrize("tau,iters", [(0.0, 1), (0.0, 3), (0.5, 5), (100.0, 2)])
 def test_centered_clipping_matches_the_plain_loop(tau, iters):

@@ -211,6 +211,34 @@ def test_a_restarted_supernode_comes_back_with_its_clients_heads(tmp_path):
     assert flower_processes_of(out / "deploy") == []
 
 
+def test_another_experiments_state_dir_is_refused_and_the_operator_reads_why(tmp_path):
+    """A SuperNode started with a state-dir that holds another experiment's heads refuses to train with it;
+    the reason, naming the directory and the node, reaches the operator: the server's log, error.txt and
+    status.json of the failed run (all clients must answer here), and the heads there are left alone."""
+    from brmtrl.flower.node_state import NodeState
+
+    cfg = small("train.rounds=1", "train.participation=1.0", "attack.name=none", "attack.byzantine_fraction=0.0",
+                "flower.min_clients=8", "flower.round_timeout=60")
+    out = tmp_path / "run"
+    groups = split_clients(8, 2)
+    foreign = tmp_path / "state-of-another-run"
+    NodeState(foreign, "another experiment").save(groups[0][0], 3, {"private": torch.ones(2)})
+    before = (foreign / f"client-{groups[0][0]}.pt").read_bytes()
+    with LocalFederation(out / "deploy") as fed:
+        fed.start_superlink()
+        fed.start_supernode("site-a", node_config(groups[0], {"byzantine": False, "state-dir": str(foreign),
+                                                              "name": "site-a"}))
+        fed.start_supernode("site-b", node_config(groups[1], {"byzantine": False}))
+        fed.run_app(cfg, out, 8, 300)
+    error = (out / "error.txt").read_text()
+    assert "only 4 clients answered" in error and "node site-a" in error
+    assert f"'state-dir' = {str(foreign)!r} holds client {groups[0][0]}'s state of another experiment" in error
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+    assert not (out / "results.json").exists()
+    assert (foreign / f"client-{groups[0][0]}.pt").read_bytes() == before      # nothing overwritten
+    assert flower_processes_of(out / "deploy") == []
+
+
 def _ctrl_c_as_in_a_terminal() -> None:
     """A job started in the background by a non-interactive shell (CI scripts, ``cmd &``) inherits SIGINT
     ignored, and Python then keeps it ignored; a terminal's foreground process has the default."""

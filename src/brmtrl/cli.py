@@ -80,7 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", metavar="DIR", required=True, help="sweep directory; run again to continue it")
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="cells run at once, each in its own process")
     sw.add_argument("--threads", type=int, default=0, metavar="T",
-                    help="torch threads per cell unless the grid sets 'threads' (default: cores // N)")
+                    help="torch threads per cell unless the grid sets 'threads' (default: cores // N; with --ray 1, "
+                         "the CPUs each cell asks the cluster for)")
+    sw.add_argument("--ray", metavar="ADDRESS", default="",
+                    help="run the cells as tasks on the Ray cluster at ADDRESS (host:port, or 'auto') instead of "
+                         "local workers; DIR must be on a file system every node sees (see README 'Sweeps')")
+    sw.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="G",
+                    help="with --ray: GPUs each cell asks the cluster for (default 0)")
     sw.add_argument("--force", action="store_true", help="reuse a DIR made from a different grid "
                                                          "(cells whose configuration changed start again)")
     sw.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
@@ -98,7 +104,8 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     out = run_sweep(args.grid, args.out, workers=args.workers, threads=args.threads, force=args.force,
                     progress="off" if args.quiet else "bar" if sys.stderr.isatty() else "lines", max_cells=args.max_cells,
-                    command="brmtrl " + " ".join(shlex.quote(a) for a in argv))
+                    command="brmtrl " + " ".join(shlex.quote(a) for a in argv), ray=args.ray,
+                    gpus=args.gpus_per_cell)
     failed = "".join(f"\n  {name}: {err}" for name, err in out.failed)
     print(f"{out.done} cells run, {out.skipped} already done, {len(out.failed)} failed, {out.pending} left; "
           f"{out.wall_s:.1f} s; summary in {args.out}/summary.md{failed}")

@@ -216,10 +216,13 @@ class _Progress:
 
 
 def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threads: int = 0, force: bool = False,
-              progress: str = "lines", max_cells: int = 0, command: str = "") -> SweepOutcome:
+              progress: str = "lines", max_cells: int = 0, command: str = "", ray: str = "",
+              gpus: float = 0.0) -> SweepOutcome:
     """Run every unfinished cell of the grid into ``out`` (see the module docstring) and write the
     summary. ``progress``: ``bar`` (and each cell's bar of rounds with one worker), ``lines`` or
-    ``off``; ``max_cells`` > 0 stops after that many cells have run (a debugging aid)."""
+    ``off``; ``max_cells`` > 0 stops after that many cells have run (a debugging aid). ``ray``: the
+    address of a Ray cluster that runs the cells as tasks instead of local workers
+    (:mod:`brmtrl.sweep_ray`; each asks for ``threads`` CPUs, default 1, and ``gpus`` GPUs)."""
     from .report import write_json
     from .sweep_report import write_report
 
@@ -232,7 +235,9 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threa
     grid = load_grid(grid_path)
     out = Path(out)
     state = _prepare(grid, out, force, command)
-    threads = threads or max(1, cpu_count() // workers)
+    if gpus < 0 or (gpus and not ray):
+        raise GridError(f"--gpus-per-cell is for --ray and must be >= 0, got {gpus:g}")
+    threads = threads or (1 if ray else max(1, cpu_count() // workers))
     todo = [c for c in grid.cells if not finished(out / c.name, c.config)]
     result = SweepOutcome(cells=len(grid.cells), skipped=len(grid.cells) - len(todo))
     if max_cells:
@@ -240,7 +245,14 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threa
     bar = _Progress(len(grid.cells), result.skipped, progress)
     t0 = time.perf_counter()
     try:
-        for name, outcome in _execute(todo, out, workers, threads, progress == "bar" and workers == 1, force):
+        if ray:
+            from .sweep_ray import execute_on_ray
+
+            jobs = [(c.name, str((out / c.name).resolve()), _cell_values(c, threads)) for c in todo]
+            runs = execute_on_ray(ray, jobs, run_cell, threads=threads, gpus=gpus, force=force)
+        else:
+            runs = _execute(todo, out, workers, threads, progress == "bar" and workers == 1, force)
+        for name, outcome in runs:
             bar.finished(name, outcome)
             if outcome["status"] == "done":
                 result.done += 1

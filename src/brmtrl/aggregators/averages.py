@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
+from .columns import block_columns, median_columns
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
 
@@ -12,7 +13,7 @@ __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "
 def mean(x: torch.Tensor) -> torch.Tensor:
     """Arithmetic mean x̄ = (1/n) Σ_i x_i (plain FedRep / FedAvg with equal weights). Not robust."""
     x = _rows(x, "mean")
-    return x.to(torch.float64).mean(dim=0).to(x.dtype)
+    return (x.sum(dim=0, dtype=torch.float64) / x.shape[0]).to(x.dtype)   # accumulated in float64, no copy
 
 
 def mean_trusted(x: torch.Tensor) -> AggregateResult:
@@ -23,13 +24,7 @@ def mean_trusted(x: torch.Tensor) -> AggregateResult:
 
 def _median(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The coordinate-wise median and the values it takes, (1, d) for odd n, (2, d) for even n."""
-    n = x.shape[0]
-    if n % 2:
-        med = x.median(dim=0).values
-        return med, med[None]
-    mid = torch.topk(x, n // 2 + 1, dim=0, largest=False, sorted=True).values[-2:]
-    m64 = mid.to(torch.float64)
-    return (0.5 * m64[0] + 0.5 * m64[1]).to(x.dtype), mid
+    return median_columns(x)
 
 
 def median(x: torch.Tensor) -> torch.Tensor:
@@ -62,9 +57,15 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     kept (not among the f largest or f smallest; rows tied with a kept value share its use), relative to
     the fair share (n − 2f)/n, capped at 1."""
     x = _rows(x, "trimmed_mean")
-    n = x.shape[0]
+    n, d = x.shape
     _check_f("trimmed_mean", f, n, 2 * f + 1)
-    s = x.to(torch.float64).sort(dim=0).values
-    point = s[f:n - f].mean(dim=0).to(x.dtype)
-    used = _band_used(x.to(torch.float64), s[f], s[n - f - 1], n - 2 * f)
+    point = torch.empty(d, dtype=x.dtype, device=x.device)
+    lo = torch.empty(d, dtype=torch.float64, device=x.device)
+    hi = torch.empty_like(lo)
+    cols = block_columns(n)
+    for c in range(0, d, cols):                    # column blocks sorted in float64, in cache
+        s = x[:, c:c + cols].to(torch.float64).sort(dim=0).values
+        point[c:c + cols] = s[f:n - f].mean(dim=0).to(x.dtype)
+        lo[c:c + cols], hi[c:c + cols] = s[f], s[n - f - 1]
+    used = _band_used(x, lo, hi, n - 2 * f)
     return AggregateResult(point, _share_trust(used, n - 2 * f, n), {"f_used": f})

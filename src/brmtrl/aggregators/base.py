@@ -66,9 +66,13 @@ def _band_used(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kept: int) -
     m, d = v.shape
     if d == 0:
         return torch.full((m,), kept / m, dtype=torch.float64, device=v.device)
-    inband = (v >= lo) & (v <= hi)
-    share = kept / inband.sum(dim=0).clamp_min(1).to(torch.float64)
-    return (inband.to(torch.float64) * share).sum(dim=1) / d
+    used = torch.zeros(m, dtype=torch.float64, device=v.device)
+    cols = max(256, (1 << 18) // max(m, 1))                 # column blocks that stay in cache
+    for c in range(0, d, cols):
+        inband = (v[:, c:c + cols] >= lo[c:c + cols]) & (v[:, c:c + cols] <= hi[c:c + cols])
+        share = kept / inband.sum(dim=0).clamp_min(1).to(torch.float64)
+        used += (inband.to(torch.float64) * share).sum(dim=1)
+    return used / d
 
 
 def _share_trust(used: torch.Tensor, kept: int, rows: int) -> torch.Tensor:

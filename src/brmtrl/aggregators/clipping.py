@@ -48,10 +48,11 @@ def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
     stateless default is the coordinate-wise median of the rows (robust, needs no history); pass the
     previous aggregate to follow the paper. ``tau = 0`` (default) chooses τ automatically: the median of
     the distances ‖x_i − v_0‖, so that about half the rows are clipped in the first step whatever the
-    scale of the updates (‖v₀‖ when that median is 0: :func:`automatic_tau`). Distances are taken on
-    halved differences rescaled by their largest entry, so
-    rows up to float64's range do not overflow them; everything is float64, the result in the input's
-    dtype. Cost: L passes over the rows (O(Lnd)).
+    scale of the updates (‖v₀‖ when that median is 0: :func:`automatic_tau`). Each column block of x is
+    taken to float64 in cache; the distances are plain sums of squares there, redone on halved differences
+    rescaled by their largest entry when they overflow, so rows up to float64's range are handled; the
+    result is in the input's dtype. Cost: the median (an O(n) selection per coordinate, in column blocks)
+    and L + 1 passes over the rows (each step and the next step's distances share one pass).
     """
     return centered_clipping_trusted(x, tau=tau, iters=iters, centre=centre).point
 
@@ -76,14 +77,14 @@ def centered_clipping_trusted(x: torch.Tensor, *, tau: float = 0.0, iters: int =
         v = centre.to(device=x.device, dtype=torch.float64)
     cols = _columns(n)
 
-    def gaps(v: torch.Tensor) -> torch.Tensor:
-        """‖x_i − v‖ (inf beyond float64's range) in one pass over column blocks of x, each block in
-        float64 as halved differences, the norms combined with a running scale (as LAPACK's nrm2), so
-        that no square overflows and no (n, d) float64 copy is made."""
+    def scaled_gaps(blocks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """‖x_i − v‖ (inf beyond float64's range) from the column blocks' halved differences u = (x − v)/2,
+        the norms combined with a running scale (as LAPACK's nrm2), so that no square overflows: the
+        guard, taken when the plain sum of squares overflows."""
         big = torch.zeros(n, dtype=torch.float64, device=x.device)
         ssq = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for c in range(0, d, cols):
-            u = x[:, c:c + cols].to(torch.float64) * 0.5 - 0.5 * v[c:c + cols]
+        for c, v_c in blocks:
+            u = x[:, c:c + cols].to(torch.float64) * 0.5 - 0.5 * v_c
             m = u.abs().amax(dim=1)
             grow = m > big
             ratio = torch.where(grow, big / torch.where(grow, m, 1.0), torch.ones_like(big))
@@ -92,22 +93,34 @@ def centered_clipping_trusted(x: torch.Tensor, *, tau: float = 0.0, iters: int =
             ssq = ssq + ((u / torch.where(big > 0, big, 1.0)[:, None]) ** 2).sum(dim=1)
         return 2.0 * big * ssq.sqrt()
 
-    def step(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """v + (1/n) Σ_i scale_i (x_i − v), block by block (each term has norm <= τ)."""
-        out = v.clone()
-        w = (2.0 * scale / n)[:, None]
-        for c in range(0, d, cols):
-            u = x[:, c:c + cols].to(torch.float64) * 0.5 - 0.5 * v[c:c + cols]
-            out[c:c + cols] += (u * w).sum(dim=0)
-        return out
+    def blocks_of(v: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        return [(c, v[c:c + cols]) for c in range(0, d, cols)]
 
-    r = gaps(v)
+    def sweep(v: torch.Tensor, scale: torch.Tensor | None, gaps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass over x's column blocks: v' = v + (1/n) Σ_i scale_i (x_i − v) (v' = v without ``scale``),
+        and, with ``gaps``, ‖x_i − v'‖ from the same blocks while they are in cache (sums of squares in
+        float64; :func:`scaled_gaps` if they overflow)."""
+        out = v.clone()
+        ssq = torch.zeros(n, dtype=torch.float64, device=x.device)
+        w = None if scale is None else (2.0 * scale / n)[:, None]
+        for c in range(0, d, cols):
+            xb = x[:, c:c + cols].to(torch.float64)
+            if w is not None:                      # halved differences: no overflow up to float64's range
+                out[c:c + cols] += ((xb * 0.5 - 0.5 * v[c:c + cols]) * w).sum(dim=0)
+            if gaps:
+                ssq += ((xb - out[c:c + cols]) ** 2).sum(dim=1)
+        if not gaps:
+            return out, None
+        r = ssq.sqrt()
+        return out, (r if bool(torch.isfinite(r).all()) else scaled_gaps(blocks_of(out)))
+
+    v, r = sweep(v, None, True)
+    assert r is not None
     if tau == 0.0:
         tau = automatic_tau(r, v)
     scale = torch.ones_like(r)
     for it in range(iters):
-        if it:
-            r = gaps(v)
         scale = torch.where(r > tau, tau / r, torch.ones_like(r))
-        v = step(v, scale)
+        v, gaps = sweep(v, scale, it + 1 < iters)    # the next step's distances in the same pass
+        r = gaps if gaps is not None else r
     return AggregateResult(v.to(x.dtype), scale, {"tau": tau})

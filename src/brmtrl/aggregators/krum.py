@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .averages import _median
-from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
+from .base import AggregateResult, _check_f, _rows, _share_trust
+from .columns import nearest_to_median_mean
 from .gram import pairwise_sq_distances
 
 __all__ = ["bulyan", "bulyan_trusted", "krum", "krum_scores", "krum_trusted", "multi_krum", "multi_krum_trusted"]
@@ -121,11 +121,7 @@ def bulyan_trusted(x: torch.Tensor, *, f: int) -> AggregateResult:
     beta = theta - 2 * f
     chosen = _iterated_krum(pairwise_sq_distances(x).cpu().numpy(), f, theta)
     idx = torch.tensor(chosen, device=x.device)
-    sel = x[idx].to(torch.float64)
-    centre = _median(sel)[0]
-    keep = torch.argsort((sel - centre).abs(), dim=0, stable=True)[:beta]      # (β, d) positions in S
-    kept = torch.gather(sel, 0, keep)
-    point = kept.mean(dim=0).to(x.dtype)
+    point, share = nearest_to_median_mean(x, idx, beta)
     used = torch.zeros(n, dtype=torch.float64, device=x.device)
-    used[idx] = _band_used(sel, kept.amin(dim=0), kept.amax(dim=0), beta) if d else beta / theta
+    used[idx] = share
     return AggregateResult(point, _share_trust(used, beta, theta), {"f_used": f})

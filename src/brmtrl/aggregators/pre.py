@@ -15,15 +15,46 @@ from typing import Callable
 
 import torch
 
-from .base import _check_f, _check_int, _rows, largest_f
-from .gram import pairwise_sq_distances
+from .base import _check_f, _check_int, _rows, _safe_norms, largest_f
+from .gram import _chunk, _first_centre, pairwise_sq_distances
 
 __all__ = ["PRE_STEPS", "PreStep", "arc", "arc_count", "bucketing", "nnm"]
 
 
-def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """x' = M x in float64, returned in x's dtype."""
-    return (m.to(x.device) @ x.to(torch.float64)).to(x.dtype)
+_SPARSE = 8      # at most this many nonzeros per row of M: gathered and summed, not a GEMM
+
+
+def _mix(m: torch.Tensor, x: torch.Tensor, centre: int | None = None) -> torch.Tensor:
+    """x' = M x in x's dtype, one block of columns at a time (each stays in cache; no float64 copy of x).
+
+    A sparse M (bucketing: a few rows per bucket) sums each new row's few rows in float64. A dense M (NNM)
+    is one GEMM per block in x's precision (at least float32) on the rows centred on a central row x_c,
+    x' = x_c + M (x − x_c), exact in exact arithmetic since M's rows sum to 1: its rounding is then
+    relative to the rows' spread, not to their size, of the order of the final rounding of x' to x's dtype
+    (the float64 sum it replaces). A block that overflows there is redone as a plain float64 GEMM. ``centre``: c (default:
+    a row near the bulk, :func:`brmtrl.aggregators.gram._first_centre`)."""
+    rows_out, n = m.shape
+    d = x.shape[1]
+    out = torch.empty(rows_out, d, dtype=x.dtype, device=x.device)
+    cols = _chunk(n)
+    width = int((m != 0).sum(dim=1).max()) if m.numel() else 0
+    if width <= _SPARSE:
+        w, idx = torch.topk(m.abs(), max(width, 1), dim=1)
+        w = m.gather(1, idx).to(x.device)[:, :, None]
+        idx = idx.to(x.device)
+        for c in range(0, d, cols):
+            out[:, c:c + cols] = (x[:, c:c + cols].to(torch.float64)[idx] * w).sum(dim=1).to(x.dtype)
+        return out
+    k = _first_centre(x) if centre is None else centre
+    work = torch.promote_types(x.dtype, torch.float32)
+    mw, m64 = m.to(x.device, work), m.to(x.device)
+    for c in range(0, d, cols):
+        xb = x[:, c:c + cols].to(work)
+        block = torch.addmm(xb[k], mw, xb - xb[k])
+        if not bool(torch.isfinite(block).all()):
+            block = m64 @ x[:, c:c + cols].to(torch.float64)
+        out[:, c:c + cols] = block.to(x.dtype)
+    return out
 
 
 def nnm(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,18 +65,19 @@ def nnm(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     with the distances of :func:`pairwise_sq_distances` (exact among the majority whatever the other rows
     hold; ties: the lower index). Symbols: n rows, f Byzantine rows assumed. Needs n >= 2f + 1.
-    Returns the n mixed rows (the input's dtype, averaged in float64) and M (n, n), M_ij = 1/(n − f) for
+    Returns the n mixed rows (the input's dtype, mixed as :func:`_mix` says) and M (n, n), M_ij = 1/(n − f) for
     j ∈ N_i. Cost: one Gram matrix (O(n²d)) and the mixing GEMM (O(n²d)).
     """
     x = _rows(x, "nnm")
     n = x.shape[0]
     _check_f("nnm", f, n, 2 * f + 1)
     d2 = pairwise_sq_distances(x).cpu()
+    centre = int(torch.argmin(d2.median(dim=1).values))      # the row nearest the others: the medoid
     d2.fill_diagonal_(-1.0)                                    # itself first, whatever duplicates there are
     near = torch.argsort(d2, dim=1, stable=True)[:, :n - f]
     m = torch.zeros(n, n, dtype=torch.float64)
     m.scatter_(1, near, 1.0 / (n - f))
-    return _mix(m, x), m
+    return _mix(m, x, centre), m
 
 
 def bucketing(x: torch.Tensor, *, bucket_size: int = 2,
@@ -59,7 +91,7 @@ def bucketing(x: torch.Tensor, *, bucket_size: int = 2,
     The permutation is drawn with ``generator`` (a CPU ``torch.Generator``; None: torch's global one),
     so the same seeded generator gives the same buckets. Each Byzantine row spoils at most one bucket:
     the rule after it sees at most f bad rows among ⌈n/s⌉ less heterogeneous ones. Returns the bucket
-    means (the input's dtype, averaged in float64) and M (⌈n/s⌉, n), M_bi = 1/|B_b| for i ∈ B_b.
+    means (the input's dtype, summed in float64) and M (⌈n/s⌉, n), M_bi = 1/|B_b| for i ∈ B_b.
     ``bucket_size = 1`` only permutes the rows.
     """
     x = _rows(x, "bucketing")
@@ -89,7 +121,8 @@ def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     and the others are left as they are (ties: the lower index is kept). Needs f < n/2 (k < n); with f = 0
     it changes nothing. Returns the n rows (the input's dtype; norms in float64) and M = I (each row stays
-    its client's). Cost: one pass over the rows for the norms and one to scale the k clipped rows.
+    its client's). Cost: one pass over the rows for the norms (float64 column blocks), a copy, and the k
+    clipped rows scaled.
     """
     x = _rows(x, "arc")
     n = x.shape[0]
@@ -98,13 +131,19 @@ def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     k = arc_count(n, f)
     if k == 0:
         return x, eye
-    norms = torch.linalg.vector_norm(x.to(torch.float64), dim=1).cpu()
+    cols = _chunk(n)
+    ssq = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for c in range(0, x.shape[1], cols):                      # float64 column blocks, in cache
+        ssq += (x[:, c:c + cols].to(torch.float64) ** 2).sum(dim=1)
+    norms = ssq.sqrt().cpu()
+    if not bool(torch.isfinite(norms).all()):                # squares beyond float64's range
+        norms = _safe_norms(x.to(torch.float64)).cpu()
     order = torch.argsort(-norms, stable=True)
     bound = norms[order[k]]
-    scale = torch.ones(n, dtype=torch.float64)
     clip = order[:k]
-    scale[clip] = torch.where(norms[clip] > bound, bound / norms[clip].clamp_min(torch.finfo(torch.float64).tiny), 1.0)
-    out = (x.to(torch.float64) * scale.to(x.device).unsqueeze(1)).to(x.dtype)
+    scale = torch.where(norms[clip] > bound, bound / norms[clip].clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+    out = x.clone()
+    out[clip.to(x.device)] = (x[clip.to(x.device)].to(torch.float64) * scale.to(x.device)[:, None]).to(x.dtype)
     return out, eye
 
 

@@ -183,9 +183,12 @@ class BRMTRLStrategy(Strategy):
             self.short_rounds.append(entry)
             log.warning("round %d: %d of %d sampled clients answered (unreachable %s, no reply %s)", server_round,
                         len(answered), len(self._round["sampled"]), self._round["unreachable"], missing)
+            for e in failed:
+                log.warning("round %d: node %s: %s", server_round, e["node"], e["reason"])
         if len(answered) < self.cfg["flower.min_clients"]:
+            why = "".join(f"; node {e['node']}: {e['reason']}" for e in failed)
             raise FederationError(f"round {server_round}: only {len(answered)} clients answered, fewer than "
-                                  f"flower.min_clients = {self.cfg['flower.min_clients']}")
+                                  f"flower.min_clients = {self.cfg['flower.min_clients']}{why}")
         senders = [p for p in sorted(answered) if answered[p] is not None]
         updates: list[Any] = []
         for p in senders:

@@ -38,8 +38,9 @@ def run_flower_simulation(cfg: Config, out_dir: str | Path, *, progress: bool = 
     resources: dict[str, Any] = {"num_cpus": 1}
     if torch.cuda.is_available() and cfg["device"] != "cpu":
         resources["num_gpus"] = 1.0 / min(n, 8)
-    backend = {"client_resources": resources, "init_args": {"num_cpus": cpus, "logging_level": logging.ERROR,
-                                                            "log_to_driver": False}}
+    # address "local": a Ray instance of its own, never a cluster that runs on this machine (a sweep's)
+    backend = {"client_resources": resources, "init_args": {"address": "local", "num_cpus": cpus,
+                                                            "logging_level": logging.ERROR, "log_to_driver": False}}
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")

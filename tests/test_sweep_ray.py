@@ -1,0 +1,72 @@
+"""brmtrl sweep --ray: the cells as tasks on a Ray cluster (a head and one worker node on 127.0.0.1, started
+and stopped here), with the numbers, resume, summary and failures of a local sweep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_sweep import GRID, numbers, summary, sweep, write_grid
+
+ray_cluster = pytest.importorskip("ray.cluster_utils")
+pytestmark = pytest.mark.slow
+
+MIXED = (GRID.replace('"attack.name" = ["sign_flip", "gaussian"]',
+                      '"dataset.name" = ["synthetic_classification", "cifar10"]')
+         .replace('"train.rounds" = 3', '"train.rounds" = 2\n"dataset.root" = "/nonexistent/cifar"'))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray cluster of two nodes (1 CPU each) on 127.0.0.1; shut down whatever the tests do. Ray replaces a
+    loopback address by the machine's own IP unless it runs in its single-machine mode
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by every Ray process this test starts, the sweep's included)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    c = ray_cluster.Cluster(initialize_head=True, connect=False,
+                            head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    try:
+        c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+        mp.undo()
+
+
+def ray_sweep(grid: Path, out: Path, address: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in its own process, as a user runs it (it connects to the cluster as a Ray driver)."""
+    return subprocess.run([sys.executable, "-m", "brmtrl", "sweep", "--grid", str(grid), "--out", str(out),
+                           "--quiet", "--ray", address, *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_a_sweep_on_a_ray_cluster_matches_a_local_one_and_resumes(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g", MIXED)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert sweep(grid, local, "--threads", "1") == 1                      # two cells fail: no such data
+    done = ray_sweep(grid, remote, cluster.address, "--threads", "1")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "4 cells run, 0 already done, 4 failed, 0 left" in done.stdout
+    assert "/nonexistent/cifar" in done.stdout                            # the failure, in one line per cell
+    assert numbers(remote) == numbers(local)                              # same seeds, same numbers
+    rows = summary(remote)
+    failed = [name for name, row in rows.items() if row["status"] == "error"]
+    assert len(failed) == 4 and all("Traceback" in (remote / n / "error.log").read_text() for n in failed)
+    again = ray_sweep(grid, remote, cluster.address, "--threads", "1")
+    assert "0 cells run, 4 already done, 4 failed" in again.stdout        # resume: only the failed cells again
+    assert numbers(remote) == numbers(local)
+
+
+def test_ray_errors_are_one_line(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g")
+    out = ray_sweep(grid, tmp_path / "ray", cluster.address, "--threads", "64")
+    assert out.returncode != 0 and "each cell asks for 64 CPU(s) (--threads) but the cluster has 2" in out.stderr
+    assert "Traceback" not in out.stderr
+    nobody = ray_sweep(grid, tmp_path / "ray2", "127.0.0.1:9", "--threads", "1")
+    assert nobody.returncode != 0 and "--ray 127.0.0.1:9: nothing answers there" in nobody.stderr
+    local = subprocess.run([sys.executable, "-m", "brmtrl", "sweep", "--grid", str(grid), "--out", str(tmp_path / "x"),
+                            "--gpus-per-cell", "1"], capture_output=True, text=True, timeout=120)
+    assert local.returncode != 0 and "--gpus-per-cell is for --ray" in local.stderr
