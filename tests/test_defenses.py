@@ -12,7 +12,7 @@ import torch
 
 from brmtrl import aggregators as agg
 from brmtrl.aggregators import (AGGREGATORS, FLAG_BELOW, PRE_STEPS, aggregate, bucketing, bulyan, bulyan_trusted,
-                                centered_clipping, centered_clipping_trusted, nnm)
+                                centered_clipping, centered_clipping_trusted, nnm, trimmed_mean_trusted)
 from brmtrl.cli import main
 from brmtrl.config import AGGREGATOR_NAMES as CONFIG_RULES, PRE_STEP_NAMES as CONFIG_PRE, ConfigError, load_config
 from brmtrl.server import Aggregation, pre_generator, server_step
@@ -144,6 +144,12 @@ def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
     inband = (sel >= kept.amin(dim=0)) & (sel <= kept.amax(dim=0))
     want = (inband.double() * (keep / inband.sum(dim=0).double())).sum(dim=1) / d
     torch.testing.assert_close(used, want, rtol=1e-12, atol=0)
+    f = (n - 1) // 3                                          # trimmed mean: the same over every block
+    res = trimmed_mean_trusted(x, f=f)
+    torch.testing.assert_close(res.point, s[f:n - f].mean(dim=0).float(), rtol=0, atol=1e-6)
+    inband = (x.double() >= s[f]) & (x.double() <= s[n - f - 1])
+    used = (inband.double() * ((n - 2 * f) / inband.sum(dim=0).double())).sum(dim=1) / d
+    torch.testing.assert_close(res.trust, torch.clamp(used * n / (n - 2 * f), max=1.0), rtol=1e-12, atol=0)
 
 
 # --------------------------------------------------------------------------- centered clipping
@@ -156,6 +162,22 @@ def test_centered_clipping_matches_the_plain_loop(tau, iters):
     np.testing.assert_allclose(res.point.numpy(), v, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(res.trust.numpy(), scale, rtol=1e-12, atol=1e-12)
     assert res.info["tau"] == pytest.approx(tau_used, rel=1e-12)
+
+
+def test_centered_clipping_on_the_gram_matrix_equals_iterating_on_the_rows():
+    """float32 rows with far ones: the Gram path (start at the median) and the row-by-row path (a start
+    point float32 cannot hold exactly sends it there) agree with the float64 loop to float32's precision."""
+    x = rows(30, 3000, 9).float()
+    x[:6] = 40.0 * x[:6] + 3.0
+    v, scale, tau = ref_centered_clipping(x.double().numpy(), 0.0, 3)
+    res = centered_clipping_trusted(x, iters=3)
+    np.testing.assert_allclose(res.point.double().numpy(), v, rtol=0, atol=1e-5 * float(np.abs(v).max()))
+    np.testing.assert_allclose(res.trust.numpy(), scale, rtol=1e-5)
+    start = x.median(dim=0).values.double() + 1e-12                   # not a float32 value: rows path
+    v2, scale2, _ = ref_centered_clipping(x.double().numpy(), tau, 3, start.numpy())
+    res2 = centered_clipping_trusted(x, tau=tau, iters=3, centre=start)
+    np.testing.assert_allclose(res2.point.double().numpy(), v2, rtol=0, atol=1e-5 * float(np.abs(v2).max()))
+    np.testing.assert_allclose(res2.trust.numpy(), scale2, rtol=1e-5)
 
 
 def test_centered_clipping_keeps_tau_positive_when_half_the_rows_sit_on_the_median():

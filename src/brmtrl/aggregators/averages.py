@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
-from .columns import block_columns, median_columns
+from .columns import block_columns, column_blocks, combine_rows, median_columns, partition_columns
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
 
@@ -13,7 +13,7 @@ __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "
 def mean(x: torch.Tensor) -> torch.Tensor:
     """Arithmetic mean x̄ = (1/n) Σ_i x_i (plain FedRep / FedAvg with equal weights). Not robust."""
     x = _rows(x, "mean")
-    return (x.sum(dim=0, dtype=torch.float64) / x.shape[0]).to(x.dtype)   # accumulated in float64, no copy
+    return combine_rows(x, torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64))
 
 
 def mean_trusted(x: torch.Tensor) -> AggregateResult:
@@ -63,9 +63,10 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     lo = torch.empty(d, dtype=torch.float64, device=x.device)
     hi = torch.empty_like(lo)
     cols = block_columns(n)
-    for c in range(0, d, cols):                    # column blocks sorted in float64, in cache
-        s = x[:, c:c + cols].to(torch.float64).sort(dim=0).values
-        point[c:c + cols] = s[f:n - f].mean(dim=0).to(x.dtype)
-        lo[c:c + cols], hi[c:c + cols] = s[f], s[n - f - 1]
+    for c, s in column_blocks(x, cols):            # column blocks partitioned in place, in cache
+        partition_columns(s, f, inplace=True)      # the f smallest first, then the f largest last
+        partition_columns(s[f:], n - 2 * f - 1, inplace=True)
+        point[c:c + cols] = (s[f:n - f].sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
+        lo[c:c + cols], hi[c:c + cols] = s[f:n - f].amin(dim=0), s[n - f - 1]   # s[f] moved in the 2nd
     used = _band_used(x, lo, hi, n - 2 * f)
     return AggregateResult(point, _share_trust(used, n - 2 * f, n), {"f_used": f})

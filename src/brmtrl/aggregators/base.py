@@ -71,7 +71,7 @@ def _band_used(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kept: int) -
     for c in range(0, d, cols):
         inband = (v[:, c:c + cols] >= lo[c:c + cols]) & (v[:, c:c + cols] <= hi[c:c + cols])
         share = kept / inband.sum(dim=0).clamp_min(1).to(torch.float64)
-        used += (inband.to(torch.float64) * share).sum(dim=1)
+        used += torch.mv(inband.to(torch.float64), share)
     return used / d
 
 

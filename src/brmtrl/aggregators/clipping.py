@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from .averages import _median
+from .columns import block_columns, column_blocks, combine_rows
+from .gram import _central_gram
 from .base import AggregateResult, _check_float, _check_int, _rows
 
 
@@ -35,6 +37,53 @@ def automatic_tau(distances: torch.Tensor, start: torch.Tensor) -> float:
     return scale if math.isfinite(scale) and scale > 0 else 1e-12
 
 
+def _on_gram(x: torch.Tensor, v0: torch.Tensor, tau: float, iters: int) -> AggregateResult | None:
+    """Centered clipping on the Gram matrix of the rows and v₀: every iterate is an affine combination
+    v = Σ_j c_j y_j of y = (x_1, …, x_n, v₀) (v ← (1 − Σ_i s_i/n) v + Σ_i (s_i/n) x_i), so with G the Gram
+    matrix of y about a central row x_k (:mod:`brmtrl.aggregators.gram`: the rows', then v₀'s column in one
+    more pass, float64 sums of blocks centred in the input's precision, the precision it documents)
+    ‖x_i − v‖² = G_ii − 2 (Gc)_i + cᵀGc and each iteration is O(n²); the point is one pass, Σ_j c_j y_j in
+    float64. None when the Gram needs the overflow guard's rescaled rows (rows near float64's range): the
+    caller then iterates on the rows. v₀ must be a value of x's dtype."""
+    n, d = x.shape
+    gr, _ = _central_gram(x)
+    if gr.p.any() or not np.isfinite(gr.g).all():
+        return None
+    k = gr.k
+    u = v0.to(x.dtype) - x[k]                                    # v₀ − x_k, centred as the Gram's blocks are
+    h = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for c, block in column_blocks(x, 4 * block_columns(n)):
+        block.sub_(x[k, c:c + block.shape[1]])
+        h += (block @ u[c:c + block.shape[1]]).to(torch.float64)
+    g = np.zeros((n + 1, n + 1))
+    g[:n, :n] = gr.g
+    g[:n, n] = g[n, :n] = h.cpu().numpy()
+    g[n, n] = float(torch.linalg.vector_norm(u.to(torch.float64)) ** 2)
+    if not np.isfinite(g).all():
+        return None
+    diag = np.diagonal(g)[:n]
+
+    def gaps(c: np.ndarray) -> np.ndarray:
+        gc = g @ c
+        return np.sqrt(np.maximum(diag - 2.0 * gc[:n] + float(c @ gc), 0.0))
+
+    c = np.zeros(n + 1)
+    c[n] = 1.0
+    r = gaps(c)
+    if tau == 0.0:
+        tau = automatic_tau(torch.from_numpy(r), v0)
+    scale = np.ones(n)
+    for it in range(iters):
+        with np.errstate(divide="ignore"):
+            scale = np.where(r > tau, tau / np.where(r > 0, r, 1.0), 1.0)
+        c = c * (1.0 - scale.sum() / n)
+        c[:n] += scale / n
+        if it + 1 < iters:
+            r = gaps(c)
+    point = combine_rows(x, torch.from_numpy(c[:n]), torch.float64) + float(c[n]) * v0.to(torch.float64)
+    return AggregateResult(point.to(x.dtype), torch.from_numpy(scale).to(x.device), {"tau": tau})
+
+
 def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
                       centre: torch.Tensor | None = None) -> torch.Tensor:
     """Centered clipping (Karimireddy, He & Jaggi, ICML 2021): from a start point v_0, ``iters`` times
@@ -48,11 +97,11 @@ def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
     stateless default is the coordinate-wise median of the rows (robust, needs no history); pass the
     previous aggregate to follow the paper. ``tau = 0`` (default) chooses τ automatically: the median of
     the distances ‖x_i − v_0‖, so that about half the rows are clipped in the first step whatever the
-    scale of the updates (‖v₀‖ when that median is 0: :func:`automatic_tau`). Each column block of x is
-    taken to float64 in cache; the distances are plain sums of squares there, redone on halved differences
-    rescaled by their largest entry when they overflow, so rows up to float64's range are handled; the
-    result is in the input's dtype. Cost: the median (an O(n) selection per coordinate, in column blocks)
-    and L + 1 passes over the rows (each step and the next step's distances share one pass).
+    scale of the updates (‖v₀‖ when that median is 0: :func:`automatic_tau`). Rows up to float64's range
+    are handled; the result is in the input's dtype. Cost: the median (an O(n) selection per coordinate, in column blocks),
+    then one Gram matrix of the rows and v₀ and one pass to combine them, whatever L (:func:`_on_gram`);
+    rows near float64's range: L + 1 passes over the rows instead (each step and the next step's distances
+    share one pass), on halved differences rescaled by their largest entry.
     """
     return centered_clipping_trusted(x, tau=tau, iters=iters, centre=centre).point
 
@@ -75,6 +124,9 @@ def centered_clipping_trusted(x: torch.Tensor, *, tau: float = 0.0, iters: int =
             raise ValueError(f"centered_clipping: centre must be a finite floating-point tensor of shape ({d},). "
                              f"Got {got} instead.")
         v = centre.to(device=x.device, dtype=torch.float64)
+    fast = _on_gram(x, v, tau, iters) if centre is None or bool((v.to(x.dtype).to(torch.float64) == v).all()) else None
+    if fast is not None:
+        return fast
     cols = _columns(n)
 
     def scaled_gaps(blocks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:

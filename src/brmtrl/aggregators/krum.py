@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .base import AggregateResult, _check_f, _rows, _share_trust
-from .columns import nearest_to_median_mean
+from .columns import combine_rows, nearest_to_median_mean
 from .gram import pairwise_sq_distances
 
 __all__ = ["bulyan", "bulyan_trusted", "krum", "krum_scores", "krum_trusted", "multi_krum", "multi_krum_trusted"]
@@ -63,7 +63,9 @@ def multi_krum_trusted(x: torch.Tensor, *, f: int, m: int | None = None) -> Aggr
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
         raise ValueError(f"multi_krum: m must be an int in [1, n={n}]. Got {m!r} instead.")
     order = torch.argsort(krum_scores(x, f=f), stable=True)[:m]
-    point = x[order].to(torch.float64).mean(dim=0).to(x.dtype)
+    weights = torch.zeros(n, dtype=torch.float64)
+    weights[order.cpu()] = 1.0 / m
+    point = combine_rows(x, weights)
     return AggregateResult(point, _selected(n, order.cpu(), x.device), {"f_used": f})
 
 

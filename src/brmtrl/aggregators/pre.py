@@ -16,12 +16,13 @@ from typing import Callable
 import torch
 
 from .base import _check_f, _check_int, _rows, _safe_norms, largest_f
+from .columns import column_blocks
 from .gram import _chunk, _first_centre, pairwise_sq_distances
 
 __all__ = ["PRE_STEPS", "PreStep", "arc", "arc_count", "bucketing", "nnm"]
 
 
-_SPARSE = 8      # at most this many nonzeros per row of M: gathered and summed, not a GEMM
+_SPARSE = 8      # at most 1/8 of a row of M nonzero (or 2): gathered and summed, not a GEMM
 
 
 def _mix(m: torch.Tensor, x: torch.Tensor, centre: int | None = None) -> torch.Tensor:
@@ -38,22 +39,24 @@ def _mix(m: torch.Tensor, x: torch.Tensor, centre: int | None = None) -> torch.T
     out = torch.empty(rows_out, d, dtype=x.dtype, device=x.device)
     cols = _chunk(n)
     width = int((m != 0).sum(dim=1).max()) if m.numel() else 0
-    if width <= _SPARSE:
+    if width <= max(2, n // _SPARSE):
         w, idx = torch.topk(m.abs(), max(width, 1), dim=1)
         w = m.gather(1, idx).to(x.device)[:, :, None]
         idx = idx.to(x.device)
-        for c in range(0, d, cols):
-            out[:, c:c + cols] = (x[:, c:c + cols].to(torch.float64)[idx] * w).sum(dim=1).to(x.dtype)
+        for c, block in column_blocks(x, cols, torch.float64):
+            out[:, c:c + block.shape[1]] = (block[idx] * w).sum(dim=1)
         return out
     k = _first_centre(x) if centre is None else centre
     work = torch.promote_types(x.dtype, torch.float32)
     mw, m64 = m.to(x.device, work), m.to(x.device)
-    for c in range(0, d, cols):
-        xb = x[:, c:c + cols].to(work)
-        block = torch.addmm(xb[k], mw, xb - xb[k])
+    mixed = torch.empty(rows_out, min(cols, d), dtype=work, device=x.device)
+    for c, xb in column_blocks(x, cols, work):
+        w = xb.shape[1]
+        centre_row = xb[k].clone()
+        block = torch.addmm(centre_row, mw, xb.sub_(centre_row), out=mixed[:, :w])
         if not bool(torch.isfinite(block).all()):
-            block = m64 @ x[:, c:c + cols].to(torch.float64)
-        out[:, c:c + cols] = block.to(x.dtype)
+            block = m64 @ x[:, c:c + w].to(torch.float64)
+        out[:, c:c + w] = block
     return out
 
 
@@ -131,10 +134,9 @@ def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     k = arc_count(n, f)
     if k == 0:
         return x, eye
-    cols = _chunk(n)
     ssq = torch.zeros(n, dtype=torch.float64, device=x.device)
-    for c in range(0, x.shape[1], cols):                      # float64 column blocks, in cache
-        ssq += (x[:, c:c + cols].to(torch.float64) ** 2).sum(dim=1)
+    for _, block in column_blocks(x, _chunk(n), torch.float64):    # float64 column blocks, in cache
+        ssq += torch.linalg.vector_norm(block, dim=1) ** 2
     norms = ssq.sqrt().cpu()
     if not bool(torch.isfinite(norms).all()):                # squares beyond float64's range
         norms = _safe_norms(x.to(torch.float64)).cpu()
