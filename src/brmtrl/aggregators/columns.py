@@ -99,21 +99,27 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         return point, torch.full((m,), keep / m, dtype=torch.float64, device=x.device)
     cols = block_columns(m)
     inf = float("inf")
-    work = torch.empty(m, min(cols, d), dtype=torch.float64, device=x.device)
+    f64 = dict(dtype=torch.float64, device=x.device)
+    s_buf, dist_buf, part_buf = (torch.empty(m, min(cols, d), **f64) for _ in range(3))   # reused: no
+    kept_buf = torch.empty(m, min(cols, d), dtype=torch.bool, device=x.device)           # page faults
+    sel_buf = torch.empty(m, min(cols, d), dtype=x.dtype, device=x.device)
     for c in range(0, d, cols):
-        s = work[:, :min(cols, d - c)]
-        s.copy_(x[rows, c:c + cols])
-        lo, hi = _middle(s)
-        dist = (s - (0.5 * lo + 0.5 * hi)).abs()
-        t = partition_columns(dist, keep - 1)[keep - 1]        # the keep-th smallest distance
-        kept = dist <= t
+        w = min(cols, d - c)
+        s, dist, part, kept = s_buf[:, :w], dist_buf[:, :w], part_buf[:, :w], kept_buf[:, :w]
+        s.copy_(torch.index_select(x[:, c:c + w], 0, rows, out=sel_buf[:, :w]))
+        part.copy_(s)
+        lo, hi = _middle(part, inplace=True)
+        torch.sub(s, 0.5 * lo + 0.5 * hi, out=dist).abs_()
+        part.copy_(dist)
+        t = partition_columns(part, keep - 1, inplace=True)[keep - 1]   # the keep-th smallest distance
+        torch.le(dist, t, out=kept)
         if bool((kept.sum(dim=0) == keep).all()):              # no tie at t beyond the keep values: the
-            point[c:c + cols] = ((s * kept).sum(dim=0) / keep).to(x.dtype)   # band is the kept values
-            used += kept.sum(dim=1)
+            point[c:c + w] = (torch.mul(s, kept, out=part).sum(dim=0) / keep).to(x.dtype)   # band is the
+            used += kept.sum(dim=1)                                                         # kept values
             continue
         below, tied = dist < t, dist == t
         kept = below | (tied & (tied.cumsum(dim=0) <= keep - below.sum(dim=0)))
-        point[c:c + cols] = (torch.where(kept, s, 0.0).sum(dim=0) / keep).to(x.dtype)
+        point[c:c + w] = (torch.where(kept, s, 0.0).sum(dim=0) / keep).to(x.dtype)
         low = torch.where(kept, s, inf).amin(dim=0)
         high = torch.where(kept, s, -inf).amax(dim=0)
         inband = (s >= low) & (s <= high)
