@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ CIFAR = SHARED / "cifar10"
 FEMNIST = SHARED / "femnist"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one torch thread per xdist worker (six share the cores), two in a plain run
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 
 def need(path: Path) -> None:

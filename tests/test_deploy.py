@@ -144,7 +144,7 @@ def test_a_federation_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tm
     uninterrupted deploy-local run equals: the first test)."""
     from brmtrl.cli import main
 
-    sets = ["device=cpu", "threads=1", "dataset.num_clients=8", "train.rounds=6", "train.eval_every=1"]
+    sets = ["device=cpu", "threads=1", "dataset.num_clients=8", "train.rounds=5", "train.eval_every=1"]
     cfg = load_config(CONFIGS / "quick.toml", sets)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "brmtrl", "deploy-local", "--config", str(CONFIGS / "quick.toml"),
@@ -160,12 +160,12 @@ def test_a_federation_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tm
                 pass
         proc.wait(timeout=30)
     killed_at = json.loads((out / "progress.json").read_text())["round"]
-    assert 2 <= killed_at < 6 and not (out / "results.json").exists()
+    assert 2 <= killed_at < 5 and not (out / "results.json").exists()
     assert sorted(p.name for p in (out / "deploy" / "state").iterdir()) == ["supernode-0", "supernode-1"]
     assert main(["deploy-local", "--resume", "--out", str(out), "--supernodes", "2", "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     ref = Simulation(cfg).run()
-    assert [h["round"] for h in res["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [h["round"] for h in res["history"]] == [1, 2, 3, 4, 5]
     assert [h["honest_acc_mean"] for h in res["history"]] == pytest.approx(
         [h["honest_acc_mean"] for h in ref["history"]], abs=1e-3)
     assert res["final"]["honest_acc_mean"] == pytest.approx(ref["final"]["honest_acc_mean"], abs=1e-3)
@@ -178,7 +178,7 @@ def test_a_restarted_supernode_comes_back_with_its_clients_heads(tmp_path):
     a new node hosting the lost clients and moves them to it; they train on with their heads (read back
     from the state-dir) and are all scored at the end. The round in flight when the node died is short for
     its clients (it is listed); with no short round the run equals the built-in engine's."""
-    cfg = small("train.rounds=8", "train.participation=1.0", "train.eval_every=1", "attack.name=none",
+    cfg = small("train.rounds=5", "train.participation=1.0", "train.eval_every=1", "attack.name=none",
                 "attack.byzantine_fraction=0.0", "flower.round_timeout=45", "flower.min_clients=2")
     out = tmp_path / "run"
     groups = split_clients(8, 2)
@@ -198,13 +198,13 @@ def test_a_restarted_supernode_comes_back_with_its_clients_heads(tmp_path):
         runner.join(timeout=580)
         assert done.get("rc") == 0, (out / "deploy" / "flwr-run.log").read_text()[-2000:]
     res = json.loads((out / "results.json").read_text())
-    assert [h["round"] for h in res["history"]] == list(range(1, 9))
+    assert [h["round"] for h in res["history"]] == list(range(1, 6))
     assert any(f"clients {groups[1]} came back" in note for note in res["notes"])
     assert res["history"][-1]["clients_scored"] == 8          # everyone is scored at the end
     short = [e["round"] for e in res["short_rounds"]]
     assert len(short) <= 2                                      # only the round(s) of the outage
     state = torch.load(tmp_path / "state-1" / f"client-{groups[1][0]}.pt", weights_only=True)
-    assert max(state["rounds"]) == 8                            # it trained to the end, from its state-dir
+    assert max(state["rounds"]) == 5                            # it trained to the end, from its state-dir
     if not short:
         ref = Simulation(cfg).run()
         assert res["final"]["honest_acc_mean"] == pytest.approx(ref["final"]["honest_acc_mean"], abs=1e-3)

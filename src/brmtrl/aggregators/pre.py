@@ -54,7 +54,7 @@ def _mix(m: torch.Tensor, x: torch.Tensor, centre: int | None = None) -> torch.T
         w = xb.shape[1]
         centre_row = xb[k].clone()
         block = torch.addmm(centre_row, mw, xb.sub_(centre_row), out=mixed[:, :w])
-        if not bool(torch.isfinite(block).all()):
+        if not bool(torch.isfinite(block.sum())):              # an overflow (or a sum that does): redo
             block = m64 @ x[:, c:c + w].to(torch.float64)
         out[:, c:c + w] = block
     return out
