@@ -126,7 +126,7 @@ def test_bulyan_needs_4f_plus_3_and_float32_stays_float32():
 def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
     """The coordinate-wise selections run in column blocks (brmtrl.aggregators.columns): over many blocks
     and with many ties (small integers), the same as a stable sort of the whole matrix in float64."""
-    from brmtrl.aggregators.columns import block_columns, median_columns, nearest_to_median_mean
+    from brmtrl.aggregators.columns import block_columns, median_columns, nearest_to_median_mean, partition_columns
 
     d = 3 * block_columns(n) + 17
     x = torch.randint(-3, 4, (n, d), generator=torch.Generator().manual_seed(n)).to(torch.float32)
@@ -144,6 +144,8 @@ def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
     inband = (sel >= kept.amin(dim=0)) & (sel <= kept.amax(dim=0))
     want = (inband.double() * (keep / inband.sum(dim=0).double())).sum(dim=1) / d
     torch.testing.assert_close(used, want, rtol=1e-12, atol=0)
+    other = partition_columns(x.to(torch.bfloat16), n // 2, inplace=True)   # the sort path (no numpy dtype)
+    assert torch.equal(other[n // 2].float(), s[n // 2].float())
     f = (n - 1) // 3                                          # trimmed mean: the same over every block
     res = trimmed_mean_trusted(x, f=f)
     torch.testing.assert_close(res.point, s[f:n - f].mean(dim=0).float(), rtol=0, atol=1e-6)

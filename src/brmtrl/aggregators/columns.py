@@ -5,7 +5,8 @@ among the n values of each coordinate. Done on the whole (n, d) matrix at once, 
 n·d values in float64 and runs at memory speed many times over. Here the columns are processed in blocks of
 about 2¹⁸ values, so that each block, in float64 where it matters, stays in cache while every step of the
 selection runs on it; each selection is an O(n) partial partition per column (introselect: ``numpy.partition``
-on the CPU, about 4× faster than ``torch.kthvalue`` there; a sort on other devices), not a full sort.
+on the CPU, several times faster than ``torch.kthvalue`` there, ``benchmarks/aggregator_parts.py``; a sort on
+other devices), not a full sort.
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ def partition_columns(s: torch.Tensor, kth: int, *, inplace: bool = False) -> to
     value, smaller-or-equal values before it and larger-or-equal after (``numpy.partition`` on the CPU, in
     s itself with ``inplace``; sorted columns elsewhere, which satisfy the same). One kth per call: numpy's
     several-kth partition is several times slower than as many calls."""
-    if s.device.type == "cpu":
+    if s.device.type == "cpu" and s.dtype in (torch.float32, torch.float64, torch.float16):
         if inplace:
             s.numpy().partition(kth, axis=0)
             return s
         return torch.from_numpy(np.partition(s.numpy(), kth, axis=0))
-    return s.sort(dim=0).values
+    ordered = s.sort(dim=0).values                  # other devices and dtypes numpy lacks (bfloat16)
+    return s.copy_(ordered) if inplace else ordered
 
 
 def _middle(s: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
