@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,23 @@ def tiny_cfg():
         return load_config(None, base + list(overrides))
 
     return make
+
+
+@contextmanager
+def ray_exclusive(factory: pytest.TempPathFactory):
+    """One Ray instance at a time across the xdist workers (a lock file beside their temp folders): several
+    Flower simulations starting Ray at once on a 2-core machine can starve one another for minutes."""
+    lock = factory.getbasetemp().parent / "ray.lock"
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def one_ray_at_a_time(tmp_path_factory: pytest.TempPathFactory):
+    """For a test that runs Flower's simulation engine (Ray): see :func:`ray_exclusive`."""
+    with ray_exclusive(tmp_path_factory):
+        yield

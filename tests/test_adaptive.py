@@ -226,7 +226,7 @@ def test_the_adversary_tunes_against_exactly_what_the_server_computes(attack, ti
     torch.testing.assert_close(res.step, _server_aggregate(agg, cfg["seed"], 4)(torch.stack(sent)))
 
 
-def test_an_adaptive_attack_runs_on_both_engines_alike(tiny_cfg, tmp_path):
+def test_an_adaptive_attack_runs_on_both_engines_alike(tiny_cfg, tmp_path, one_ray_at_a_time):
     pytest.importorskip("flwr")
     from brmtrl.engine import Simulation
     from brmtrl.flower.simulation import run_flower_simulation

@@ -48,7 +48,7 @@ def test_node_config_overrides_the_role():
         Node(cfg, 99, data=sim.data)
 
 
-def test_flower_simulation_matches_the_built_in_engine(tmp_path):
+def test_flower_simulation_matches_the_built_in_engine(tmp_path, one_ray_at_a_time):
     """Same config, same seed: the same clients train the same way on both engines, so honest accuracy
     agrees to float tolerance (the Flower path trains each client alone, the built-in engine runs the
     head phase of all sampled clients at once; tested equal in test_fast_paths)."""

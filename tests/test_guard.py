@@ -94,7 +94,7 @@ def test_the_guard_needs_a_private_head(tiny_cfg):
         tiny_cfg("guard.name=ditto", "algorithm.name=fedavg")
 
 
-def test_both_engines_guard_alike(tiny_cfg, tmp_path):
+def test_both_engines_guard_alike(tiny_cfg, tmp_path, one_ray_at_a_time):
     pytest.importorskip("flwr")
     from brmtrl.flower.simulation import run_flower_simulation
 

@@ -111,7 +111,7 @@ def test_a_run_with_reputation_resumes_identically(tiny_cfg, tmp_path):
     assert rest["final"]["honest_acc_mean"] == full["final"]["honest_acc_mean"]
 
 
-def test_both_engines_exclude_alike(tiny_cfg, tmp_path):
+def test_both_engines_exclude_alike(tiny_cfg, tmp_path, one_ray_at_a_time):
     pytest.importorskip("flwr")
     from brmtrl.flower.simulation import run_flower_simulation
 

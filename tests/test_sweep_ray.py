@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import ray_exclusive
 from .test_sweep import GRID, numbers, summary, sweep, write_grid
 
 ray_cluster = pytest.importorskip("ray.cluster_utils")
@@ -20,12 +21,14 @@ MIXED = (GRID.replace('"attack.name" = ["sign_flip", "gaussian"]',
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """A Ray cluster of two nodes (1 CPU each) on 127.0.0.1; shut down whatever the tests do. Ray replaces a
     loopback address by the machine's own IP unless it runs in its single-machine mode
     (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by every Ray process this test starts, the sweep's included)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    exclusive = ray_exclusive(tmp_path_factory)
+    exclusive.__enter__()
     c = ray_cluster.Cluster(initialize_head=True, connect=False,
                             head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
     try:
@@ -35,6 +38,7 @@ def cluster():
     finally:
         c.shutdown()
         mp.undo()
+        exclusive.__exit__(None, None, None)
 
 
 def ray_sweep(grid: Path, out: Path, address: str, *extra: str) -> subprocess.CompletedProcess[str]:
