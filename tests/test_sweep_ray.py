@@ -25,20 +25,16 @@ def cluster(tmp_path_factory):
     """A Ray cluster of two nodes (1 CPU each) on 127.0.0.1; shut down whatever the tests do. Ray replaces a
     loopback address by the machine's own IP unless it runs in its single-machine mode
     (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by every Ray process this test starts, the sweep's included)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    exclusive = ray_exclusive(tmp_path_factory)
-    exclusive.__enter__()
-    c = ray_cluster.Cluster(initialize_head=True, connect=False,
-                            head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
-    try:
-        c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-        c.wait_for_nodes()
-        yield c
-    finally:
-        c.shutdown()
-        mp.undo()
-        exclusive.__exit__(None, None, None)
+    with ray_exclusive(tmp_path_factory), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        c = ray_cluster.Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+        try:
+            c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            c.wait_for_nodes()
+            yield c
+        finally:
+            c.shutdown()
 
 
 def ray_sweep(grid: Path, out: Path, address: str, *extra: str) -> subprocess.CompletedProcess[str]:

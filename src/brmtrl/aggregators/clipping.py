@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from .averages import _median
+from .base import AggregateResult, _check_float, _check_int, _rows
 from .columns import block_columns, column_blocks, combine_rows
 from .gram import _central_gram
-from .base import AggregateResult, _check_float, _check_int, _rows
 
 
 def _columns(n: int) -> int:
