@@ -154,6 +154,27 @@ def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
     torch.testing.assert_close(res.trust, torch.clamp(used * n / (n - 2 * f), max=1.0), rtol=1e-12, atol=0)
 
 
+
+def test_the_sorting_network_sorts_every_input_up_to_its_row_limit():
+    """Batcher's network (few rows on the CPU) sorts every 0/1 column of each size up to NETWORK_ROWS (by the
+    0-1 principle, then every input), and random float64 columns as torch.sort does; numpy's partition
+    takes over above the limit, with the same selected values."""
+    import itertools
+
+    from brmtrl.aggregators.columns import NETWORK_ROWS, network_pairs, network_sort, partition_columns, sorts
+
+    for n in range(1, NETWORK_ROWS + 1):
+        ones = torch.tensor(list(itertools.product([0.0, 1.0], repeat=n))).T.contiguous()
+        assert torch.equal(network_sort(ones.clone()), ones.sort(dim=0).values), n
+        assert all(0 <= i < j < n for i, j in network_pairs(n))
+    g = torch.Generator().manual_seed(0)
+    for n in (NETWORK_ROWS, NETWORK_ROWS + 1):
+        x = torch.randn(n, 1000, generator=g, dtype=torch.float64)
+        k, before = n // 3, x.clone()
+        part = partition_columns(x, k)
+        assert torch.equal(part[k], x.sort(dim=0).values[k]) and torch.equal(x, before)   # not in place
+        assert sorts(x) == (n <= NETWORK_ROWS)
+
 # --------------------------------------------------------------------------- centered clipping
 @pytest.mark.parametrize("tau,iters", [(0.0, 1), (0.0, 3), (0.5, 5), (100.0, 2)])
 def test_centered_clipping_matches_the_plain_loop(tau, iters):

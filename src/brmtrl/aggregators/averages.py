@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
-from .columns import block_columns, column_blocks, combine_rows, median_columns, partition_columns
+from .columns import block_columns, column_blocks, combine_rows, median_columns, outer_ranks_apart
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
 
@@ -66,8 +66,7 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     hi = torch.empty_like(lo)
     cols = block_columns(n)
     for c, s in column_blocks(x, cols):            # column blocks partitioned in place, in cache
-        partition_columns(s, f, inplace=True)      # the f smallest first, then the f largest last
-        partition_columns(s[f:], n - 2 * f - 1, inplace=True)
+        outer_ranks_apart(s, f)                    # the f smallest first, then the f largest last
         point[c:c + cols] = (s[f:n - f].sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
         lo[c:c + cols], hi[c:c + cols] = s[f:n - f].amin(dim=0), s[n - f - 1]   # s[f] moved in the 2nd
     used = _band_used(x, lo, hi, n - 2 * f)

@@ -68,10 +68,16 @@ def _band_used(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kept: int) -
         return torch.full((m,), kept / m, dtype=torch.float64, device=v.device)
     used = torch.zeros(m, dtype=torch.float64, device=v.device)
     cols = max(256, (1 << 18) // max(m, 1))                 # column blocks that stay in cache
+    buf = torch.empty(m, min(cols, d), dtype=torch.bool, device=v.device)   # reused: no page faults
     for c in range(0, d, cols):
-        inband = (v[:, c:c + cols] >= lo[c:c + cols]) & (v[:, c:c + cols] <= hi[c:c + cols])
-        share = kept / inband.sum(dim=0).clamp_min(1).to(torch.float64)
-        used += torch.mv(inband.to(torch.float64), share)
+        blk = v[:, c:c + cols]
+        inband = torch.ge(blk, lo[c:c + cols], out=buf[:, :blk.shape[1]])
+        inband &= blk <= hi[c:c + cols]
+        count = inband.sum(dim=0)
+        if bool((count == kept).all()):                      # no ties at the band's edges: each row in
+            used += inband.sum(dim=1)                         # it has one full use (exact integers)
+            continue
+        used += torch.mv(inband.to(torch.float64), kept / count.clamp_min(1).to(torch.float64))
     return used / d
 
 
