@@ -74,6 +74,29 @@ def test_cifar10_from_shared_parquet():
     assert torch.bincount(ytr).tolist() == [5000] * 10
 
 
+def test_a_nodes_cifar10_clients_alone_are_the_same_tensors_as_in_the_whole_load(tmp_path, monkeypatch):
+    """A Flower node loads only its clients' images (memory-mapped cache): the same partition and, for
+    those clients, the same tensors bit for bit as the whole load; the other clients hold nothing."""
+    need(CIFAR)
+    monkeypatch.setenv("BRMTRL_CACHE", str(tmp_path))            # first load writes the cache, later ones map it
+    from brmtrl.data import _cifar10_arrays
+
+    _cifar10_arrays.cache_clear()
+    cfg = load_config(CONFIGS / "cifar10.toml", [f"dataset.root={CIFAR}"])
+    whole = load_data(cfg)
+    assert sorted(p.name.split(".", 1)[1] for p in tmp_path.iterdir()) == ["x.npy", "x.npy", "y.npy", "y.npy"]
+    _cifar10_arrays.cache_clear()
+    part = load_data(cfg, clients=[7, 3, 99, 250])                # 250: out of range, skipped
+    assert part.num_clients == whole.num_clients == 100 and part.train_x.shape[0] == 3 * 500
+    for c in range(100):
+        if c in (3, 7, 99):
+            for a, b in ((whole.client_train(c), part.client_train(c)), (whole.client_test(c), part.client_test(c))):
+                assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        else:
+            assert len(part.train_idx[c]) == len(part.test_idx[c]) == 0
+    _cifar10_arrays.cache_clear()
+
+
 def test_cifar10_federated_paper_partition():
     need(CIFAR)
     cfg = load_config(CONFIGS / "cifar10.toml", [f"dataset.root={CIFAR}"])
@@ -187,7 +210,7 @@ def test_cifar10_is_normalised_with_fedreps_imagenet_mean_and_std():
     assert cifar10.CIFAR_MEAN == IMAGENET_MEAN and cifar10.CIFAR_STD == IMAGENET_STD
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     expected = normalise(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
-    torch.testing.assert_close(cifar10._to_tensor(x), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cifar10.normalise(x), expected, atol=1e-6, rtol=0)
 
 
 def test_cifar10_augmentation_equals_crop_and_flip_of_the_raw_image_then_normalise(monkeypatch):
@@ -285,43 +308,43 @@ def test_classes_per_client_above_the_classes_present_is_a_data_error(monkeypatc
 def test_cache_temp_files_are_per_process_and_removed_on_failure(tmp_path, monkeypatch):
     from brmtrl.data import cifar10
 
-    target = tmp_path / "cifar10-train-key.npz"
+    target = tmp_path / "cifar10-train-key.x.npy"
     names = {cifar10._temp_name(target) for _ in range(5)}
     assert len(names) == 5  # two writers in one process differ too
-    assert all(str(os.getpid()) in n.name and n.parent == tmp_path and n.name.endswith(".npz") for n in names)
+    assert all(str(os.getpid()) in n.name and n.parent == tmp_path and n.name.endswith(".npy") for n in names)
 
-    def broken(path, x, y):
+    def broken(path, arr):
         Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(cifar10.np, "savez", broken)
-    cifar10._write_cache(target, np.zeros(3), np.zeros(1))  # an unwritable cache is skipped...
+    monkeypatch.setattr(cifar10.np, "save", broken)
+    cifar10._write_cache(target, np.zeros(3))  # an unwritable cache is skipped...
     assert list(tmp_path.iterdir()) == []  # ...and leaves nothing behind
 
-    def interrupted(path, x, y):
+    def interrupted(path, arr):
         Path(path).write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cifar10.np, "savez", interrupted)
+    monkeypatch.setattr(cifar10.np, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cifar10._write_cache(target, np.zeros(3), np.zeros(1))
+        cifar10._write_cache(target, np.zeros(3))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_two_processes_writing_the_same_cache_do_not_collide(tmp_path):
-    target = tmp_path / "cifar10-train-key.npz"
+    target = tmp_path / "cifar10-train-key.x.npy"
     script = ("import sys, numpy as np; from pathlib import Path; from brmtrl.data.cifar10 import _write_cache\n"
               "v = int(sys.argv[1]); x = np.full((2_000_000,), v, dtype=np.uint8)\n"
-              "for _ in range(5): _write_cache(Path(sys.argv[2]), x, np.array([v]))\n")
+              "for _ in range(5): _write_cache(Path(sys.argv[2]), x)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(v), str(target)], env=env,
                               stderr=subprocess.PIPE, text=True) for v in (1, 2)]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    with np.load(target) as z:  # a whole file from one writer, never a mix
-        v = int(z["y"][0])
-        assert v in (1, 2) and z["x"].shape == (2_000_000,) and (z["x"] == v).all()
+    x = np.load(target)  # a whole file from one writer, never a mix
+    v = int(x[0])
+    assert v in (1, 2) and x.shape == (2_000_000,) and (x == v).all()
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 

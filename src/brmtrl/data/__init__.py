@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Any
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from . import partition
 from .augment import AUGMENTATION_KEY, augmentation_for, random_crop_flip
-from .cifar10 import load_cifar10, normalised_black
+from .cifar10 import load_cifar10, load_cifar10_arrays, normalise, normalised_black
 from .federated import DataError, FederatedData
 from .femnist import BACKGROUND as FEMNIST_BACKGROUND, NUM_CLASSES as FEMNIST_CLASSES, load_femnist
 from .synthetic import principal_angle_distance, synthetic_classification, synthetic_linear
 
 __all__ = [
-    "DataError", "FederatedData", "augmentation_for", "load_data", "load_cifar10", "load_femnist", "partition",
+    "DataError", "FederatedData", "SUBSETS", "augmentation_for", "load_data", "load_cifar10", "load_femnist", "partition",
     "principal_angle_distance", "random_crop_flip", "synthetic_classification", "synthetic_linear",
 ]
 
@@ -73,8 +75,35 @@ def _femnist_fedrep(cfg: Mapping[str, Any], root: str | None, rng: np.random.Gen
                          "cnn_femnist", extras=extras)
 
 
-def load_data(cfg: Mapping[str, Any]) -> FederatedData:
-    """Load and partition the dataset a config names (seeded by ``seed``)."""
+#: the datasets :func:`load_data` can load for a few clients only (``clients=``)
+SUBSETS = ("cifar10",)
+
+
+@lru_cache(maxsize=1)
+def _cifar10_arrays(root: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """CIFAR-10's raw arrays once per process (memory-mapped from the cache, or decoded from the hub)."""
+    return load_cifar10_arrays(root)
+
+
+def _rows_of(clients: Sequence[int], idx: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The pooled rows ``clients`` own, in order, and every client's indices into those rows (empty for the
+    others; ids out of range are skipped: the caller names them)."""
+    keep = sorted({c for c in clients if 0 <= c < len(idx)})
+    new = [np.zeros(0, dtype=np.int64) for _ in idx]
+    pos = 0
+    for c in keep:
+        new[c] = np.arange(pos, pos + len(idx[c]), dtype=np.int64)
+        pos += len(idx[c])
+    rows = np.concatenate([np.asarray(idx[c], dtype=np.int64) for c in keep]) if keep else np.zeros(0, np.int64)
+    return rows, new
+
+
+def load_data(cfg: Mapping[str, Any], clients: Sequence[int] | None = None) -> FederatedData:
+    """Load and partition the dataset a config names (seeded by ``seed``).
+
+    ``clients``: for a dataset in :data:`SUBSETS`, load only these clients' samples (a Flower node, which
+    needs its own and nothing else): the same partition, and the same tensors for these clients, as the
+    whole load; every other client holds no samples. Ignored for the other datasets."""
     name = cfg["dataset.name"]
     rng = np.random.default_rng([cfg["seed"], 7])
     root = cfg["dataset.root"] or None
@@ -90,10 +119,18 @@ def load_data(cfg: Mapping[str, Any]) -> FederatedData:
                                         cfg["dataset.noise"], rng)
     if name == "cifar10":
         _check_classes_per_client(cfg, "CIFAR-10", 10)
+        extras = {AUGMENTATION_KEY: {"fill": normalised_black(), "hflip": True}}
+        if clients is not None:
+            arrays = _cifar10_arrays(root)
+            (rxtr, rytr), (rxte, ryte) = arrays["train"], arrays["test"]
+            tri, tei = _partition_pooled(cfg, "CIFAR-10", rytr, ryte, rng)
+            (trows, tri), (erows, tei) = _rows_of(clients, tri), _rows_of(clients, tei)
+            return FederatedData("cifar10", normalise(rxtr[trows]), torch.from_numpy(rytr[trows]),
+                                 normalise(rxte[erows]), torch.from_numpy(ryte[erows]), tri, tei, 10, "cnn_cifar",
+                                 extras=extras)
         xtr, ytr, xte, yte = load_cifar10(root)
         tri, tei = _partition_pooled(cfg, "CIFAR-10", ytr.numpy(), yte.numpy(), rng)
-        return FederatedData("cifar10", xtr, ytr, xte, yte, tri, tei, 10, "cnn_cifar",
-                             extras={AUGMENTATION_KEY: {"fill": normalised_black(), "hflip": True}})
+        return FederatedData("cifar10", xtr, ytr, xte, yte, tri, tei, 10, "cnn_cifar", extras=extras)
     if name == "femnist":
         # crop only: a mirrored character is another glyph (or none)
         extras = {AUGMENTATION_KEY: {"fill": (FEMNIST_BACKGROUND,), "hflip": False}}

@@ -1,9 +1,11 @@
 """CIFAR-10 from parquet files in the ``uoft-cs/cifar10`` schema (offline) or from the hub (online).
 
-Decoded uint8 arrays are cached as ``.npz`` beside nothing of the user's: under ``$BRMTRL_CACHE``
-(default ``~/.cache/brmtrl``), keyed by the parquet files' size and modification time. Each writer
-saves to its own temporary file (process id and a random suffix in the name) and renames it into
-place, so concurrent runs never read or clobber a half-written cache file.
+Decoded uint8 arrays are cached as ``.npy`` files beside nothing of the user's: under ``$BRMTRL_CACHE``
+(default ``~/.cache/brmtrl``), keyed by the parquet files' size and modification time, and read back
+memory-mapped, so that a process that needs a few clients' images (a Flower node:
+:func:`load_cifar10_arrays`) reads only those. Each writer saves to its own temporary file (process id and
+a random suffix in the name) and renames it into place, so concurrent runs never read or clobber a
+half-written cache file.
 
 Images are normalised as FedRep normalises CIFAR-10: ImageNet's per-channel mean and standard
 deviation (see ``CIFAR_MEAN``).
@@ -24,7 +26,7 @@ import torch
 from .federated import DataError
 from .hub import load_hub
 
-__all__ = ["HUB_ID", "load_cifar10", "CIFAR_MEAN", "CIFAR_STD", "normalised_black"]
+__all__ = ["HUB_ID", "load_cifar10", "load_cifar10_arrays", "normalise", "CIFAR_MEAN", "CIFAR_STD", "normalised_black"]
 
 HUB_ID = "uoft-cs/cifar10"
 # FedRep's CIFAR-10 normalisation, which is ImageNet's mean and std: github.com/lgcollins/FedRep,
@@ -83,7 +85,7 @@ def _check(x: np.ndarray, y: np.ndarray, where: str, split: str) -> None:
         raise DataError(f"{where}: labels outside 0..9")
 
 
-def _to_tensor(x: np.ndarray) -> torch.Tensor:
+def normalise(x: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W), in place after the one float copy."""
     t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float()
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
@@ -94,7 +96,7 @@ def _to_tensor(x: np.ndarray) -> torch.Tensor:
 def normalised_black() -> tuple[float, float, float]:
     """The value, per channel, that a black pixel (0) takes after :func:`load_cifar10`'s normalisation
     (computed in float32 as the images are, so it is exactly what a black pixel becomes)."""
-    return tuple(_to_tensor(np.zeros((1, 1, 1, 3), dtype=np.uint8)).view(3).tolist())  # type: ignore[return-value]
+    return tuple(normalise(np.zeros((1, 1, 1, 3), dtype=np.uint8)).view(3).tolist())  # type: ignore[return-value]
 
 
 def _temp_name(path: Path) -> Path:
@@ -102,13 +104,13 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f"{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
-def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    """Atomically write ``x`` and ``y`` to ``path`` (``.npz``); caching is an optimisation only, so an
-    unwritable cache is skipped, and the temporary file never outlives a failure."""
+def _write_cache(path: Path, arr: np.ndarray) -> None:
+    """Atomically write ``arr`` to ``path`` (``.npy``); caching is an optimisation only, so an unwritable
+    cache is skipped, and the temporary file never outlives a failure."""
     tmp = _temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, x=x, y=y)
+        np.save(tmp, arr)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -117,6 +119,16 @@ def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
             pass
         if not isinstance(exc, OSError):
             raise
+
+
+def _read_cache(stem: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached (x, y) of ``stem`` (x memory-mapped), or None when missing or unreadable."""
+    try:
+        x = np.load(stem.with_name(stem.name + ".x.npy"), mmap_mode="r")
+        y = np.load(stem.with_name(stem.name + ".y.npy"))
+    except (OSError, ValueError):
+        return None
+    return (x, y) if x.ndim == 4 and len(x) == len(y) else None
 
 
 def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -131,17 +143,15 @@ def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                             f"in the {HUB_ID} schema under dataset.root")
         st = path.stat()
         key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        cached = cache_dir() / f"cifar10-{split}-{key}.npz"
-        if cached.is_file():
-            try:
-                with np.load(cached) as z:
-                    out[split] = (z["x"], z["y"])
-                continue
-            except Exception:
-                pass  # a broken cache is rebuilt
+        stem = cache_dir() / f"cifar10-{split}-{key}"
+        cached = _read_cache(stem)     # a broken cache is rebuilt
+        if cached is not None:
+            out[split] = cached
+            continue
         x, y = _read_parquet(path)
         _check(x, y, f"CIFAR-10 file {str(path)!r}", split)
-        _write_cache(cached, x, y)
+        _write_cache(stem.with_name(stem.name + ".y.npy"), y)    # y first: x's presence means both are there
+        _write_cache(stem.with_name(stem.name + ".x.npy"), x)
         out[split] = (x, y)
     return out
 
@@ -155,9 +165,16 @@ def _load_online() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def load_cifar10_arrays(root: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"train": (x, y), "test": (x, y)}``: uint8 images (N, 32, 32, 3) (memory-mapped from the cache when
+    read from ``root``) and int64 labels, before normalisation (:func:`normalise` turns rows of x into
+    the tensors :func:`load_cifar10` returns)."""
+    return _load_local(Path(root)) if root else _load_online()
+
+
 def load_cifar10(root: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, train_y, test_x, test_y), images (N, 3, 32, 32) normalised with FedRep's (ImageNet's)
     per-channel mean and std, ``(pixel / 255 - CIFAR_MEAN) / CIFAR_STD``: values in about [-2.1, 2.6]."""
-    arrays = _load_local(Path(root)) if root else _load_online()
+    arrays = load_cifar10_arrays(root)
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
-    return _to_tensor(xtr), torch.from_numpy(ytr.copy()), _to_tensor(xte), torch.from_numpy(yte.copy())
+    return normalise(xtr), torch.from_numpy(ytr.copy()), normalise(xte), torch.from_numpy(yte.copy())

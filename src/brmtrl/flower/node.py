@@ -17,13 +17,13 @@ from ..client import ClientResult, EvalResult, client_generator, sent_update, tr
 from ..evaluation import score_clients, transfer_scores
 from ..guard import Guard, validation_split
 from ..config import Config, validate
-from ..data import FederatedData, load_data
+from ..data import SUBSETS, FederatedData, load_data
 from ..device import configure_determinism, resolve_device
 from ..federation import Federation, build_client_model
 from ..local_update import SGDSettings, resolve_local_rule
 from ..split import get_flat
 
-__all__ = ["Node", "config_from_json", "config_to_json"]
+__all__ = ["Node", "config_from_json", "config_to_json", "node_data"]
 
 
 def config_to_json(cfg: Config) -> str:
@@ -36,9 +36,17 @@ def config_from_json(text: str) -> Config:
 
 
 @lru_cache(maxsize=2)
-def _dataset(cfg_json: str) -> FederatedData:
-    """Load (and partition) the dataset once per process: simulated nodes sharing a worker share it."""
-    return load_data(config_from_json(cfg_json))
+def _dataset(cfg_json: str, clients: tuple[int, ...] | None = None) -> FederatedData:
+    """Load (and partition) the dataset once per process: simulated nodes sharing a worker share it;
+    with ``clients``, only their samples (:data:`brmtrl.data.SUBSETS`)."""
+    return load_data(config_from_json(cfg_json), clients=clients)
+
+
+def node_data(cfg: Config, partition_id: int) -> FederatedData:
+    """What a node loads for client ``partition_id``: its samples only where the dataset allows it (a fresh
+    ClientApp process per message reads 600 CIFAR-10 images, not 60 000), else the whole dataset, shared."""
+    clients = (partition_id,) if cfg["dataset.name"] in SUBSETS else None
+    return _dataset(config_to_json(cfg), clients)
 
 
 class Node:
@@ -55,7 +63,7 @@ class Node:
         configure_determinism(self.device)
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
-        self.data = data if data is not None else _dataset(config_to_json(cfg))
+        self.data = data if data is not None else node_data(cfg, partition_id)
         n = self.data.num_clients
         if not 0 <= partition_id < n:
             raise ValueError(f"node config 'partition-id' = {partition_id} but the federation has {n} clients "
