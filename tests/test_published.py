@@ -1,6 +1,6 @@
 """Every published table regenerates from the compact data committed beside it, byte for byte
 (`python experiments/robustness.py --data docs/robustness/data/<name>.json --name <name>`, and
-`experiments/fair_study.py` for docs/results)."""
+`experiments/fair_study.py` and `experiments/transfer_study.py` for docs/results)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = sorted((ROOT / "docs" / "robustness" / "data").glob("*.json"))
 RESULTS = sorted((ROOT / "docs" / "results" / "data").glob("*.json"))
+TRANSFER = sorted((ROOT / "docs" / "results" / "transfer" / "data").glob("*.json"))
 #: (the script that writes a table, its data file): every committed data file of both pages
-PUBLISHED = [("robustness", d) for d in DATA] + [("fair_study", d) for d in RESULTS]
+PUBLISHED = [("robustness", d) for d in DATA] + [("fair_study", d) for d in RESULTS] + \
+    [("transfer_study", d) for d in TRANSFER]
 
 
 @pytest.mark.parametrize("script, data", PUBLISHED, ids=[f"{s}-{d.stem}" for s, d in PUBLISHED])
