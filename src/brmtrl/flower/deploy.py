@@ -377,6 +377,8 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
                     key, pub = make_node_keys(fed.work / "keys", f"supernode-{k}")
                     fed.register(pub)
                 extra = {**byzantine_extra(clients, byzantine), "state-dir": str(state / f"supernode-{k}")}
+                if cfg["dataset.root"]:     # the nodes' ClientApps run elsewhere: a relative root is resolved here
+                    extra["dataset-root"] = str(Path(cfg["dataset.root"]).resolve())
                 fed.start_supernode(f"supernode-{k}", node_config(clients, extra), key=key)
             for stale in ("results.json", "error.txt"):
                 (out / stale).unlink(missing_ok=True)

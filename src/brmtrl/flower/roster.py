@@ -60,9 +60,11 @@ def config_record(cfg_json: str, r: int, partitions: list[int] | None = None, *,
 
 
 def describe_nodes(grid: Grid, cfg_json: str, nodes: list[int], timeout: float, *,
-                   roles_from_seed: bool = False) -> dict[int, list[dict[str, Any]] | None]:
+                   roles_from_seed: bool = False,
+                   errors: dict[int, str] | None = None) -> dict[int, list[dict[str, Any]] | None]:
     """Ask ``nodes`` which clients they host: per node that answered, one ``{"id", "byzantine",
-    "transfer", "train-samples", "info"}`` per client (None for a node that answered with an error)."""
+    "transfer", "train-samples", "info"}`` per client (None for a node that answered with an error, whose
+    reason goes into ``errors``)."""
     msgs = [Message(RecordDict({"config": config_record(cfg_json, 0, roles_from_seed=roles_from_seed)}),
                     dst_node_id=n, message_type="query.describe") for n in nodes]
     out: dict[int, list[dict[str, Any]] | None] = {}
@@ -70,6 +72,9 @@ def describe_nodes(grid: Grid, cfg_json: str, nodes: list[int], timeout: float, 
         src = reply.metadata.src_node_id
         if reply.has_error():
             log.warning("node %s could not describe itself: %s", src, reply.error.reason)
+            if errors is not None:
+                reason = str(reply.error.reason)
+                errors[src] = reason if len(reason) <= 400 else reason[:400] + " …"
             out[src] = None
             continue
         info = config_of(reply)
@@ -84,17 +89,20 @@ def discover(grid: Grid, cfg_json: str, expected_clients: int, timeout: float, *
     """Ask every connected node which clients it hosts, until ``expected_clients`` are known."""
     roster = Roster()
     asked: set[int] = set()
+    failed: dict[int, str] = {}      # nodes that answered with an error: the operator reads why
     deadline = time.monotonic() + timeout
     while len(roster.node_of) < expected_clients:
         new = [n for n in grid.get_node_ids() if n not in asked]
         if not new:
             if time.monotonic() > deadline:
+                why = "".join(f"; node {src} could not describe itself: {reason}" for src, reason in failed.items())
                 raise FederationError(f"{len(roster.node_of)} of {expected_clients} clients connected after "
-                                      f"{timeout:.0f} s; start the missing SuperNodes (see docs/deployment.md)")
+                                      f"{timeout:.0f} s{why}; start the missing SuperNodes, or fix and restart "
+                                      "the failing ones (see docs/deployment.md)")
             time.sleep(0.5)
             continue
         for src, clients in describe_nodes(grid, cfg_json, new, max(1.0, deadline - time.monotonic()),
-                                           roles_from_seed=roles_from_seed).items():
+                                           roles_from_seed=roles_from_seed, errors=failed).items():
             asked.add(src)
             for c in clients or []:
                 p = c["id"]
