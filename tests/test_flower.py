@@ -120,3 +120,34 @@ def test_outside_a_simulation_a_node_attacks_only_when_its_node_config_says_so()
     assert byzantine_role(real, node(**{"byzantine-ids": "0-2"}), 3) is False
     with pytest.raises(ValueError, match="byzantine-ids"):
         byzantine_role(real, node(**{"byzantine-ids": "three"}), 3)
+
+
+def test_a_federation_waiting_for_clients_names_the_nodes_that_failed_and_why(monkeypatch):
+    """A node whose ClientApp cannot describe itself (its data missing, say) is named with the reason in the
+    error the server gives up with, not only in the log."""
+    from types import SimpleNamespace
+
+    from brmtrl.errors import FederationError
+    from brmtrl.flower import roster
+    from brmtrl.flower.roster import discover
+
+    # Flower builds a Message only inside a run: a stand-in that keeps its destination
+    monkeypatch.setattr(roster, "Message", lambda content, dst_node_id, message_type: SimpleNamespace(
+        metadata=SimpleNamespace(dst_node_id=dst_node_id)))
+
+    def failing(node: int) -> SimpleNamespace:
+        return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: True,
+                               error=SimpleNamespace(reason="DataError: dataset.root 'data' is not a directory"))
+
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return [11, 12]
+
+        def send_and_receive(self, msgs, timeout):
+            return [failing(m.metadata.dst_node_id) for m in msgs]
+
+    with pytest.raises(FederationError) as err:
+        discover(Grid(), "{}", expected_clients=4, timeout=0.2)
+    text = str(err.value)
+    assert text.startswith("0 of 4 clients connected after 0 s; node 11 could not describe itself: DataError")
+    assert "node 12 could not describe itself" in text and "fix and restart the failing ones" in text
