@@ -6,7 +6,9 @@
 
 Engines: the built-in simulation, Flower's simulation engine (Ray, one ClientApp at a time:
 ``flower.backend_cpus=1``, so that the clients' training adds up on one critical path) and
-``deploy-local`` (a SuperLink and 4 SuperNodes as processes; the SuperNodes train in parallel).
+``deploy-local`` (a SuperLink and 4 SuperNodes as processes; the SuperNodes train in parallel), once with
+Flower's SuperExec (a fresh ClientApp process per message) and once with brmtrl's warm ClientApp worker
+(``--warm-clientapp``: one long-lived process per SuperNode; ``--no-warm`` skips it).
 Per round: wall time, the clients' local training (the slowest SuperNode's share under deploy-local),
 our aggregation, and Flower's overhead = round − training − aggregation. The first round is left out
 of the averages (it loads the data and imports the apps) when more than one round runs.
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--supernodes", type=int, default=4)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--device", default="auto", help="the config's device setting (auto: CUDA when present)")
+    ap.add_argument("--no-warm", action="store_true", help="skip deploy-local with the warm ClientApp worker "
+                    "(brmtrl.flower.warm_worker: Flower 1.42 only)")
     args = ap.parse_args()
     base = [f"device={args.device}", f"train.rounds={args.rounds}", "train.eval_every=1", "train.checkpoint_every=0",
             *args.overrides]
@@ -66,6 +70,12 @@ def main() -> None:
         res = deploy_local(cfg, Path(tmp) / "deploy", supernodes=args.supernodes, timeout=3 * 3600)
         out.append(summarize(f"deploy-local ({args.supernodes} SuperNodes)", res, "slowest_node_train_s"))
         print(f"deploy-local done in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        if not args.no_warm:
+            t = time.perf_counter()
+            res = deploy_local(cfg, Path(tmp) / "warm", supernodes=args.supernodes, timeout=3 * 3600, warm=True)
+            out.append(summarize(f"deploy-local, warm ClientApp ({args.supernodes} SuperNodes)", res,
+                                 "slowest_node_train_s"))
+            print(f"deploy-local (warm) done in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     print(f"`python benchmarks/engines.py --config {args.config} --rounds {args.rounds}"
           + "".join(f" --set {o}" for o in args.overrides) + "`")
     print(f"\n{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs, "

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--tls", action="store_true", help="generate a CA and certificates; TLS on every connection")
     dep.add_argument("--auth", action="store_true", help="SuperNode authentication: each node's key is registered "
                                                          "with the SuperLink, unregistered nodes are refused")
+    dep.add_argument("--warm-clientapp", action="store_true", help="each SuperNode runs its ClientApp in one "
+                     "long-lived worker (brmtrl.flower.warm_worker, Flower 1.42) instead of a fresh process per message: "
+                     "no per-message import and data load, no isolation between messages")
     dep.add_argument("--timeout", type=float, default=24 * 3600.0, metavar="S", help="give up after S seconds")
     dep.add_argument("--quiet", action="store_true", help="no progress bar")
     fa = sub.add_parser("flower-app", help="write a Flower App directory and its run config for flwr run "
@@ -271,6 +274,7 @@ def _deploy(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out) if args.out else _default_run_dir(args.config, "deploy")
     results = deploy_local(cfg, run_dir, supernodes=args.supernodes, tls=args.tls, auth=args.auth,
+                           warm=args.warm_clientapp,
                            progress=not args.quiet and sys.stderr.isatty(), timeout=args.timeout, resume=args.resume)
     _print_summary(results, run_dir)
     return 0

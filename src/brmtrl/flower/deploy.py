@@ -209,14 +209,24 @@ class LocalFederation:
         if out.returncode != 0:
             raise DeployError(f"flwr supernode register failed: {out.stdout.strip()} {out.stderr.strip()}")
 
-    def start_supernode(self, name: str, node_config: str, *, key: Path | None = None) -> subprocess.Popen:
-        args = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port()),
+    def start_supernode(self, name: str, node_config: str, *, key: Path | None = None,
+                        warm: bool = False) -> subprocess.Popen:
+        """Start a SuperNode; ``warm``: with ``--isolation process`` and brmtrl's long-lived ClientApp worker
+        (:mod:`brmtrl.flower.warm_worker`, log ``<name>-worker.log``) in place of Flower's SuperExec."""
+        runtime = free_port()
+        args = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(runtime),
                 "--node-config", node_config, "--max-retries", "0"]
         if self.tls:
             args += ["--root-certificates", str(self.certs["ca"])]
         if key is not None:
             args += ["--auth-supernode-private-key", str(key)]
-        return self._spawn(name, args + self._security())
+        if warm:
+            args += ["--isolation", "process"]
+        proc = self._spawn(name, args + self._security())
+        if warm:   # the SuperNode's Runtime API is local and plain, as for Flower's own SuperExec
+            self._spawn(f"{name}-worker", [sys.executable, "-m", "brmtrl.flower.warm_worker",
+                                           "--runtime-api-address", f"127.0.0.1:{runtime}", "--insecure"])
+        return proc
 
     def run_app(self, cfg: Config, out_dir: Path, clients: int, timeout: float, *,
                 resume: bool = False) -> subprocess.CompletedProcess:
@@ -342,8 +352,11 @@ def byzantine_extra(clients: list[int], byzantine: list[int]) -> dict[str, Any]:
 
 
 def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: bool = False, auth: bool = False,
-                 progress: bool = False, timeout: float = 3600.0, resume: bool = False) -> dict[str, Any]:
+                 progress: bool = False, timeout: float = 3600.0, resume: bool = False,
+                 warm: bool = False) -> dict[str, Any]:
     """Run ``cfg`` on a SuperLink and ``supernodes`` SuperNodes started here; return results.json.
+    ``warm``: each SuperNode's ClientApp runs in one long-lived worker (:mod:`brmtrl.flower.warm_worker`,
+    Flower 1.42) instead of a fresh process per message.
 
     Each SuperNode keeps its clients' private parts in ``<out_dir>/deploy/state/supernode-<k>`` (node
     config ``state-dir``) and the ServerApp checkpoints into ``out_dir`` after every round; with ``resume``
@@ -353,6 +366,13 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
     from .errors import check_real_attack
 
     check_real_attack(cfg, "flower")
+    if warm:
+        from .warm_worker import WarmWorkerError, _flower
+
+        try:
+            _flower()
+        except WarmWorkerError as exc:
+            raise DeployError(f"--warm-clientapp: {exc}") from None
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = load_data(cfg).num_clients
@@ -379,7 +399,7 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
                 extra = {**byzantine_extra(clients, byzantine), "state-dir": str(state / f"supernode-{k}")}
                 if cfg["dataset.root"]:     # the nodes' ClientApps run elsewhere: a relative root is resolved here
                     extra["dataset-root"] = str(Path(cfg["dataset.root"]).resolve())
-                fed.start_supernode(f"supernode-{k}", node_config(clients, extra), key=key)
+                fed.start_supernode(f"supernode-{k}", node_config(clients, extra), key=key, warm=warm)
             for stale in ("results.json", "error.txt"):
                 (out / stale).unlink(missing_ok=True)
             bar = _ProgressWatcher(out, cfg["train.rounds"]) if progress else None
