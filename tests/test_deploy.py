@@ -24,6 +24,7 @@ from .conftest import CONFIGS
 
 pytest.importorskip("flwr")
 
+from brmtrl.errors import DeployError  # noqa: E402
 from brmtrl.flower.deploy import (LocalFederation, _alive, _processes, deploy_local, make_node_keys,  # noqa: E402
                                   node_config, split_clients)
 
@@ -76,6 +77,27 @@ def test_deploy_local_with_four_supernodes_matches_the_built_in_engine(tmp_path)
     logs = sorted(p.name for p in (tmp_path / "run" / "deploy").glob("supernode-*.log"))
     assert logs == [f"supernode-{k}.log" for k in range(4)]
     assert flower_processes_of(tmp_path / "run" / "deploy") == []  # nothing survives
+
+
+def test_the_warm_clientapp_worker_serves_every_message_in_one_process_with_the_same_results(tmp_path):
+    """deploy-local --warm-clientapp: each SuperNode runs with --isolation process and one long-lived
+    brmtrl worker; no flwr-clientapp process is started, the run ends as the built-in engine's, and
+    nothing survives it."""
+    import flwr
+
+    if tuple(int(v) for v in flwr.__version__.split(".")[:2]) < (1, 42):
+        with pytest.raises(DeployError, match="needs Flower 1.42"):
+            deploy_local(small(), tmp_path / "warm", supernodes=2, timeout=300, warm=True)
+        return
+    cfg = small("train.rounds=3")
+    res = deploy_local(cfg, tmp_path / "warm", supernodes=2, timeout=300, warm=True)
+    ref = Simulation(cfg).run()
+    assert res["final"]["client_scores"] == ref["final"]["client_scores"]
+    work = tmp_path / "warm" / "deploy"
+    for k in range(2):
+        assert "flwr-clientapp" not in (work / f"supernode-{k}.log").read_text()   # no process per message
+        assert (work / f"supernode-{k}-worker.log").is_file()
+    assert flower_processes_of(work) == []
 
 
 def test_tls_and_authentication_refuse_an_unregistered_supernode(tmp_path):

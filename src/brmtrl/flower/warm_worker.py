@@ -109,13 +109,27 @@ def serve(address: str, *, insecure: bool = True, root_certificates: str | None 
             raise WarmWorkerError("--root-certificates is needed without --insecure")
         with open(root_certificates, "rb") as fh:
             certificates = fh.read()
+    import httpx  # noqa: PLC0415 - Flower's Runtime API client is httpx-based
+
     control = _client(fl, address, insecure, certificates)
-    done = 0
+    done, unreachable = 0, False
     try:
         while max_tasks is None or done < max_tasks:
-            res = control.AcquireTask(fl["AcquireTaskRequest"](supported_task_types=[fl["TaskType"].CLIENT_APP]))
+            try:
+                res = control.AcquireTask(fl["AcquireTaskRequest"](supported_task_types=[fl["TaskType"].CLIENT_APP]))
+            except httpx.HTTPError as exc:     # the SuperNode is starting or restarting: wait for it
+                if not unreachable:
+                    log.warning("the SuperNode's Runtime API at %s is unreachable (%s); retrying every second",
+                                address, exc)
+                unreachable = True
+                time.sleep(1.0)
+                continue
+            unreachable = False
             if res.HasField("task") and res.token:
-                run_task(fl, app, address, res.token, insecure, certificates)
+                try:
+                    run_task(fl, app, address, res.token, insecure, certificates)
+                except Exception as exc:  # noqa: BLE001 - a task whose reply could not be pushed: the next one
+                    log.error("task %s: its reply or status could not be pushed: %s", res.task.task_id, exc)
                 done += 1
             else:
                 time.sleep(poll_s)
