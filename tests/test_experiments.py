@@ -162,3 +162,29 @@ def test_the_fair_study_takes_every_gap_on_the_same_honest_clients(tmp_path: Pat
                                         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "x.md").read_text() == "\n".join(lines) + "\n"
+
+
+def test_archived_runs_keep_only_finished_results_and_restore_without_overwriting(tmp_path: Path) -> None:
+    """experiments/archive_runs.py: save keeps each finished run's results.json and cell.json (and the
+    sweep's own files), never a checkpoint or an unfinished run; restore fills in what is missing only."""
+    archive = _script("archive_runs")
+    src = tmp_path / "runs"
+    done = {"config": {"train": {"rounds": 3}}, "final": {"rounds": 3, "honest_acc_mean": 0.5}}
+    half = {"config": {"train": {"rounds": 3}}, "final": {"rounds": 2}}
+    for name, res in (("a-done", done), ("b-half", half), ("c-none", None)):
+        (src / name).mkdir(parents=True)
+        (src / name / "checkpoint.pt").write_bytes(b"state")
+        (src / name / "cell.json").write_text("{}")
+        if res is not None:
+            (src / name / "results.json").write_text(json.dumps(res))
+    (src / "sweep.json").write_text("{}")
+    kept = archive.save(src, tmp_path / "archive")
+    assert kept == ["a-done"]
+    assert sorted(str(p.relative_to(tmp_path / "archive")) for p in (tmp_path / "archive").rglob("*") if p.is_file()) \
+        == ["a-done/cell.json", "a-done/results.json", "sweep.json"]
+    fresh = tmp_path / "fresh"
+    (fresh / "a-done").mkdir(parents=True)
+    (fresh / "a-done" / "cell.json").write_text('{"mine": 1}')
+    assert archive.restore(tmp_path / "archive", fresh) == ["a-done/results.json", "sweep.json"]
+    assert (fresh / "a-done" / "cell.json").read_text() == '{"mine": 1}'          # nothing overwritten
+    assert json.loads((fresh / "a-done" / "results.json").read_text()) == done
