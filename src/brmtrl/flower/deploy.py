@@ -367,10 +367,10 @@ def deploy_local(cfg: Config, out_dir: str | Path, *, supernodes: int = 4, tls: 
 
     check_real_attack(cfg, "flower")
     if warm:
-        from .warm_worker import WarmWorkerError, _flower
+        from .warm_worker import WarmWorkerError, check_available
 
         try:
-            _flower()
+            check_available()
         except WarmWorkerError as exc:
             raise DeployError(f"--warm-clientapp: {exc}") from None
     out = Path(out_dir).resolve()

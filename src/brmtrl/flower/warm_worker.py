@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any, Callable
 
-__all__ = ["WarmWorkerError", "main", "serve"]
+__all__ = ["WarmWorkerError", "check_available", "main", "serve"]
 
 log = logging.getLogger("brmtrl")
 
@@ -54,6 +54,11 @@ def _flower() -> dict[str, Any]:
         raise WarmWorkerError(f"the warm ClientApp worker needs Flower 1.42 (installed: {flwr.__version__}): "
                               f"{exc}") from None
     return dict(locals())
+
+
+def check_available() -> None:
+    """Raise :class:`WarmWorkerError` (naming the installed Flower) where the worker cannot run."""
+    _flower()
 
 
 def _client(fl: dict[str, Any], address: str, insecure: bool, certificates: bytes | None,
