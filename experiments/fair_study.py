@@ -3,7 +3,7 @@
 Markdown tables ``docs/results.md`` embeds, with the compact data behind them.
 
     brmtrl sweep --grid configs/grids/compare_cifar10_fair.toml --out runs/compare-cifar10-fair --workers 1 --threads 1
-    python experiments/fair_study.py runs/compare-cifar10-fair --name cifar10-fair --out docs/results
+    python experiments/fair_study.py runs/compare-cifar10-fair [runs/compare-cifar10-fair-gm] --name cifar10-fair --out docs/results
     python experiments/fair_study.py --data docs/results/data/cifar10-fair.json --name cifar10-fair --out docs/results
 
 Every gap is taken on the same clients: a cell's accuracy against attack-free FedRep (``fedrep_mean``
@@ -40,14 +40,15 @@ SHARES_NOTHING = ("local",)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep", type=Path, nargs="?", help="the sweep directory")
+    ap.add_argument("sweep", type=Path, nargs="*", help="the sweep directories (compare_cifar10_fair.toml's, and "
+                    "compare_cifar10_fair_gm.toml's when it ran)")
     ap.add_argument("--data", type=Path, help="rebuild the tables from this committed data file instead")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     args = ap.parse_args()
     if bool(args.sweep) == bool(args.data):
         ap.error("give either a sweep directory or --data FILE")
-    data = json.loads(args.data.read_text()) if args.data else export(args.sweep)
+    data = json.loads(args.data.read_text()) if args.data else export(*args.sweep)
     if not args.data:
         (args.out / "data").mkdir(parents=True, exist_ok=True)
         (args.out / "data" / f"{args.name}.json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
@@ -57,12 +58,19 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def export(sweep: Path) -> dict[str, Any]:
-    """The compact data behind the tables, from a sweep's finished cells."""
-    state, rows, histories = collect(sweep)
-    out: dict[str, Any] = {"sweep": {"path": str(sweep), "command": state.get("command", ""),
-                                     "wall_s": round(float(state.get("wall_s", 0.0)), 1)},
-                           "cells_total": len(rows), "cells": []}
+def export(*sweeps: Path) -> dict[str, Any]:
+    """The compact data behind the tables, from the finished cells of one or more sweeps."""
+    collected = [(sweep, *collect(sweep)) for sweep in sweeps]
+    out: dict[str, Any] = {"sweep": {"path": "; ".join(str(s) for s in sweeps),
+                                     "command": " && ".join(state.get("command", "") for _, state, _, _ in collected),
+                                     "wall_s": round(sum(float(state.get("wall_s", 0.0)) for _, state, _, _ in collected), 1)},
+                           "cells_total": sum(len(rows) for _, _, rows, _ in collected), "cells": []}
+    for sweep, _, rows, histories in collected:
+        _add_cells(out, sweep, rows, histories)
+    return out
+
+
+def _add_cells(out: dict[str, Any], sweep: Path, rows: list[dict[str, Any]], histories: dict[str, Any]) -> None:
     for r in rows:
         if r["status"] != "done" or not isinstance(r.get("honest_acc_mean"), (int, float)):
             continue
@@ -78,7 +86,6 @@ def export(sweep: Path) -> dict[str, Any]:
         if r["attack"] == NO_ATTACK and "client_scores" in final:
             cell["client_scores"] = final["client_scores"]
         out["cells"].append(cell)
-    return out
 
 
 def tables(data: dict[str, Any]) -> list[str]:
