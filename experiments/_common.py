@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,3 +24,19 @@ def load_json(path: Path) -> dict[str, Any]:
     """A JSON file's object, or {} when it is missing or damaged (:func:`brmtrl.storage.load_json`)."""
     data = _read_json(path)
     return data if isinstance(data, dict) else {}
+
+
+def publish(data: dict[str, Any] | None, data_file: Path | None, tables: Callable[[dict[str, Any]], list[str]],
+            out: Path, name: str) -> None:
+    """Write ``<out>/<name>.md`` from ``tables(data)`` and print it; ``data`` (just exported) is saved as
+    ``<out>/data/<name>.json`` first, or, when ``data_file`` is given, read from that committed file."""
+    if data_file is not None:
+        data = json.loads(data_file.read_text())
+    else:
+        assert data is not None
+        (out / "data").mkdir(parents=True, exist_ok=True)
+        (out / "data" / f"{name}.json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    lines = tables(data)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -18,7 +18,6 @@ attack-free cells; never checkpoints. Nothing here runs an experiment.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import fmt, load_json  # noqa: E402
+from _common import fmt, load_json, publish  # noqa: E402
 from brmtrl.evaluation import mean_over  # noqa: E402
 from brmtrl.sweep_report import collect  # noqa: E402
 
@@ -48,14 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     if bool(args.sweep) == bool(args.data):
         ap.error("give either a sweep directory or --data FILE")
-    data = json.loads(args.data.read_text()) if args.data else export(*args.sweep)
-    if not args.data:
-        (args.out / "data").mkdir(parents=True, exist_ok=True)
-        (args.out / "data" / f"{args.name}.json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    lines = tables(data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(None if args.data else export(*args.sweep), args.data, tables, args.out, args.name)
 
 
 def export(*sweeps: Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ honest accuracy and its wall time; never checkpoints. Nothing here runs an exper
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import fmt, load_json  # noqa: E402
+from _common import fmt, load_json, publish  # noqa: E402
 
 METHODS = {"representation": "φ + fresh head", "fedavg_finetuned": "FedAvg's model fine-tuned",
            "scratch": "from scratch (tuned)"}
@@ -48,14 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     if bool(args.runs) == bool(args.data):
         ap.error("give either a runs directory or --data FILE")
-    data = json.loads(args.data.read_text()) if args.data else export(args.runs)
-    if not args.data:
-        (args.out / "data").mkdir(parents=True, exist_ok=True)
-        (args.out / "data" / f"{args.name}.json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    lines = tables(data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(None if args.data else export(args.runs), args.data, tables, args.out, args.name)
 
 
 def export(runs: Path) -> dict[str, Any]:
