@@ -26,6 +26,26 @@ def load_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def merge(new: dict[str, Any], data_file: Path, items: str, key: Callable[[dict[str, Any]], tuple[Any, ...]]) -> dict[str, Any]:
+    """``new`` (just exported from runs) with the entries of the committed ``data_file`` that it lacks: a
+    study that ran across machines or fresh checkouts (``runs/`` is not committed) keeps the finished runs
+    it published before. ``items`` names the list of entries, ``key`` identifies one (a run just read
+    wins); the provenance (``sweep``) lists both sources."""
+    old = json.loads(data_file.read_text())
+    have = {key(e) for e in new[items]}
+    merged = dict(new)
+    merged[items] = [e for e in old.get(items, []) if key(e) not in have] + list(new[items])
+    if "sweep" in old and "sweep" in new:
+        o, n = old["sweep"], new["sweep"]
+        merged["sweep"] = {"path": f"{o['path']}; {n['path']}", "command": f"{o['command']} && {n['command']}",
+                           "wall_s": round(float(o.get("wall_s", 0.0)) + float(n.get("wall_s", 0.0)), 1)}
+    if "cells_total" in old:
+        merged["cells_total"] = max(int(old["cells_total"]), int(new.get("cells_total", 0)))
+    for k, v in old.items():
+        merged.setdefault(k, v)
+    return merged
+
+
 def publish(data: dict[str, Any] | None, data_file: Path | None, tables: Callable[[dict[str, Any]], list[str]],
             out: Path, name: str) -> None:
     """Write ``<out>/<name>.md`` from ``tables(data)`` and print it; ``data`` (just exported) is saved as

@@ -5,6 +5,10 @@ Markdown tables ``docs/results.md`` embeds, with the compact data behind them.
     brmtrl sweep --grid configs/grids/compare_cifar10_fair.toml --out runs/compare-cifar10-fair --workers 1 --threads 1
     python experiments/fair_study.py runs/compare-cifar10-fair [runs/compare-cifar10-fair-gm] --name cifar10-fair --out docs/results
     python experiments/fair_study.py --data docs/results/data/cifar10-fair.json --name cifar10-fair --out docs/results
+    python experiments/fair_study.py runs/compare-cifar10-fair --merge docs/results/data/cifar10-fair.json --name cifar10-fair
+
+``--merge FILE`` keeps the cells of a committed data file that the sweeps lack (cells finished on another
+machine or in a checkout whose ``runs/`` is gone; ``brmtrl sweep --only`` runs just the missing ones).
 
 Every gap is taken on the same clients: a cell's accuracy against attack-free FedRep (``fedrep_mean``
 under ``none``, same seed) scored on that cell's honest clients (``final.client_scores`` of the reference,
@@ -28,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import fmt, load_json, publish  # noqa: E402
+from _common import fmt, load_json, merge, publish  # noqa: E402
 from brmtrl.evaluation import mean_over  # noqa: E402
 from brmtrl.sweep_report import collect  # noqa: E402
 
@@ -42,12 +46,17 @@ def main() -> None:
     ap.add_argument("sweep", type=Path, nargs="*", help="the sweep directories (compare_cifar10_fair.toml's, and "
                     "compare_cifar10_fair_gm.toml's when it ran)")
     ap.add_argument("--data", type=Path, help="rebuild the tables from this committed data file instead")
+    ap.add_argument("--merge", type=Path, metavar="FILE", help="keep the cells of this committed data file that the "
+                    "sweeps lack")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     args = ap.parse_args()
-    if bool(args.sweep) == bool(args.data):
-        ap.error("give either a sweep directory or --data FILE")
-    publish(None if args.data else export(*args.sweep), args.data, tables, args.out, args.name)
+    if bool(args.sweep) == bool(args.data) or (args.merge and args.data):
+        ap.error("give either sweep directories (with --merge FILE or not) or --data FILE")
+    data = None if args.data else export(*args.sweep)
+    if args.merge:
+        data = merge(data, args.merge, "cells", lambda c: (c["method"], c["attack"], c["seed"]))
+    publish(data, args.data, tables, args.out, args.name)
 
 
 def export(*sweeps: Path) -> dict[str, Any]:

@@ -5,6 +5,8 @@ committed data file) and write the Markdown table ``docs/results.md`` embeds, wi
     python experiments/transfer_study.py runs/transfer-cifar10 --name transfer-cifar10 --out docs/results/transfer
     python experiments/transfer_study.py --data docs/results/transfer/data/transfer-cifar10.json --name transfer-cifar10 \
         --out docs/results/transfer
+    python experiments/transfer_study.py runs/transfer-cifar10 --merge docs/results/transfer/data/transfer-cifar10.json \
+        --name transfer-cifar10 --out docs/results/transfer   # keep committed runs this directory lacks
 
 A run directory is named ``<training>-seed<seed>`` (``brmtrl-none``, ``brmtrl-signflip``, ``fedavg``). For each
 training, method and k, the table gives the mean over seeds (± std over seeds) of the new clients' mean test
@@ -29,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import fmt, load_json, publish  # noqa: E402
+from _common import fmt, load_json, merge, publish  # noqa: E402
 
 METHODS = {"representation": "φ + fresh head", "fedavg_finetuned": "FedAvg's model fine-tuned",
            "scratch": "from scratch (tuned)"}
@@ -42,12 +44,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="?", help="the directory holding the runs")
     ap.add_argument("--data", type=Path, help="rebuild the table from this committed data file instead")
+    ap.add_argument("--merge", type=Path, metavar="FILE", help="keep the runs of this committed data file that the "
+                    "directory lacks")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/results/transfer"))
     args = ap.parse_args()
-    if bool(args.runs) == bool(args.data):
-        ap.error("give either a runs directory or --data FILE")
-    publish(None if args.data else export(args.runs), args.data, tables, args.out, args.name)
+    if bool(args.runs) == bool(args.data) or (args.merge and args.data):
+        ap.error("give either a runs directory (with --merge FILE or not) or --data FILE")
+    data = None if args.data else export(args.runs)
+    if args.merge:
+        data = merge(data, args.merge, "runs", lambda r: (r["training"], r["seed"]))
+    publish(data, args.data, tables, args.out, args.name)
 
 
 def export(runs: Path) -> dict[str, Any]:

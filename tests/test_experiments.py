@@ -164,6 +164,37 @@ def test_the_fair_study_takes_every_gap_on_the_same_honest_clients(tmp_path: Pat
     assert (tmp_path / "out" / "x.md").read_text() == "\n".join(lines) + "\n"
 
 
+def test_merged_study_data_keeps_committed_cells_the_sweep_lacks(tmp_path: Path) -> None:
+    """--merge: cells published earlier (their runs gone with a fresh checkout) join the cells a sweep
+    finished since; a cell the sweep holds wins; the tables are those of the whole data."""
+    fair = _script("fair_study")
+    common = _script("_common")
+    cells = [{"method": m, "attack": "none", "seed": s, "honest_acc_mean": v}
+             for (m, s), v in {("fedrep_mean", 0): 0.5, ("fedrep_mean", 1): 0.6, ("local", 0): 0.4}.items()]
+    old = {"sweep": {"path": "a", "command": "x", "wall_s": 1.0}, "cells_total": 4, "cells": cells[:2],
+           "weighted": True}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    new = {"sweep": {"path": "b", "command": "y", "wall_s": 2.0}, "cells_total": 4,
+           "cells": [dict(cells[1], honest_acc_mean=0.65), cells[2]]}
+    merged = common.merge(new, tmp_path / "old.json", "cells", lambda c: (c["method"], c["attack"], c["seed"]))
+    got = {(c["method"], c["seed"]): c["honest_acc_mean"] for c in merged["cells"]}
+    assert got == {("fedrep_mean", 0): 0.5, ("fedrep_mean", 1): 0.65, ("local", 0): 0.4}
+    assert merged["sweep"] == {"path": "a; b", "command": "x && y", "wall_s": 3.0} and merged["weighted"] is True
+    assert any("`fedrep_mean`" in line for line in fair.tables(merged))
+
+
+def test_archived_runs_are_not_ignored_by_git() -> None:
+    """The archive of finished runs lives in docs/results/data/runs: only the top-level runs/ is ignored."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    check = ["git", "-C", str(ROOT), "check-ignore", "-q"]
+    assert subprocess.run([*check, "runs/x/results.json"]).returncode == 0
+    assert subprocess.run([*check, "docs/results/data/runs/x/results.json"]).returncode == 1
+
+
 def test_archived_runs_keep_only_finished_results_and_restore_without_overwriting(tmp_path: Path) -> None:
     """experiments/archive_runs.py: save keeps each finished run's results.json and cell.json (and the
     sweep's own files), never a checkpoint or an unfinished run; restore fills in what is missing only."""

@@ -226,6 +226,25 @@ def test_two_workers_give_the_numbers_of_one(full: tuple[Path, Path], tmp_path: 
     assert numbers(out) == numbers(full[1])
 
 
+def test_only_runs_the_matching_cells_and_the_rest_later(full: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    grid = write_grid(tmp_path)
+    out = tmp_path / "sweep"
+    assert sweep(grid, out, "--threads", "1", "--only", "aggregator.name=median", "--only", "seed=1") == 0
+    ran = {c: r for c, r in numbers(out).items() if r[-1] == "done"}
+    assert all(c.startswith("median-") and "-seed1-" in c for c in ran)
+    assert len(ran) == 2 and all(numbers(full[1])[c] == r for c, r in ran.items())
+    assert sweep(grid, out, "--threads", "1") == 0                   # without --only: the other 6 cells
+    assert numbers(out) == numbers(full[1])
+    capsys.readouterr()
+    for bad, needle in (("seed=5", "'seed' has no value '5'"), ("lr=0.1", "'lr' is not a grid key"),
+                        ("seed", "expected KEY=VALUE")):
+        assert sweep(grid, tmp_path / "other", "--only", bad) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "other").exists()
+
+
 def test_report_on_a_partial_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = write_grid(tmp_path)
     out = tmp_path / "sweep"

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="with --ray: GPUs each cell asks the cluster for (default 0)")
     sw.add_argument("--force", action="store_true", help="reuse a DIR made from a different grid "
                                                          "(cells whose configuration changed start again)")
+    sw.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                    help="run only the cells whose grid KEY takes one of these values (repeatable: a cell must match "
+                         "each); run again without it for the rest")
     sw.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     sw.add_argument("--max-cells", type=int, default=0, help=argparse.SUPPRESS)  # debugging: stop after K cells
     rep = sub.add_parser("report", help="rebuild summary.csv, summary.md and the plots of a (finished or partial) sweep")
@@ -108,7 +111,7 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = run_sweep(args.grid, args.out, workers=args.workers, threads=args.threads, force=args.force,
                     progress="off" if args.quiet else "bar" if sys.stderr.isatty() else "lines", max_cells=args.max_cells,
                     command="brmtrl " + " ".join(shlex.quote(a) for a in argv), ray=args.ray,
-                    gpus=args.gpus_per_cell)
+                    gpus=args.gpus_per_cell, only=args.only)
     failed = "".join(f"\n  {name}: {err}" for name, err in out.failed)
     print(f"{out.done} cells run, {out.skipped} already done, {len(out.failed)} failed, {out.pending} left; "
           f"{out.wall_s:.1f} s; summary in {args.out}/summary.md{failed}")

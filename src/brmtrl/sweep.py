@@ -47,7 +47,7 @@ from typing import Any
 
 from .checkpoint import CHECKPOINT, CheckpointError
 from .config import validate
-from .sweep_grid import Cell, Grid, expand, load_grid
+from .sweep_grid import Cell, Grid, expand, load_grid, select
 from .sweep_layout import (CELL_FILE, ERROR_LOG, GRID_COPY, LOCK, STATE_FILE, GridError, cell_status, cpu_count,
                            finished, load_json, machine)
 
@@ -217,12 +217,14 @@ class _Progress:
 
 def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threads: int = 0, force: bool = False,
               progress: str = "lines", max_cells: int = 0, command: str = "", ray: str = "",
-              gpus: float = 0.0) -> SweepOutcome:
+              gpus: float = 0.0, only: Sequence[str] = ()) -> SweepOutcome:
     """Run every unfinished cell of the grid into ``out`` (see the module docstring) and write the
     summary. ``progress``: ``bar`` (and each cell's bar of rounds with one worker), ``lines`` or
     ``off``; ``max_cells`` > 0 stops after that many cells have run (a debugging aid). ``ray``: the
     address of a Ray cluster that runs the cells as tasks instead of local workers
-    (:mod:`brmtrl.sweep_ray`; each asks for ``threads`` CPUs, default 1, and ``gpus`` GPUs)."""
+    (:mod:`brmtrl.sweep_ray`; each asks for ``threads`` CPUs, default 1, and ``gpus`` GPUs). ``only``:
+    run just the cells matching these ``KEY=V1,V2`` items (:func:`brmtrl.sweep_grid.select`); the directory
+    still records the whole grid, so a later run without ``only`` runs the rest."""
     from .report import write_json
     from .sweep_report import write_report
 
@@ -233,16 +235,17 @@ def run_sweep(grid_path: str | Path, out: str | Path, *, workers: int = 1, threa
     if threads < 0:
         raise GridError(f"--threads must be >= 0, got {threads}")
     grid = load_grid(grid_path)
+    chosen = select(grid, only) if only else grid.cells
     out = Path(out)
     state = _prepare(grid, out, force, command)
     if gpus < 0 or (gpus and not ray):
         raise GridError(f"--gpus-per-cell is for --ray and must be >= 0, got {gpus:g}")
     threads = threads or (1 if ray else max(1, cpu_count() // workers))
-    todo = [c for c in grid.cells if not finished(out / c.name, c.config)]
-    result = SweepOutcome(cells=len(grid.cells), skipped=len(grid.cells) - len(todo))
+    todo = [c for c in chosen if not finished(out / c.name, c.config)]
+    result = SweepOutcome(cells=len(chosen), skipped=len(chosen) - len(todo))
     if max_cells:
         todo = todo[:max_cells]
-    bar = _Progress(len(grid.cells), result.skipped, progress)
+    bar = _Progress(len(chosen), result.skipped, progress)
     t0 = time.perf_counter()
     try:
         if ray:

@@ -174,6 +174,28 @@ def _matches(combo: Mapping[str, Any], ex: Mapping[str, Any], axes: Mapping[str,
     return all(combo[k] in _alternatives(v, axes[k]) for k, v in ex.items())
 
 
+def select(grid: Grid, only: Sequence[str]) -> list[Cell]:
+    """The cells of ``grid`` that ``--only`` keeps: each item is ``KEY=V1,V2`` (a grid key and some of its
+    values, as the grid file writes them); a cell is kept when it matches every item. A key that is not a
+    grid key, or a value the key does not take, is a :class:`GridError` naming it."""
+    wanted: dict[str, list[Any]] = {}
+    for item in only:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not raw.strip():
+            raise GridError(f"--only {item!r}: expected KEY=VALUE[,VALUE...]")
+        if key not in grid.axes:
+            raise GridError(f"--only {item!r}: {key!r} is not a grid key of {str(grid.path)!r} "
+                            f"(its keys: {', '.join(grid.axes)})")
+        by_text = {str(v) if not isinstance(v, bool) else str(v).lower(): v for v in grid.axes[key]}
+        for text in (t.strip() for t in raw.split(",")):
+            if text not in by_text:
+                raise GridError(f"--only {item!r}: {key!r} has no value {text!r} in the grid "
+                                f"(its values: {', '.join(by_text)})")
+            wanted.setdefault(key, []).append(by_text[text])
+    return [c for c in grid.cells if all(c.grid[k] in vals for k, vals in wanted.items())]
+
+
 def _short(key: str, value: Any) -> str:
     leaf = key.split(".")[-1]
     if isinstance(value, str):
