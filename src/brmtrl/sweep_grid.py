@@ -176,7 +176,8 @@ def _matches(combo: Mapping[str, Any], ex: Mapping[str, Any], axes: Mapping[str,
 
 def select(grid: Grid, only: Sequence[str]) -> list[Cell]:
     """The cells of ``grid`` that ``--only`` keeps: each item is ``KEY=V1,V2`` (a grid key and some of its
-    values, as the grid file writes them); a cell is kept when it matches every item. A key that is not a
+    values, as the grid file writes them; items of the same key add values); a cell is kept when it takes one
+    of the values of every key named. A key that is not a
     grid key, or a value the key does not take, is a :class:`GridError` naming it."""
     wanted: dict[str, list[Any]] = {}
     for item in only:
