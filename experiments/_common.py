@@ -37,7 +37,8 @@ def merge(new: dict[str, Any], data_file: Path, items: str, key: Callable[[dict[
     merged[items] = [e for e in old.get(items, []) if key(e) not in have] + list(new[items])
     if "sweep" in old and "sweep" in new:
         o, n = old["sweep"], new["sweep"]
-        merged["sweep"] = {"path": f"{o['path']}; {n['path']}", "command": f"{o['command']} && {n['command']}",
+        merged["sweep"] = {"path": o["path"] if o["path"] == n["path"] else f"{o['path']}; {n['path']}",
+                           "command": f"{o['command']} && {n['command']}",
                            "wall_s": round(float(o.get("wall_s", 0.0)) + float(n.get("wall_s", 0.0)), 1)}
     if "cells_total" in old:
         merged["cells_total"] = max(int(old["cells_total"]), int(new.get("cells_total", 0)))
