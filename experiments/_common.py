@@ -26,6 +26,12 @@ def load_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _union(old: str, new: str, sep: str) -> str:
+    """``old`` and the parts of ``new`` it lacks, joined by ``sep`` (merging a merged file again adds nothing)."""
+    parts = [p for p in old.split(sep) if p]
+    return sep.join(parts + [p for p in new.split(sep) if p and p not in parts])
+
+
 def merge(new: dict[str, Any], data_file: Path, items: str, key: Callable[[dict[str, Any]], tuple[Any, ...]]) -> dict[str, Any]:
     """``new`` (just exported from runs) with the entries of the committed ``data_file`` that it lacks: a
     study that ran across machines or fresh checkouts (``runs/`` is not committed) keeps the finished runs
@@ -37,9 +43,8 @@ def merge(new: dict[str, Any], data_file: Path, items: str, key: Callable[[dict[
     merged[items] = [e for e in old.get(items, []) if key(e) not in have] + list(new[items])
     if "sweep" in old and "sweep" in new:
         o, n = old["sweep"], new["sweep"]
-        merged["sweep"] = {"path": o["path"] if o["path"] == n["path"] else f"{o['path']}; {n['path']}",
-                           "command": f"{o['command']} && {n['command']}",
-                           "wall_s": round(float(o.get("wall_s", 0.0)) + float(n.get("wall_s", 0.0)), 1)}
+        merged["sweep"] = {"path": _union(o["path"], n["path"], "; "), "command": _union(o["command"], n["command"], " && "),
+                           "wall_s": n.get("wall_s", 0.0)}   # the tables sum the cells' own wall times
     if "cells_total" in old:
         merged["cells_total"] = max(int(old["cells_total"]), int(new.get("cells_total", 0)))
     for k, v in old.items():

@@ -130,8 +130,9 @@ def tables(data: dict[str, Any]) -> list[str]:
         return (float(np.mean(diffs)) if diffs else math.nan), stood_in
 
     sw = data["sweep"]
-    lines = [f"Sweep `{sw['path']}`: {len(cells)} of {data['cells_total']} cells done; seeds {seeds}; total wall time "
-             f"{sw['wall_s']:.0f} s; command `{sw['command']}`.", "",
+    wall = sum(float(c.get("wall_s") or 0.0) for c in cells)
+    lines = [f"Sweep `{sw['path']}`: {len(cells)} of {data['cells_total']} cells done; seeds {seeds}; the cells' wall "
+             f"times add up to {wall:.0f} s; command `{sw['command']}`.", "",
              "Final honest accuracy (mean ± std over seeds; † Local-only's attack-free run scored on the attacked "
              "runs' honest clients: it trains the same models with or without an attack):", "",
              "| method | " + " | ".join(attacks) + " |", "|---|" + "---:|" * len(attacks)]

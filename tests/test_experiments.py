@@ -179,7 +179,10 @@ def test_merged_study_data_keeps_committed_cells_the_sweep_lacks(tmp_path: Path)
     merged = common.merge(new, tmp_path / "old.json", "cells", lambda c: (c["method"], c["attack"], c["seed"]))
     got = {(c["method"], c["seed"]): c["honest_acc_mean"] for c in merged["cells"]}
     assert got == {("fedrep_mean", 0): 0.5, ("fedrep_mean", 1): 0.65, ("local", 0): 0.4}
-    assert merged["sweep"] == {"path": "a; b", "command": "x && y", "wall_s": 3.0} and merged["weighted"] is True
+    assert merged["sweep"] == {"path": "a; b", "command": "x && y", "wall_s": 2.0} and merged["weighted"] is True
+    (tmp_path / "merged.json").write_text(json.dumps(merged))                # merging the merged file again
+    again = common.merge(new, tmp_path / "merged.json", "cells", lambda c: (c["method"], c["attack"], c["seed"]))
+    assert again == merged
     assert any("`fedrep_mean`" in line for line in fair.tables(merged))
 
 
