@@ -7,7 +7,7 @@
 # chosen on one held-out sample per class of the k shots (transfer.select = "validation"; k = 1: 100 epochs
 # at the training lr). Resumable: a finished run is skipped, an interrupted one continues from its checkpoint.
 #   bash experiments/transfer_cifar10.sh [OUT=runs/transfer-cifar10] [SEEDS="0 1 2"]
-#   python experiments/results.py transfer runs/transfer-cifar10 ...   (tables: see docs/results.md)
+#   python experiments/transfer_study.py runs/transfer-cifar10 [--merge docs/results/transfer/data/transfer-cifar10.json] --name transfer-cifar10 --out docs/results/transfer
 set -euo pipefail
 OUT=${1:-runs/transfer-cifar10}
 SEEDS=${2:-0 1 2}
