@@ -33,6 +33,7 @@ def tiny_cfg():
             "dataset.test_samples_per_client=50", "dataset.dim=20", "dataset.rank=3", "dataset.num_classes=4",
             "model.name=linear", "train.rounds=4", "train.participation=0.5", "train.head_epochs=2",
             "train.rep_epochs=1", "train.lr=0.05", "train.batch_size=10", "device=cpu",
+            "flower.backend_cpus=1",   # Flower's simulation: one ClientApp actor (each costs an import of torch)
         ]
         return load_config(None, base + list(overrides))
 
@@ -41,8 +42,10 @@ def tiny_cfg():
 
 @contextmanager
 def ray_exclusive(factory: pytest.TempPathFactory):
-    """One Ray instance at a time across the xdist workers (a lock file beside their temp folders): several
-    Flower simulations starting Ray at once on a 2-core machine can starve one another for minutes."""
+    """One Ray instance at a time across the xdist workers (a lock file beside their temp folders): a Ray
+    node starting beside another under the suite's load can miss Ray's fixed 30 s registration deadline
+    ("The current node timed out during startup"). The scheduler below also puts every Ray test in one
+    worker's chunk, so the lock rarely waits."""
     lock = factory.getbasetemp().parent / "ray.lock"
     with open(lock, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -59,41 +62,52 @@ def one_ray_at_a_time(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
-def _waits(item: pytest.Item) -> bool:
-    """A test that mostly waits on processes it starts (real federations, Ray): marked ``slow`` or running
-    Flower's simulation engine."""
-    return item.get_closest_marker("slow") is not None or "one_ray_at_a_time" in getattr(item, "fixturenames", ())
-
-
 def _uses_ray(item: pytest.Item) -> bool:
     return "one_ray_at_a_time" in getattr(item, "fixturenames", ()) or item.path.name == "test_sweep_ray.py"
 
 
+def _waits(item: pytest.Item) -> float | None:
+    """A test that mostly waits on processes it starts (real federations, Ray), marked
+    ``slow(seconds=N)``: N is its wall time alone on 2 cores, its weight when the suite is scheduled; None
+    for a test that computes."""
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return None
+    return float(mark.kwargs.get("seconds", mark.args[0] if mark.args else 20.0))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, start the waiting tests first and spread them over the workers. ``--dist worksteal``
-    hands each of the W workers a contiguous chunk of the collection (sizes as computed here), and the
-    suite's wall time is bounded by its longest chain of waits: in file order every federation test would
-    sit in one worker's chunk and run one after another. Tests sharing a module-scoped fixture stay together
-    (one Ray cluster per module, not per worker); every other test keeps its place in file order."""
+    """Under xdist, start the waiting tests first and spread them over the workers by their weight.
+    ``--dist worksteal`` hands each of the W workers a contiguous chunk of the collection (sizes as computed
+    here) and idle workers steal from the tails of the others; a worker runs the head of its own chunk one
+    test after another, so the suite's wall time is bounded by the longest chain of waits at a chunk's head.
+    The waiting tests go longest first to the chunk with the least waiting so far (LPT scheduling); tests
+    sharing a module-scoped fixture stay together (one Ray cluster per module, not per worker), and so do
+    the tests that start Ray; every other test keeps its place in file order."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers < 2 or len(items) < 2 * workers:
         return
     units: dict[str, list[pytest.Item]] = {}
     rest: list[pytest.Item] = []
     for item in items:
-        if not _waits(item):
+        if _waits(item) is None:
             rest.append(item)
             continue
         info = getattr(item, "_fixtureinfo", None)
         shared = info is not None and any(defs and defs[-1].scope == "module"
                                           for defs in info.name2fixturedefs.values())
         units.setdefault(item.module.__name__ if shared and item.module else item.nodeid, []).append(item)
-    # round-robin, the federations before the Ray tests: Ray starting under the load of the first minute
-    # (every worker importing torch, SuperNodes starting) measured several times slower than later
+    # the Ray tests run one at a time anyway (ray_exclusive): one unit, on one worker, not a chain of
+    # waits for the lock on several
+    ray = [item for key in [k for k, u in units.items() if _uses_ray(u[0])] for item in units.pop(key)]
+    if ray:
+        units["ray"] = ray
     chunks: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    ordered = sorted(units.values(), key=lambda u: _uses_ray(u[0]))
-    for k, unit in enumerate(ordered):
-        chunks[k % workers].extend(unit)
+    load = [0.0] * workers
+    for unit in sorted(units.values(), key=lambda u: -sum(_waits(i) or 0.0 for i in u)):
+        k = min(range(workers), key=lambda j: load[j])
+        chunks[k].extend(unit)
+        load[k] += sum(_waits(i) or 0.0 for i in unit)
     remaining, order = len(items), []
     for i, chunk in enumerate(chunks):
         size = remaining // (workers - i)

@@ -226,6 +226,7 @@ def test_the_adversary_tunes_against_exactly_what_the_server_computes(attack, ti
     torch.testing.assert_close(res.step, _server_aggregate(agg, cfg["seed"], 4)(torch.stack(sent)))
 
 
+@pytest.mark.slow(seconds=20)
 def test_an_adaptive_attack_runs_on_both_engines_alike(tiny_cfg, tmp_path, one_ray_at_a_time):
     pytest.importorskip("flwr")
     from brmtrl.engine import Simulation

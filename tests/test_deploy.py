@@ -28,8 +28,6 @@ from brmtrl.errors import DeployError  # noqa: E402
 from brmtrl.flower.deploy import (LocalFederation, _alive, _processes, deploy_local, make_node_keys,  # noqa: E402
                                   node_config, split_clients)
 
-pytestmark = pytest.mark.slow
-
 #: the federations below run with the warm ClientApp worker where Flower has it (1.42; a round takes a third
 #: of the time); the first test and the stranger SuperNode keep Flower's default, a process per message
 WARM = tuple(int(v) for v in __import__("flwr").__version__.split(".")[:2]) >= (1, 42)
@@ -67,6 +65,7 @@ def wait_for_round(out: Path, round_: int, timeout: float, proc: subprocess.Pope
         time.sleep(0.1)
 
 
+@pytest.mark.slow(seconds=59)
 def test_deploy_local_with_four_supernodes_matches_the_built_in_engine(tmp_path):
     cfg = small()
     res = deploy_local(cfg, tmp_path / "run", supernodes=4, timeout=300)
@@ -84,6 +83,7 @@ def test_deploy_local_with_four_supernodes_matches_the_built_in_engine(tmp_path)
     assert flower_processes_of(tmp_path / "run" / "deploy") == []  # nothing survives
 
 
+@pytest.mark.slow(seconds=39)
 def test_the_warm_clientapp_worker_serves_every_message_in_one_process_with_the_same_results(tmp_path):
     """deploy-local --warm-clientapp: each SuperNode runs with --isolation process and one long-lived
     brmtrl worker; no flwr-clientapp process is started, the run ends as the built-in engine's, and
@@ -105,6 +105,7 @@ def test_the_warm_clientapp_worker_serves_every_message_in_one_process_with_the_
     assert flower_processes_of(work) == []
 
 
+@pytest.mark.slow(seconds=39)
 def test_tls_and_authentication_refuse_an_unregistered_supernode(tmp_path):
     fed = LocalFederation(tmp_path / "fed", tls=True, auth=True)
     with fed:
@@ -126,6 +127,7 @@ def test_tls_and_authentication_refuse_an_unregistered_supernode(tmp_path):
     assert flower_processes_of(tmp_path / "secure" / "deploy") == []
 
 
+@pytest.mark.slow(seconds=110)
 def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
     """Four SuperNodes of 3 clients each; one replies with NaN updates, one is killed after round 1.
     The run goes on with the others, rejects the NaN updates (and, after 3 rounds, the server's reputation
@@ -165,6 +167,7 @@ def test_a_killed_supernode_and_a_garbage_reply_do_not_stop_the_run(tmp_path):
     assert flower_processes_of(out / "deploy") == []
 
 
+@pytest.mark.slow(seconds=83)
 def test_a_federation_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path):
     """SIGKILL every process of a deploy-local run (ServerApp, SuperLink, SuperNodes) after a few rounds,
     then `deploy-local --resume`: a new federation; the server continues from its checkpoint, each node's
@@ -201,6 +204,7 @@ def test_a_federation_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tm
     assert flower_processes_of(out / "deploy") == []
 
 
+@pytest.mark.slow(seconds=108)
 def test_a_restarted_supernode_comes_back_with_its_clients_heads(tmp_path):
     """SIGKILL one of two SuperNodes mid-run and start it again with the same state-dir: the server sees
     a new node hosting the lost clients and moves them to it; they train on with their heads (read back
@@ -239,6 +243,7 @@ def test_a_restarted_supernode_comes_back_with_its_clients_heads(tmp_path):
     assert flower_processes_of(out / "deploy") == []
 
 
+@pytest.mark.slow(seconds=22)
 def test_another_experiments_state_dir_is_refused_and_the_operator_reads_why(tmp_path):
     """A SuperNode started with a state-dir that holds another experiment's heads refuses to train with it;
     the reason, naming the directory and the node, reaches the operator: the server's log, error.txt and
@@ -273,6 +278,7 @@ def _ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow(seconds=26)
 def test_ctrl_c_stops_every_process(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -20,7 +20,8 @@ from brmtrl.flower.node import Node  # noqa: E402
 
 def small(*overrides: str):
     return load_config(CONFIGS / "quick.toml", ["device=cpu", "threads=1", "dataset.num_clients=10",
-                                                "train.rounds=4", "train.eval_every=2", *overrides])
+                                                "train.rounds=4", "train.eval_every=2",
+                                                "flower.backend_cpus=1", *overrides])
 
 
 def test_node_trains_as_the_built_in_engine_does():
@@ -48,6 +49,7 @@ def test_node_config_overrides_the_role():
         Node(cfg, 99, data=sim.data)
 
 
+@pytest.mark.slow(seconds=20)
 def test_flower_simulation_matches_the_built_in_engine(tmp_path, one_ray_at_a_time):
     """Same config, same seed: the same clients train the same way on both engines, so honest accuracy
     agrees to float tolerance (the Flower path trains each client alone, the built-in engine runs the

@@ -1,5 +1,6 @@
 """The client-side guard (issue 18, brmtrl.guard): its validation part is training data, never test data;
-its personal model is Ditto's; its state survives a checkpoint; both engines agree."""
+its personal model is Ditto's; its state survives a checkpoint. Both engines agree: with the
+reputation, in test_reputation.py (one Flower simulation for both)."""
 
 from __future__ import annotations
 
@@ -92,15 +93,3 @@ def test_a_guarded_run_resumes_identically_and_keeps_the_personal_models(tiny_cf
 def test_the_guard_needs_a_private_head(tiny_cfg):
     with pytest.raises(ConfigError, match="'guard.name' = 'ditto' needs an algorithm that shares φ"):
         tiny_cfg("guard.name=ditto", "algorithm.name=fedavg")
-
-
-def test_both_engines_guard_alike(tiny_cfg, tmp_path, one_ray_at_a_time):
-    pytest.importorskip("flwr")
-    from brmtrl.flower.simulation import run_flower_simulation
-
-    cfg = tiny_cfg(*GUARD)
-    ours = Simulation(cfg).run()
-    theirs = run_flower_simulation(cfg, tmp_path / "flower")
-    assert [h["honest_acc_mean"] for h in ours["history"]] == pytest.approx(
-        [h["honest_acc_mean"] for h in theirs["history"]], abs=1e-6)
-    assert [h["guard_personal_share"] for h in ours["history"]] == [h["guard_personal_share"] for h in theirs["history"]]

@@ -13,7 +13,6 @@ from .conftest import ray_exclusive
 from .test_sweep import GRID, numbers, summary, sweep, write_grid
 
 ray_cluster = pytest.importorskip("ray.cluster_utils")
-pytestmark = pytest.mark.slow
 
 MIXED = (GRID.replace('"attack.name" = ["sign_flip", "gaussian"]',
                       '"dataset.name" = ["synthetic_classification", "cifar10"]')
@@ -27,6 +26,7 @@ def cluster(tmp_path_factory):
     (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by every Ray process this test starts, the sweep's included)."""
     with ray_exclusive(tmp_path_factory), pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        mp.setenv("RAY_worker_niceness", "0")   # not Ray's 15: the cells would starve beside the other tests
         c = ray_cluster.Cluster(initialize_head=True, connect=False, head_node_args={
             "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
         try:
@@ -43,6 +43,7 @@ def ray_sweep(grid: Path, out: Path, address: str, *extra: str) -> subprocess.Co
                            "--quiet", "--ray", address, *extra], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow(seconds=30)
 def test_a_sweep_on_a_ray_cluster_matches_a_local_one_and_resumes(cluster, tmp_path):
     grid = write_grid(tmp_path / "g", MIXED)
     local, remote = tmp_path / "local", tmp_path / "ray"
@@ -60,6 +61,7 @@ def test_a_sweep_on_a_ray_cluster_matches_a_local_one_and_resumes(cluster, tmp_p
     assert numbers(remote) == numbers(local)
 
 
+@pytest.mark.slow(seconds=10)
 def test_ray_errors_are_one_line(cluster, tmp_path):
     grid = write_grid(tmp_path / "g")
     out = ray_sweep(grid, tmp_path / "ray", cluster.address, "--threads", "64")

@@ -48,7 +48,9 @@ def test_fedavg_ft_shares_everything_and_only_fine_tunes_for_evaluation(tiny_cfg
 
 def test_transfer_shots_compare_representation_fedavg_and_scratch(tiny_cfg, tmp_path):
     common = ["transfer.clients=4", "transfer.shots=[1, 5]", "train.rounds=8", "attack.name=sign_flip",
-              "attack.byzantine_fraction=0.2"]
+              "attack.byzantine_fraction=0.2",   # short grids: the study's structure, not its 100-epoch fits
+              "transfer.epochs=20", "transfer.scratch_epochs=20", "transfer.epochs_grid=[5, 20]",
+              "transfer.lr_grid=[0.03, 0.1]"]
     fedavg_dir = tmp_path / "fedavg"
     fa = Simulation(tiny_cfg("algorithm.name=fedavg", *common), out_dir=fedavg_dir)
     fa_res = fa.run()

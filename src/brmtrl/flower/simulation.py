@@ -44,6 +44,9 @@ def run_flower_simulation(cfg: Config, out_dir: str | Path, *, progress: bool = 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray starts its workers (here: the ClientApps, all of the simulation's work) at niceness 15, so that
+    # any other process on the machine starves them: a 20 s simulation took minutes beside busy loops
+    os.environ.setdefault("RAY_worker_niceness", "0")
     notes = ((f"attack.name = {cfg['attack.name']!r} reads the round's honest updates: the simulated adversary "
               "applies it before the server step",) if attack_mod.is_omniscient(cfg["attack.name"]) else ())
     hooks = SimulationHooks(adversary=lambda byzantine, size, agg: omniscient_adversary(cfg, byzantine, size=size,
