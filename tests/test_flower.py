@@ -57,7 +57,8 @@ def test_flower_simulation_matches_the_built_in_engine(tmp_path, one_ray_at_a_ti
     from brmtrl.flower.simulation import run_flower_simulation
 
     # f = 0 with Byzantine clients (and NNM, which takes f): rounds exceed f, some (round 1) between two evaluations
-    cfg = small("seed=2", "aggregator.f=0", "aggregator.pre=[\"nnm\"]")   # NNM takes f
+    # an omniscient adaptive attack (the simulation's adversary tunes against the server's rule; test_adaptive.py)
+    cfg = small("seed=2", "aggregator.f=0", "aggregator.pre=[\"nnm\"]", "attack.name=opt_alie", "attack.evals=6")
     built_in = Simulation(cfg).run()
     flower = run_flower_simulation(cfg, tmp_path / "flower")
     # every round above f is listed, evaluated or not (Flower used to read them off the evaluated rounds)

@@ -30,7 +30,7 @@ from brmtrl.report import write_json, write_metrics_csv
 
 from .conftest import CONFIGS
 
-ARGS = ["--set", "train.rounds=150", "--set", "train.checkpoint_every=5", "--set", "train.eval_every=10",
+ARGS = ["--set", "train.rounds=80", "--set", "train.checkpoint_every=5", "--set", "train.eval_every=10",
         "--set", "dataset.num_clients=20", "--set", "device=cpu", "--quiet"]
 
 
@@ -62,7 +62,7 @@ def test_kill_and_resume_gives_the_uninterrupted_results(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "results.json").exists()
     stopped_at = load_checkpoint(killed)["round"]
-    assert 0 < stopped_at < 150
+    assert 0 < stopped_at < 80
     resumed = cli("--resume", str(killed), "--quiet")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
