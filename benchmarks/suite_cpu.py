@@ -4,7 +4,9 @@ test, one test at a time. A pytest plugin, then a summary:
     PYTHONPATH=benchmarks python -m pytest -q -n 0 -p suite_cpu     # writes runs/suite-cpu.json
     python benchmarks/suite_cpu.py [runs/suite-cpu.json]            # per file, then the slowest tests
 
-Daemons a test does not reap (Ray's) are not counted. Results: docs/performance.md, "The test suite".
+Processes a test does not reap are not counted: Ray's daemons and actors, the ClientApp processes a SuperNode
+starts (a federation test's count can be a sixth of its real CPU); ``benchmarks/machine_cpu.sh`` counts the whole
+machine for one command. Results: docs/performance.md, "The test suite".
 """
 
 from __future__ import annotations
