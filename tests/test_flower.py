@@ -154,3 +154,29 @@ def test_a_federation_waiting_for_clients_names_the_nodes_that_failed_and_why(mo
     text = str(err.value)
     assert text.startswith("0 of 4 clients connected after 0 s; node 11 could not describe itself: DataError")
     assert "node 12 could not describe itself" in text and "fix and restart the failing ones" in text
+
+
+@pytest.mark.parametrize("preset", [None, "15"])
+def test_ray_workers_run_at_normal_priority_unless_the_user_says(tmp_path, monkeypatch, preset):
+    """Ray starts its workers (the ClientApps) at niceness 15, where any busy process starves them
+    (docs/deployment.md): the simulation asks for 0 before Ray starts, and a user's own setting wins."""
+    import flwr.simulation
+
+    from brmtrl.flower.simulation import run_flower_simulation
+
+    if preset is None:
+        monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    else:
+        monkeypatch.setenv("RAY_worker_niceness", preset)
+    seen = {}
+
+    def fake_run_simulation(**kwargs):
+        import os
+
+        seen["niceness"] = os.environ.get("RAY_worker_niceness")
+        (tmp_path / "run" / "results.json").write_text("{}")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
+    (tmp_path / "run").mkdir()
+    run_flower_simulation(small(), tmp_path / "run")
+    assert seen["niceness"] == (preset or "0")
