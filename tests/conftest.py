@@ -102,12 +102,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ray = [item for key in [k for k, u in units.items() if _uses_ray(u[0])] for item in units.pop(key)]
     if ray:
         units["ray"] = ray
+    def weight(unit: list[pytest.Item]) -> float:
+        return sum(_waits(item) or 0.0 for item in unit)
+
     chunks: list[list[pytest.Item]] = [[] for _ in range(workers)]
     load = [0.0] * workers
-    for unit in sorted(units.values(), key=lambda u: -sum(_waits(i) or 0.0 for i in u)):
-        k = min(range(workers), key=lambda j: load[j])
+    for unit in sorted(units.values(), key=weight, reverse=True):
+        k = min(range(workers), key=load.__getitem__)
         chunks[k].extend(unit)
-        load[k] += sum(_waits(i) or 0.0 for i in unit)
+        load[k] += weight(unit)
     remaining, order = len(items), []
     for i, chunk in enumerate(chunks):
         size = remaining // (workers - i)
