@@ -73,7 +73,7 @@ def _waits(item: pytest.Item) -> float | None:
     mark = item.get_closest_marker("slow")
     if mark is None:
         return None
-    return float(mark.kwargs.get("seconds", mark.args[0] if mark.args else 20.0))
+    return float(mark.kwargs.get("seconds", 20.0))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
