@@ -126,7 +126,7 @@ def test_bulyan_needs_4f_plus_3_and_float32_stays_float32():
 def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
     """The coordinate-wise selections run in column blocks (brmtrl.aggregators.columns): over many blocks
     and with many ties (small integers), the same as a stable sort of the whole matrix in float64."""
-    from brmtrl.aggregators.columns import block_columns, median_columns, nearest_to_median_mean, partition_columns
+    from brmtrl.aggregators.columns import block_columns, median_columns, nearest_to_median_mean, sort_columns
 
     d = 3 * block_columns(n) + 17
     x = torch.randint(-3, 4, (n, d), generator=torch.Generator().manual_seed(n)).to(torch.float32)
@@ -144,8 +144,8 @@ def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
     inband = (sel >= kept.amin(dim=0)) & (sel <= kept.amax(dim=0))
     want = (inband.double() * (keep / inband.sum(dim=0).double())).sum(dim=1) / d
     torch.testing.assert_close(used, want, rtol=1e-12, atol=0)
-    other = partition_columns(x.to(torch.bfloat16), n // 2, inplace=True)   # the sort path (no numpy dtype)
-    assert torch.equal(other[n // 2].float(), s[n // 2].float())
+    other = sort_columns(x.to(torch.bfloat16), inplace=True)   # the torch.sort path (no numpy dtype)
+    assert torch.equal(other.float(), s.float())
     f = (n - 1) // 3                                          # trimmed mean: the same over every block
     res = trimmed_mean_trusted(x, f=f)
     torch.testing.assert_close(res.point, s[f:n - f].mean(dim=0).float(), rtol=0, atol=1e-6)
@@ -157,23 +157,23 @@ def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
 
 def test_the_sorting_network_sorts_every_input_up_to_its_row_limit():
     """Batcher's network (few rows on the CPU) sorts every 0/1 column of each size up to NETWORK_ROWS (by the
-    0-1 principle, then every input), and random float64 columns as torch.sort does; numpy's partition
-    takes over above the limit, with the same selected values."""
+    0-1 principle, then every input), and random columns as torch.sort does; numpy's sort of transposed
+    sub-blocks takes over above the limit (several sub-blocks, a last partial one), with the same result."""
     import itertools
 
-    from brmtrl.aggregators.columns import NETWORK_ROWS, network_pairs, network_sort, partition_columns, sorts
+    from brmtrl.aggregators.columns import NETWORK_ROWS, SORT_VALUES, network_pairs, network_sort, sort_columns
 
     for n in range(1, NETWORK_ROWS + 1):
         ones = torch.tensor(list(itertools.product([0.0, 1.0], repeat=n))).T.contiguous()
         assert torch.equal(network_sort(ones.clone()), ones.sort(dim=0).values), n
         assert all(0 <= i < j < n for i, j in network_pairs(n))
     g = torch.Generator().manual_seed(0)
-    for n in (NETWORK_ROWS, NETWORK_ROWS + 1):
-        x = torch.randn(n, 1000, generator=g, dtype=torch.float64)
-        k, before = n // 3, x.clone()
-        part = partition_columns(x, k)
-        assert torch.equal(part[k], x.sort(dim=0).values[k]) and torch.equal(x, before)   # not in place
-        assert sorts(x) == (n <= NETWORK_ROWS)
+    for n in (NETWORK_ROWS, NETWORK_ROWS + 1, 100):
+        for dtype in (torch.float64, torch.float32, torch.float16):
+            x = torch.randn(n, 2 * (SORT_VALUES // n) + 7, generator=g).to(dtype)
+            before = x.clone()
+            assert torch.equal(sort_columns(x), x.sort(dim=0).values) and torch.equal(x, before)   # not in place
+            assert sort_columns(x, inplace=True) is x and torch.equal(x, before.sort(dim=0).values)
 
 # --------------------------------------------------------------------------- centered clipping
 @pytest.mark.parametrize("tau,iters", [(0.0, 1), (0.0, 3), (0.5, 5), (100.0, 2)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
-from .columns import block_columns, column_blocks, combine_rows, median_columns, outer_ranks_apart
+from .columns import block_columns, column_blocks, combine_rows, median_columns, sort_columns
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
 
@@ -62,12 +62,12 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     n, d = x.shape
     _check_f("trimmed_mean", f, n, 2 * f + 1)
     point = torch.empty(d, dtype=x.dtype, device=x.device)
-    lo = torch.empty(d, dtype=torch.float64, device=x.device)
+    lo = torch.empty(d, dtype=x.dtype, device=x.device)      # the band's edges: values of x
     hi = torch.empty_like(lo)
     cols = block_columns(n)
-    for c, s in column_blocks(x, cols):            # column blocks partitioned in place, in cache
-        outer_ranks_apart(s, f)                    # the f smallest first, then the f largest last
+    for c, s in column_blocks(x, cols):            # column blocks sorted in place, in cache
+        sort_columns(s, inplace=True)
         point[c:c + cols] = (s[f:n - f].sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
-        lo[c:c + cols], hi[c:c + cols] = s[f:n - f].amin(dim=0), s[n - f - 1]   # s[f] moved in the 2nd
+        lo[c:c + cols], hi[c:c + cols] = s[f], s[n - f - 1]
     used = _band_used(x, lo, hi, n - 2 * f)
     return AggregateResult(point, _share_trust(used, n - 2 * f, n), {"f_used": f})

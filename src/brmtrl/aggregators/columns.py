@@ -4,12 +4,14 @@ The coordinate-wise rules (median, trimmed mean, Bulyan's second stage, centered
 among the n values of each coordinate. Done on the whole (n, d) matrix at once, a selection sorts or copies
 n·d values in float64 and runs at memory speed many times over. Here the columns are processed in blocks of
 about 2¹⁸ values, so that each block, in float64 where it matters, stays in cache while every step of the
-selection runs on it; each selection is an O(n) partial partition per column (introselect: ``numpy.partition``
-on the CPU, several times faster than ``torch.kthvalue`` there, ``benchmarks/aggregator_parts.py``; a sort on
-other devices), not a full sort. With few rows (n ≤ 16) a sorting network does better on the CPU: Batcher's
-odd–even merge network, each comparator a min and a max of two whole rows, so the work is O(n log² n) vector
-operations instead of one short introselect per column (at n = 10 it sorts a block 2.8× faster than numpy
-partitions it once).
+selection runs on it. Each block's columns are sorted, which puts every rank a rule needs in place at once.
+With few rows (n ≤ 16) a sorting network does it on the CPU: Batcher's odd–even merge network, each
+comparator a min and a max of two whole rows, O(n log² n) vector operations (at n = 10 it sorts a block 2.8×
+faster than numpy partitions it once). With more rows, small sub-blocks are transposed so that each column is
+a contiguous row and sorted there by numpy's vectorised sort (AVX-512/AVX2 kernels): at n = 100 as fast as
+one introselect per column (``numpy.partition``, which needs a call per column and one call per rank) and
+twice as fast where a rule needs two ranks (``benchmarks/aggregator_parts.py``). Other devices use
+``torch.sort``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 __all__ = ["NETWORK_ROWS", "block_columns", "column_blocks", "combine_rows", "median_columns", "nearest_to_median_mean",
-           "network_pairs", "network_sort", "outer_ranks_apart", "partition_columns", "sorts"]
+           "network_pairs", "network_sort", "SORT_VALUES", "sort_columns"]
 
 
 def block_columns(n: int) -> int:
@@ -92,48 +94,49 @@ def network_sort(s: torch.Tensor) -> torch.Tensor:
     return s
 
 
-def sorts(s: torch.Tensor) -> bool:
-    """Whether :func:`partition_columns` sorts the columns of s outright (then every rank is in place)."""
-    return s.device.type != "cpu" or s.shape[0] <= NETWORK_ROWS or s.dtype not in _NUMPY
+SORT_VALUES = 1 << 14   # values per transposed sub-block: 64 KiB in float32, in L2 with its transpose
 
 
-def outer_ranks_apart(s: torch.Tensor, f: int) -> torch.Tensor:
-    """Rearrange each column of s (m, b) in place so that its f smallest values come first and its f largest
-    last (the middle m − 2f between them, in any order); returns s."""
-    m = s.shape[0]
-    partition_columns(s, f, inplace=True)
-    if not sorts(s):
-        partition_columns(s[f:], m - 2 * f - 1, inplace=True)
-    return s
+def _sort_transposed(a: np.ndarray) -> None:
+    """Sort each column of a (m, b) in place: sub-blocks of columns are transposed into one small buffer so
+    that each column is a contiguous row, sorted there by numpy's vectorised sort (x86-simd-sort's AVX-512
+    / AVX2 kernels where the CPU has them), and written back."""
+    m, b = a.shape
+    cols = max(1, SORT_VALUES // m)
+    buf = np.empty((min(cols, b), m), dtype=a.dtype)
+    for j in range(0, b, cols):
+        t = buf[:min(cols, b - j)]
+        np.copyto(t, a[:, j:j + cols].T)
+        t.sort(axis=1)
+        np.copyto(a[:, j:j + cols], t.T)
 
 
-def partition_columns(s: torch.Tensor, kth: int, *, inplace: bool = False) -> torch.Tensor:
-    """Each column of s (m, b) rearranged so that position ``kth`` holds the column's (kth+1)-th smallest
-    value, smaller-or-equal values before it and larger-or-equal after (``numpy.partition`` on the CPU, in
-    s itself with ``inplace``; sorted columns elsewhere, which satisfy the same). One kth per call: numpy's
-    several-kth partition is several times slower than as many calls. Up to ``NETWORK_ROWS`` rows on the CPU
-    the columns are sorted by a network (:func:`network_sort`), which satisfies the same."""
+def sort_columns(s: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """Each column of s (m, b) sorted ascending (in s itself with ``inplace``), so that every rank a rule
+    selects is in place at once: up to ``NETWORK_ROWS`` rows on the CPU by a sorting network
+    (:func:`network_sort`), above it by numpy's vectorised sort on transposed sub-blocks
+    (:func:`_sort_transposed`: as fast as one introselect per column at n = 100 and twice as fast where a
+    rule needs two ranks, ``benchmarks/aggregator_parts.py``), on other devices and dtypes by
+    ``torch.sort``. NaNs are not ordered: the server rejects non-finite updates before any rule."""
     if s.device.type == "cpu" and s.shape[0] <= NETWORK_ROWS and s.dtype.is_floating_point:
         return network_sort(s if inplace else s.clone())
     if s.device.type == "cpu" and s.dtype in _NUMPY:
-        if inplace:
-            s.numpy().partition(kth, axis=0)
-            return s
-        return torch.from_numpy(np.partition(s.numpy(), kth, axis=0))
+        out = s if inplace else s.clone()
+        if out.shape[0] > 1 and out.shape[1] > 0:
+            _sort_transposed(out.numpy())
+        return out
     ordered = s.sort(dim=0).values                  # other devices and dtypes numpy lacks (bfloat16)
     return s.copy_(ordered) if inplace else ordered
 
 
 def _middle(s: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two middle values of each column of s (m, b), v_(⌈m/2⌉) and v_(⌊m/2⌋+1) (equal for odd m): one
-    partition at the lower middle (in s with ``inplace``), then the smallest value above it for even m."""
+    """The two middle values of each column of s (m, b), v_(⌈m/2⌉) and v_(⌊m/2⌋+1) (equal for odd m), from
+    one sort of the columns (in s with ``inplace``)."""
     m = s.shape[0]
     k = (m - 1) // 2
-    part = partition_columns(s, k, inplace=inplace)
+    part = sort_columns(s, inplace=inplace)
     lo = part[k].clone()
-    if m % 2:
-        return lo, lo
-    return lo, (part[k + 1].clone() if sorts(s) else part[k + 1:].amin(dim=0))
+    return (lo, lo) if m % 2 else (lo, part[k + 1].clone())
 
 
 def median_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,27 +169,39 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         return point, torch.full((m,), keep / m, dtype=torch.float64, device=x.device)
     cols = block_columns(m)
     inf = float("inf")
-    f64 = dict(dtype=torch.float64, device=x.device)
-    s_buf, dist_buf, part_buf = (torch.empty(m, min(cols, d), **f64) for _ in range(3))   # reused: no
-    kept_buf = torch.empty(m, min(cols, d), dtype=torch.bool, device=x.device)           # page faults
-    sel_buf = torch.empty(m, min(cols, d), dtype=x.dtype, device=x.device)
+    # reused buffers (no page faults): the values in x's dtype (sorting moves them exactly), the distances
+    # to m_j in float64
+    like = dict(dtype=x.dtype, device=x.device)
+    s_buf, part_buf = torch.empty(m, min(cols, d), **like), torch.empty(m, min(cols, d), **like)
+    dist_buf = torch.empty(m, min(cols, d), dtype=torch.float64, device=x.device)
+    kept_buf = torch.empty(m, min(cols, d), dtype=torch.bool, device=x.device)
+    k = (m - 1) // 2                                   # the lower middle rank
+    starts = range(max(0, k - keep + 1), min(k + 1 if m % 2 == 0 else k, m - keep) + 1)
     for c in range(0, d, cols):
         w = min(cols, d - c)
         s, dist, part, kept = s_buf[:, :w], dist_buf[:, :w], part_buf[:, :w], kept_buf[:, :w]
-        s.copy_(torch.index_select(x[:, c:c + w], 0, rows, out=sel_buf[:, :w]))
+        torch.index_select(x[:, c:c + w], 0, rows, out=s)
         part.copy_(s)
-        lo, hi = _middle(part, inplace=True)
-        torch.sub(s, 0.5 * lo + 0.5 * hi, out=dist).abs_()
-        part.copy_(dist)
-        t = partition_columns(part, keep - 1, inplace=True)[keep - 1]   # the keep-th smallest distance
+        lo, hi = _middle(part, inplace=True)           # part: the columns sorted
+        med = 0.5 * lo.to(torch.float64) + 0.5 * hi.to(torch.float64)
+        torch.sub(s, med, out=dist).abs_()
+        # the keep-th smallest distance t: the keep values nearest m_j are consecutive in sorted order and
+        # hold a middle value, so t is the least over those windows of their farther end's distance. That
+        # t is never below the true one; where it is above (m_j rounded outside [lo, hi], subnormals) or
+        # where ties reach past keep values, more than keep values fall within it: the exact path below
+        t = None
+        for a in starts:
+            far = torch.maximum(med - part[a], part[a + keep - 1] - med)
+            t = far if t is None else torch.minimum(t, far, out=t)
         torch.le(dist, t, out=kept)
         if bool((kept.sum(dim=0) == keep).all()):              # no tie at t beyond the keep values: the
-            point[c:c + w] = (torch.mul(s, kept, out=part).sum(dim=0) / keep).to(x.dtype)   # band is the
-            used += kept.sum(dim=1)                                                         # kept values
+            point[c:c + w] = (torch.mul(s, kept, out=part).sum(dim=0, dtype=torch.float64) / keep).to(x.dtype)
+            used += kept.sum(dim=1)                            # the band is the kept values
             continue
+        t = sort_columns(dist.clone(), inplace=True)[keep - 1]   # exact, by a sort of the distances
         below, tied = dist < t, dist == t
         kept = below | (tied & (tied.cumsum(dim=0) <= keep - below.sum(dim=0)))
-        point[c:c + w] = (torch.where(kept, s, 0.0).sum(dim=0) / keep).to(x.dtype)
+        point[c:c + w] = (torch.where(kept, s, 0.0).sum(dim=0, dtype=torch.float64) / keep).to(x.dtype)
         low = torch.where(kept, s, inf).amin(dim=0)
         high = torch.where(kept, s, -inf).amax(dim=0)
         inband = (s >= low) & (s <= high)
