@@ -196,6 +196,25 @@ def test_arc_matches_the_plain_loop(n, f):
         assert (norms <= torch.sort(torch.linalg.vector_norm(x, dim=1), descending=True).values[k] + 1e-9).all()
 
 
+def test_arc_over_several_column_blocks_rounds_each_clipped_value_once():
+    """Across several column blocks (and a last partial one), in float32: every clipped value is the row's
+    value times the scale in float64, rounded once to float32; the other rows are copied bit for bit."""
+    from brmtrl.aggregators.gram import _chunk
+
+    n, f = 20, 6
+    d = 2 * _chunk(n) + 5
+    x = torch.randn(n, d, generator=gen(3)) * torch.logspace(0, 2, n)[:, None]
+    rows, _ = arc(x, f=f)
+    norms = torch.linalg.vector_norm(x.double(), dim=1)
+    k = arc_count(n, f)
+    order = sorted(range(n), key=lambda i: (-float(norms[i]), i))
+    c = norms[order[k]]
+    want = x.clone()
+    for i in order[:k]:
+        want[i] = (x[i].double() * (c / norms[i])).float()
+    assert rows.dtype == torch.float32 and torch.equal(rows, want)
+
+
 def test_arc_before_any_rule_bounds_a_huge_row_and_keeps_trust_per_client():
     honest = honest_rows(h=9, d=4)
     x = torch.cat([honest, torch.full((1, 4), 1e9, dtype=torch.float64)])

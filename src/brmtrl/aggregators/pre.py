@@ -124,8 +124,8 @@ def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     and the others are left as they are (ties: the lower index is kept). Needs f < n/2 (k < n); with f = 0
     it changes nothing. Returns the n rows (the input's dtype; norms in float64) and M = I (each row stays
-    its client's). Cost: one pass over the rows for the norms (float64 column blocks), a copy, and the k
-    clipped rows scaled.
+    its client's). Cost: one pass over the rows for the norms (float64 column blocks), then one pass that
+    copies them, the k clipped rows scaled in float64 in the same column blocks.
     """
     x = _rows(x, "arc")
     n = x.shape[0]
@@ -144,8 +144,16 @@ def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     bound = norms[order[k]]
     clip = order[:k]
     scale = torch.where(norms[clip] > bound, bound / norms[clip].clamp_min(torch.finfo(torch.float64).tiny), 1.0)
-    out = x.clone()
-    out[clip.to(x.device)] = (x[clip.to(x.device)].to(torch.float64) * scale.to(x.device)[:, None]).to(x.dtype)
+    clip, scale = clip.to(x.device), scale.to(x.device)[:, None]
+    out = torch.empty_like(x)
+    cols = _chunk(n)
+    buf = torch.empty(len(clip), min(cols, x.shape[1]), dtype=torch.float64, device=x.device)
+    for c in range(0, x.shape[1], cols):                      # one pass: each block copied, its clipped
+        block = out[:, c:c + cols]                            # rows scaled in float64 while in cache
+        block.copy_(x[:, c:c + cols])
+        scaled = buf[:, :block.shape[1]]
+        scaled.copy_(block[clip]).mul_(scale)
+        block[clip] = scaled.to(x.dtype)
     return out, eye
 
 
