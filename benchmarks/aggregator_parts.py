@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from brmtrl.aggregators.columns import block_columns, median_columns
+from brmtrl.aggregators.base import _band_used
+from brmtrl.aggregators.columns import block_columns, column_blocks, median_columns, sort_columns
 from brmtrl.aggregators.gram import _central_gram
-from brmtrl.aggregators.pre import _mix, nnm
+from brmtrl.aggregators.pre import _mix, arc, nnm
 
 
 def best(fn: Callable[[], object], reps: int = 3) -> float:
@@ -55,6 +56,15 @@ def main() -> None:
         for c in range(0, d, cols):
             x[:, c:c + cols].kthvalue((n + 1) // 2, dim=0)
 
+    def sort_all() -> None:
+        for _, block in column_blocks(x, cols):
+            sort_columns(block, inplace=True)
+
+    def sort_middle() -> None:
+        for _, block in column_blocks(x, cols):
+            sort_columns(block, inplace=True, ranks=slice((n - 1) // 2, n // 2 + 1))
+
+    mid = median_columns(x)[1]
     _, m = nnm(x, f=25)
     parts = {
         "first touch of a new (n, d) float32 array (torch.empty(n, d).fill_(0))": lambda: torch.empty(n, d).fill_(0),
@@ -63,6 +73,10 @@ def main() -> None:
         "numpy.partition, one kth per column, reused block buffer": partition_once,
         "numpy.partition, two kth per column": partition_two_kth,
         "torch.kthvalue per column": kthvalue,
+        "numpy sort of transposed sub-blocks, every rank written back (sort_columns)": sort_all,
+        "numpy sort of transposed sub-blocks, the two middle ranks written back": sort_middle,
+        "the median's trust: rows within the band, numpy ufuncs (_band_used)": lambda: _band_used(x, mid[0], mid[-1], 2),
+        "ARC: norms, then copy + clip in one pass (arc, f = 25)": lambda: arc(x, f=25),
         "coordinate-wise median (median_columns)": lambda: median_columns(x),
         "NNM's mixing x' = M x (_mix, new output)": lambda: _mix(m, x, 0),
         "NNM (distances + mixing)": lambda: nnm(x, f=25),

@@ -65,8 +65,8 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     lo = torch.empty(d, dtype=x.dtype, device=x.device)      # the band's edges: values of x
     hi = torch.empty_like(lo)
     cols = block_columns(n)
-    for c, s in column_blocks(x, cols):            # column blocks sorted in place, in cache
-        sort_columns(s, inplace=True)
+    for c, s in column_blocks(x, cols):            # column blocks sorted in place, in cache: the kept
+        sort_columns(s, inplace=True, ranks=slice(f, n - f))       # ranks f … n − f − 1
         point[c:c + cols] = (s[f:n - f].sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
         lo[c:c + cols], hi[c:c + cols] = s[f], s[n - f - 1]
     used = _band_used(x, lo, hi, n - 2 * f)

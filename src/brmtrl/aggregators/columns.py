@@ -97,10 +97,11 @@ def network_sort(s: torch.Tensor) -> torch.Tensor:
 SORT_VALUES = 1 << 14   # values per transposed sub-block: 64 KiB in float32, in L2 with its transpose
 
 
-def _sort_transposed(a: np.ndarray) -> None:
-    """Sort each column of a (m, b) in place: sub-blocks of columns are transposed into one small buffer so
-    that each column is a contiguous row, sorted there by numpy's vectorised sort (x86-simd-sort's AVX-512
-    / AVX2 kernels where the CPU has them), and written back."""
+def _sort_transposed(a: np.ndarray, ranks: slice) -> None:
+    """Sort each column of a (m, b) in place, rows ``ranks`` of a receiving those ranks: sub-blocks of
+    columns are transposed into one small buffer so that each column is a contiguous row, sorted there by
+    numpy's vectorised sort (x86-simd-sort's AVX-512 / AVX2 kernels where the CPU has them), and only the
+    ranks asked for are written back (the other rows of a keep their values)."""
     m, b = a.shape
     cols = max(1, SORT_VALUES // m)
     buf = np.empty((min(cols, b), m), dtype=a.dtype)
@@ -108,22 +109,24 @@ def _sort_transposed(a: np.ndarray) -> None:
         t = buf[:min(cols, b - j)]
         np.copyto(t, a[:, j:j + cols].T)
         t.sort(axis=1)
-        np.copyto(a[:, j:j + cols], t.T)
+        np.copyto(a[ranks, j:j + cols], t[:, ranks].T)
 
 
-def sort_columns(s: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+def sort_columns(s: torch.Tensor, *, inplace: bool = False, ranks: slice | None = None) -> torch.Tensor:
     """Each column of s (m, b) sorted ascending (in s itself with ``inplace``), so that every rank a rule
     selects is in place at once: up to ``NETWORK_ROWS`` rows on the CPU by a sorting network
     (:func:`network_sort`), above it by numpy's vectorised sort on transposed sub-blocks
     (:func:`_sort_transposed`: as fast as one introselect per column at n = 100 and twice as fast where a
     rule needs two ranks, ``benchmarks/aggregator_parts.py``), on other devices and dtypes by
-    ``torch.sort``. NaNs are not ordered: the server rejects non-finite updates before any rule."""
+    ``torch.sort``. With ``ranks`` (a slice of rows with step 1) only those rows are sure to hold their
+    ranks; the other rows may keep any of the column's values (the transposed sort then writes back only
+    those ranks). NaNs are not ordered: the server rejects non-finite updates before any rule."""
     if s.device.type == "cpu" and s.shape[0] <= NETWORK_ROWS and s.dtype.is_floating_point:
         return network_sort(s if inplace else s.clone())
     if s.device.type == "cpu" and s.dtype in _NUMPY:
         out = s if inplace else s.clone()
         if out.shape[0] > 1 and out.shape[1] > 0:
-            _sort_transposed(out.numpy())
+            _sort_transposed(out.numpy(), slice(None) if ranks is None else ranks)
         return out
     ordered = s.sort(dim=0).values                  # other devices and dtypes numpy lacks (bfloat16)
     return s.copy_(ordered) if inplace else ordered
@@ -131,10 +134,10 @@ def sort_columns(s: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
 
 def _middle(s: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The two middle values of each column of s (m, b), v_(⌈m/2⌉) and v_(⌊m/2⌋+1) (equal for odd m), from
-    one sort of the columns (in s with ``inplace``)."""
+    one sort of the columns (in s with ``inplace``, whose other rows are left in any order)."""
     m = s.shape[0]
     k = (m - 1) // 2
-    part = sort_columns(s, inplace=inplace)
+    part = sort_columns(s, inplace=inplace, ranks=slice(k, k + 2 - m % 2))
     lo = part[k].clone()
     return (lo, lo) if m % 2 else (lo, part[k + 1].clone())
 
@@ -177,12 +180,14 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
     kept_buf = torch.empty(m, min(cols, d), dtype=torch.bool, device=x.device)
     k = (m - 1) // 2                                   # the lower middle rank
     starts = range(max(0, k - keep + 1), min(k + 1 if m % 2 == 0 else k, m - keep) + 1)
+    window = slice(min(starts[0], k), max(starts[-1] + keep, k + 2 - m % 2))
     for c in range(0, d, cols):
         w = min(cols, d - c)
         s, dist, part, kept = s_buf[:, :w], dist_buf[:, :w], part_buf[:, :w], kept_buf[:, :w]
         torch.index_select(x[:, c:c + w], 0, rows, out=s)
         part.copy_(s)
-        lo, hi = _middle(part, inplace=True)           # part: the columns sorted
+        sort_columns(part, inplace=True, ranks=window)  # the middle ranks and the windows' ends in place
+        lo, hi = part[k], part[k + 1 - m % 2]
         med = 0.5 * lo.to(torch.float64) + 0.5 * hi.to(torch.float64)
         torch.sub(s, med, out=dist).abs_()
         # the keep-th smallest distance t: the keep values nearest m_j are consecutive in sorted order and
@@ -198,7 +203,7 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
             point[c:c + w] = (torch.mul(s, kept, out=part).sum(dim=0, dtype=torch.float64) / keep).to(x.dtype)
             used += kept.sum(dim=1)                            # the band is the kept values
             continue
-        t = sort_columns(dist.clone(), inplace=True)[keep - 1]   # exact, by a sort of the distances
+        t = sort_columns(dist.clone(), inplace=True, ranks=slice(keep - 1, keep))[keep - 1]   # exact, by a sort of the distances
         below, tied = dist < t, dist == t
         kept = below | (tied & (tied.cumsum(dim=0) <= keep - below.sum(dim=0)))
         point[c:c + w] = (torch.where(kept, s, 0.0).sum(dim=0, dtype=torch.float64) / keep).to(x.dtype)
