@@ -84,6 +84,26 @@ def test_permutation_invariance(rule):
 
 
 @pytest.mark.parametrize("rule", sorted(AGGREGATORS))
+def test_rows_that_require_grad_are_aggregated_as_their_values(rule):
+    """Rows still attached to autograd (an attack or a user's own pipeline) give the same point as their
+    detached values, with every pre-step too, not an error from the numpy kernels inside."""
+    from brmtrl.aggregators import PRE_STEPS, aggregate
+
+    x = rows(17, 300, 5).float()
+    entry = AGGREGATORS[rule]
+    kwargs = {"f": min(2, entry.largest_f(7))} if "f" in entry.params else {}
+    for pre in [[]] + [[step] for step in sorted(PRE_STEPS)]:
+        extra = {"f": 2} if "nnm" in pre or "arc" in pre else {}
+        if "bucketing" in pre:
+            extra["generator"] = torch.Generator().manual_seed(0)
+        got = aggregate(rule, x.clone().requires_grad_(True), pre=pre, **{**kwargs, **extra})
+        if "bucketing" in pre:
+            extra["generator"] = torch.Generator().manual_seed(0)
+        want = aggregate(rule, x, pre=pre, **{**kwargs, **extra})
+        assert not got.point.requires_grad and torch.equal(got.point, want.point), pre
+
+
+@pytest.mark.parametrize("rule", sorted(AGGREGATORS))
 def test_largest_f_is_what_the_rule_accepts(rule):
     entry = AGGREGATORS[rule]
     if "f" not in entry.params:

@@ -16,7 +16,8 @@ FLAG_BELOW = 0.5
 
 
 def _rows(x: torch.Tensor, rule: str) -> torch.Tensor:
-    """The one input check every rule shares."""
+    """The one input check every rule shares; the rows come back detached from autograd (the rules select
+    and weigh rows: no gradient flows through them, and their CPU kernels work on numpy views)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{rule}: expected a torch.Tensor of shape (n, d), got {type(x).__name__}")
     if x.dim() != 2:
@@ -25,7 +26,7 @@ def _rows(x: torch.Tensor, rule: str) -> torch.Tensor:
         raise ValueError(f"{rule}: no rows to aggregate")
     if not x.is_floating_point():
         raise TypeError(f"{rule}: expected a floating-point tensor, got {x.dtype}")
-    return x
+    return x.detach()
 
 
 def _check_f(rule: str, f: int, n: int, need: int) -> None:
@@ -76,7 +77,7 @@ def _band_used(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kept: int) -
     width = min(cols, d)
     if v.device.type == "cpu" and v.dtype in (torch.float16, torch.float32, torch.float64) and \
             lo.dtype in (torch.float32, torch.float64) and hi.dtype == lo.dtype:
-        va, la, ha = v.numpy(), lo.numpy(), hi.numpy()
+        va, la, ha = v.detach().numpy(), lo.detach().numpy(), hi.detach().numpy()
         inb, tmp = np.empty((m, width), dtype=bool), np.empty((m, width), dtype=bool)   # reused: no page faults
         for c in range(0, d, cols):
             w = min(cols, d - c)
