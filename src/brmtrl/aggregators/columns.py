@@ -172,23 +172,28 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         return point, torch.full((m,), keep / m, dtype=torch.float64, device=x.device)
     cols = block_columns(m)
     inf = float("inf")
-    # reused buffers (no page faults): the values in x's dtype (sorting moves them exactly), the distances
-    # to m_j in float64
-    like = dict(dtype=x.dtype, device=x.device)
-    s_buf, part_buf = torch.empty(m, min(cols, d), **like), torch.empty(m, min(cols, d), **like)
-    dist_buf = torch.empty(m, min(cols, d), dtype=torch.float64, device=x.device)
-    kept_buf = torch.empty(m, min(cols, d), dtype=torch.bool, device=x.device)
+    f64 = dict(dtype=torch.float64, device=x.device)
     k = (m - 1) // 2                                   # the lower middle rank
     starts = range(max(0, k - keep + 1), min(k + 1 if m % 2 == 0 else k, m - keep) + 1)
     window = slice(min(starts[0], k), max(starts[-1] + keep, k + 2 - m % 2))
+    # reused buffers (no page faults): the values sorted in x's dtype (sorting moves them exactly, and a
+    # narrower sort is faster), everything else in float64, the sorted ranks the windows read included
+    width = min(cols, d)
+    like = dict(dtype=x.dtype, device=x.device)
+    sel_buf, part_buf = torch.empty(m, width, **like), torch.empty(m, width, **like)
+    s_buf, dist_buf = torch.empty(m, width, **f64), torch.empty(m, width, **f64)
+    ends_buf = torch.empty(window.stop - window.start, width, **f64)
+    kept_buf = torch.empty(m, width, dtype=torch.bool, device=x.device)
     for c in range(0, d, cols):
         w = min(cols, d - c)
-        s, dist, part, kept = s_buf[:, :w], dist_buf[:, :w], part_buf[:, :w], kept_buf[:, :w]
-        torch.index_select(x[:, c:c + w], 0, rows, out=s)
-        part.copy_(s)
+        sel, s, dist, part, kept = sel_buf[:, :w], s_buf[:, :w], dist_buf[:, :w], part_buf[:, :w], kept_buf[:, :w]
+        torch.index_select(x[:, c:c + w], 0, rows, out=sel)
+        part.copy_(sel)
         sort_columns(part, inplace=True, ranks=window)  # the middle ranks and the windows' ends in place
-        lo, hi = part[k], part[k + 1 - m % 2]
-        med = 0.5 * lo.to(torch.float64) + 0.5 * hi.to(torch.float64)
+        s.copy_(sel)
+        ends = ends_buf[:, :w].copy_(part[window])      # ranks window.start … window.stop − 1, float64
+        lo, hi = ends[k - window.start], ends[k + 1 - m % 2 - window.start]
+        med = 0.5 * lo + 0.5 * hi
         torch.sub(s, med, out=dist).abs_()
         # the keep-th smallest distance t: the keep values nearest m_j are consecutive in sorted order and
         # hold a middle value, so t is the least over those windows of their farther end's distance. That
@@ -196,17 +201,17 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         # where ties reach past keep values, more than keep values fall within it: the exact path below
         t = None
         for a in starts:
-            far = torch.maximum(med - part[a], part[a + keep - 1] - med)
+            far = torch.maximum(med - ends[a - window.start], ends[a + keep - 1 - window.start] - med)
             t = far if t is None else torch.minimum(t, far, out=t)
         torch.le(dist, t, out=kept)
         if bool((kept.sum(dim=0) == keep).all()):              # no tie at t beyond the keep values: the
-            point[c:c + w] = (torch.mul(s, kept, out=part).sum(dim=0, dtype=torch.float64) / keep).to(x.dtype)
-            used += kept.sum(dim=1)                            # the band is the kept values
+            point[c:c + w] = (torch.mul(s, kept, out=dist).sum(dim=0) / keep).to(x.dtype)   # band is the
+            used += kept.sum(dim=1)                                                         # kept values
             continue
-        t = sort_columns(dist.clone(), inplace=True, ranks=slice(keep - 1, keep))[keep - 1]   # exact, by a sort of the distances
+        t = sort_columns(dist.clone(), inplace=True, ranks=slice(keep - 1, keep))[keep - 1]   # exact: a sort
         below, tied = dist < t, dist == t
         kept = below | (tied & (tied.cumsum(dim=0) <= keep - below.sum(dim=0)))
-        point[c:c + w] = (torch.where(kept, s, 0.0).sum(dim=0, dtype=torch.float64) / keep).to(x.dtype)
+        point[c:c + w] = (torch.where(kept, s, 0.0).sum(dim=0) / keep).to(x.dtype)
         low = torch.where(kept, s, inf).amin(dim=0)
         high = torch.where(kept, s, -inf).amax(dim=0)
         inband = (s >= low) & (s <= high)
