@@ -10,7 +10,7 @@ import torch
 
 from .averages import _median
 from .base import AggregateResult, _check_float, _check_int, _rows
-from .columns import block_columns, column_blocks, combine_rows
+from .columns import combine_rows
 from .gram import _central_gram
 
 
@@ -40,24 +40,20 @@ def automatic_tau(distances: torch.Tensor, start: torch.Tensor) -> float:
 def _on_gram(x: torch.Tensor, v0: torch.Tensor, tau: float, iters: int) -> AggregateResult | None:
     """Centered clipping on the Gram matrix of the rows and v₀: every iterate is an affine combination
     v = Σ_j c_j y_j of y = (x_1, …, x_n, v₀) (v ← (1 − Σ_i s_i/n) v + Σ_i (s_i/n) x_i), so with G the Gram
-    matrix of y about a central row x_k (:mod:`brmtrl.aggregators.gram`: the rows', then v₀'s column in one
-    more pass, float64 sums of blocks centred in the input's precision, the precision it documents)
+    matrix of y about a central row x_k (:mod:`brmtrl.aggregators.gram`: the rows' and v₀'s column in the
+    same pass, float64 sums of blocks centred in the input's precision, the precision it documents)
     ‖x_i − v‖² = G_ii − 2 (Gc)_i + cᵀGc and each iteration is O(n²); the point is one pass, Σ_j c_j y_j in
     float64. None when the Gram needs the overflow guard's rescaled rows (rows near float64's range): the
     caller then iterates on the rows. v₀ must be a value of x's dtype."""
     n, d = x.shape
-    gr, _ = _central_gram(x)
-    if gr.p.any() or not np.isfinite(gr.g).all():
+    gr, _ = _central_gram(x, extra=v0.to(x.dtype))               # v₀'s column from the same blocks
+    if gr.p.any() or gr.h is None or not np.isfinite(gr.g).all():
         return None
     k = gr.k
     u = v0.to(x.dtype) - x[k]                                    # v₀ − x_k, centred as the Gram's blocks are
-    h = torch.zeros(n, dtype=torch.float64, device=x.device)
-    for c, block in column_blocks(x, 4 * block_columns(n)):
-        block.sub_(x[k, c:c + block.shape[1]])
-        h += (block @ u[c:c + block.shape[1]]).to(torch.float64)
     g = np.zeros((n + 1, n + 1))
     g[:n, :n] = gr.g
-    g[:n, n] = g[n, :n] = h.cpu().numpy()
+    g[:n, n] = g[n, :n] = gr.h
     g[n, n] = float(torch.linalg.vector_norm(u.to(torch.float64)) ** 2)
     if not np.isfinite(g).all():
         return None

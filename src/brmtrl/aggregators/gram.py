@@ -57,6 +57,7 @@ class _Gram:
     p: np.ndarray      # (n,) int64 row exponents; all 0 unless the rescaled pass was needed
     k: int             # the centre row
     gamma: float       # rounding level of the entries (see _gamma)
+    h: np.ndarray | None = None   # (n,) <x_i − x_k, e − x_k> for an extra point e, when asked (no rescaling)
 
 
 @dataclass(frozen=True)
@@ -92,21 +93,29 @@ def _first_centre(x: torch.Tensor) -> int:
     return int(torch.argmin(key))
 
 
-def _gram_about(x: torch.Tensor, k: int) -> _Gram:
+def _gram_about(x: torch.Tensor, k: int, extra: torch.Tensor | None = None) -> _Gram:
     """G = (X − x_k)(X − x_k)ᵀ in one pass: column blocks centred in the input's precision, each block's
     GEMM in that precision, summed in float64. If an entry overflows (or exceeds 2^900) the pass is
-    redone in float64 with each row scaled by a power of two (:func:`_gram_rescaled`)."""
+    redone in float64 with each row scaled by a power of two (:func:`_gram_rescaled`). ``extra``: a point e
+    (d,) in x's dtype whose column h_i = <x_i − x_k, e − x_k> comes from the same blocks (None after the
+    rescaled pass)."""
     n, d = x.shape
     step = _chunk(n)
     g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    h = None if extra is None else torch.zeros(n, dtype=torch.float64, device=x.device)
     for start in range(0, d, step):
         c = x[:, start:start + step]
+        if extra is not None:
+            u = extra[start:start + step] - c[k]
         c = c - c[k]
         g += (c @ c.T).to(torch.float64)
+        if h is not None:
+            h += (c @ u).to(torch.float64)
     gh = g.cpu().numpy()
     if np.isfinite(gh).all() and float(np.abs(gh).max(initial=0.0)) <= _FAST_LIMIT:
         u = torch.finfo(x.dtype).eps / 2
-        return _Gram(gh, np.zeros(n, np.int64), k, _gamma(u, min(step, max(d, 1)), -(-d // step)))
+        return _Gram(gh, np.zeros(n, np.int64), k, _gamma(u, min(step, max(d, 1)), -(-d // step)),
+                     None if h is None else h.cpu().numpy())
     return _gram_rescaled(x, k)
 
 
@@ -181,16 +190,17 @@ def _off_centre(gr: _Gram, un: _Units) -> int | None:
     return None if m == gr.k or a[m] <= 3.0 * q[m] else m
 
 
-def _central_gram(x: torch.Tensor, floor: float = 0.0) -> tuple[_Gram, _Units]:
+def _central_gram(x: torch.Tensor, floor: float = 0.0, extra: torch.Tensor | None = None) -> tuple[_Gram, _Units]:
     """The Gram matrix about a central row: :func:`_first_centre`, then re-centred on the medoid while
-    :func:`_off_centre` says so (one more pass each; at most ``_MAX_PASSES`` passes)."""
-    gr = _gram_about(x, _first_centre(x))
+    :func:`_off_centre` says so (one more pass each; at most ``_MAX_PASSES`` passes). ``extra``: as for
+    :func:`_gram_about`, its column about the final centre."""
+    gr = _gram_about(x, _first_centre(x), extra)
     un = _units(gr, floor)
     for _ in range(_MAX_PASSES - 1):
         m = _off_centre(gr, un)
         if m is None:
             break
-        gr = _gram_about(x, m)
+        gr = _gram_about(x, m, extra)
         un = _units(gr, floor)
     return gr, un
 
