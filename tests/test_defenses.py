@@ -282,6 +282,23 @@ def test_bucketing_puts_each_row_in_exactly_one_bucket(n, s):
     assert torch.equal(again, out) and torch.equal(m2, m)          # same seed, same buckets
 
 
+def test_bucketing_over_several_column_blocks_sums_in_float64_and_rounds_once():
+    """float32 rows over several of the mixing's column blocks (and a partial last one): each bucket is
+    its rows' weighted sum in float64, in row order, rounded once to float32 (40 rows in buckets of 3: the
+    sparse path, at most n/8 rows per bucket)."""
+    from brmtrl.aggregators.columns import block_columns
+
+    n, s = 40, 3
+    d = 2 * block_columns(n) + 9
+    x = torch.randn(n, d, generator=gen(4)) * 1e3
+    out, m = bucketing(x, bucket_size=s, generator=gen(2))
+    assert out.dtype == torch.float32
+    for b in range(m.shape[0]):
+        members = torch.nonzero(m[b]).flatten().tolist()
+        want = sum((x[i].double() * m[b, i] for i in members[1:]), x[members[0]].double() * m[b, members[0]])
+        assert torch.equal(out[b], want.float()), b
+
+
 def test_bucketing_of_size_one_permutes_the_rows():
     x = rows(9, 5, 1)
     out, m = bucketing(x, bucket_size=1, generator=gen(0))

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from .base import _check_f, _check_int, _rows, _safe_norms, largest_f
-from .columns import column_blocks
+from .columns import block_columns, column_blocks
 from .gram import _chunk, _first_centre, pairwise_sq_distances
 
 __all__ = ["PRE_STEPS", "PreStep", "arc", "arc_count", "bucketing", "nnm"]
@@ -28,7 +28,8 @@ _SPARSE = 8      # at most 1/8 of a row of M nonzero (or 2): gathered and summed
 def _mix(m: torch.Tensor, x: torch.Tensor, centre: int | None = None) -> torch.Tensor:
     """x' = M x in x's dtype, one block of columns at a time (each stays in cache; no float64 copy of x).
 
-    A sparse M (bucketing: a few rows per bucket) sums each new row's few rows in float64. A dense M (NNM)
+    A sparse M (bucketing: a few rows per bucket) sums each new row's few rows in float64, term by term
+    into one reused block (no (rows, width, block) gather). A dense M (NNM)
     is one GEMM per block in x's precision (at least float32) on the rows centred on a central row x_c,
     x' = x_c + M (x − x_c), exact in exact arithmetic since M's rows sum to 1: its rounding is then
     relative to the rows' spread, not to their size, of the order of the final rounding of x' to x's dtype
@@ -40,11 +41,18 @@ def _mix(m: torch.Tensor, x: torch.Tensor, centre: int | None = None) -> torch.T
     cols = _chunk(n)
     width = int((m != 0).sum(dim=1).max()) if m.numel() else 0
     if width <= max(2, n // _SPARSE):
-        w, idx = torch.topk(m.abs(), max(width, 1), dim=1)
-        w = m.gather(1, idx).to(x.device)[:, :, None]
+        idx = torch.topk(m.abs(), max(width, 1), dim=1).indices.sort(dim=1).values   # in row order
+        w = m.gather(1, idx).to(x.device, torch.float64)
         idx = idx.to(x.device)
-        for c, block in column_blocks(x, cols, torch.float64):
-            out[:, c:c + block.shape[1]] = (block[idx] * w).sum(dim=1)
+        small = block_columns(n)                          # float64 blocks of ~2¹⁸ values
+        acc = torch.empty(rows_out, min(small, d), dtype=torch.float64, device=x.device)
+        term = torch.empty_like(acc)
+        for c, block in column_blocks(x, small, torch.float64):
+            a, t = acc[:, :block.shape[1]], term[:, :block.shape[1]]
+            torch.mul(torch.index_select(block, 0, idx[:, 0], out=a), w[:, :1], out=a)
+            for j in range(1, idx.shape[1]):               # the few terms in row order, in float64
+                a += torch.mul(torch.index_select(block, 0, idx[:, j], out=t), w[:, j:j + 1], out=t)
+            out[:, c:c + block.shape[1]] = a
         return out
     k = _first_centre(x) if centre is None else centre
     work = torch.promote_types(x.dtype, torch.float32)
