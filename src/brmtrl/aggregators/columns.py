@@ -199,10 +199,9 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         # hold a middle value, so t is the least over those windows of their farther end's distance. That
         # t is never below the true one; where it is above (m_j rounded outside [lo, hi], subnormals) or
         # where ties reach past keep values, more than keep values fall within it: the exact path below
-        t = None
-        for a in starts:
-            far = torch.maximum(med - ends[a - window.start], ends[a + keep - 1 - window.start] - med)
-            t = far if t is None else torch.minimum(t, far, out=t)
+        lo_end = ends[starts[0] - window.start:starts[-1] + 1 - window.start]     # each window's first
+        hi_end = ends[starts[0] + keep - 1 - window.start:starts[-1] + keep - window.start]   # and last
+        t = torch.maximum(med - lo_end, hi_end - med).amin(dim=0)
         torch.le(dist, t, out=kept)
         if bool((kept.sum(dim=0) == keep).all()):              # no tie at t beyond the keep values: the
             point[c:c + w] = (torch.mul(s, kept, out=dist).sum(dim=0) / keep).to(x.dtype)   # band is the
