@@ -203,9 +203,9 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         hi_end = ends[starts[0] + keep - 1 - window.start:starts[-1] + keep - window.start]   # and last
         t = torch.maximum(med - lo_end, hi_end - med).amin(dim=0)
         torch.le(dist, t, out=kept)
-        if bool((kept.sum(dim=0) == keep).all()):              # no tie at t beyond the keep values: the
-            point[c:c + w] = (torch.mul(s, kept, out=dist).sum(dim=0) / keep).to(x.dtype)   # band is the
-            used += kept.sum(dim=1)                                                         # kept values
+        if int(kept.sum()) == keep * w:        # ≥ keep per column, so keep in each: no tie at t beyond the
+            point[c:c + w] = (torch.mul(s, kept, out=dist).sum(dim=0) / keep).to(x.dtype)   # keep values:
+            used += kept.sum(dim=1)                                                         # the band
             continue
         t = sort_columns(dist.clone(), inplace=True, ranks=slice(keep - 1, keep))[keep - 1]   # exact: a sort
         below, tied = dist < t, dist == t
