@@ -167,6 +167,10 @@ def test_the_sorting_network_sorts_every_input_up_to_its_row_limit():
         ones = torch.tensor(list(itertools.product([0.0, 1.0], repeat=n))).T.contiguous()
         assert torch.equal(network_sort(ones.clone()), ones.sort(dim=0).values), n
         assert all(0 <= i < j < n for i, j in network_pairs(n))
+        x = torch.randn(n, 33, generator=torch.Generator().manual_seed(n))
+        for lo, hi in [(0, n), (n // 2, n // 2 + 1), ((n - 1) // 2, n // 2 + 1), (n // 3, n - n // 3)]:
+            if lo < hi:                  # only the ranks asked for are put back in their rows
+                assert torch.equal(network_sort(x.clone(), slice(lo, hi))[lo:hi], x.sort(dim=0).values[lo:hi])
     g = torch.Generator().manual_seed(0)
     for n in (NETWORK_ROWS, NETWORK_ROWS + 1, 100):
         for dtype in (torch.float64, torch.float32, torch.float16):

@@ -79,18 +79,36 @@ def network_pairs(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def network_sort(s: torch.Tensor) -> torch.Tensor:
+def network_sort(s: torch.Tensor, ranks: slice | None = None) -> torch.Tensor:
     """Sort each column of s (m, b) in place by :func:`network_pairs` (NaNs are not ordered: the server
-    rejects non-finite updates before any rule). On the CPU the comparators run as numpy ufuncs on s's
-    memory (a third of torch's per-call cost, which dominates on cache-sized rows)."""
-    if s.shape[0] < 2 or s.shape[1] == 0:
+    rejects non-finite updates before any rule); with ``ranks``, only those rows are sure to hold their
+    ranks. On the CPU the comparators run as numpy ufuncs on s's memory (a third of torch's per-call cost,
+    which dominates on cache-sized rows). Each comparator writes its min into a free row of storage and its
+    max over its second input, and the two rows change places by name only (two operations per comparator,
+    not three); at the end the ranks asked for are copied to their own rows."""
+    m = s.shape[0]
+    if m < 2 or s.shape[1] == 0:
         return s
     lib, a = (np, s.numpy()) if s.device.type == "cpu" and s.dtype in _NUMPY else (torch, s)
-    tmp = lib.empty_like(a[0])
-    for i, j in network_pairs(s.shape[0]):
-        lib.minimum(a[i], a[j], out=tmp)
-        lib.maximum(a[i], a[j], out=a[j])
-        a[i] = tmp
+    store = [a[r] for r in range(m)] + [lib.empty_like(a[0])]   # s's rows, then one spare row
+    where = list(range(m))               # where[r]: the storage that holds rank r
+    free = m                             # the storage that holds nothing
+    for i, j in network_pairs(m):
+        lib.minimum(store[where[i]], store[where[j]], out=store[free])
+        lib.maximum(store[where[i]], store[where[j]], out=store[where[j]])
+        where[i], free = free, where[i]
+    holder = {where[r]: r for r in range(m)}
+    for r in range(m)[ranks if ranks is not None else slice(None)]:   # bring rank r home to row r
+        if where[r] == r:
+            continue
+        if r != free:                    # row r's storage holds rank q: move q to the free storage
+            q = holder.pop(r)
+            store[free][...] = store[r]
+            where[q], holder[free] = free, q
+        store[r][...] = store[where[r]]
+        free = where[r]
+        del holder[free]
+        where[r], holder[r] = r, r
     return s
 
 
@@ -122,7 +140,7 @@ def sort_columns(s: torch.Tensor, *, inplace: bool = False, ranks: slice | None 
     ranks; the other rows may keep any of the column's values (the transposed sort then writes back only
     those ranks). NaNs are not ordered: the server rejects non-finite updates before any rule."""
     if s.device.type == "cpu" and s.shape[0] <= NETWORK_ROWS and s.dtype.is_floating_point:
-        return network_sort(s if inplace else s.clone())
+        return network_sort(s if inplace else s.clone(), ranks)
     if s.device.type == "cpu" and s.dtype in _NUMPY:
         out = s if inplace else s.clone()
         if out.shape[0] > 1 and out.shape[1] > 0:
