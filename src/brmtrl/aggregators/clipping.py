@@ -95,7 +95,8 @@ def centered_clipping(x: torch.Tensor, *, tau: float = 0.0, iters: int = 3,
     the distances ‖x_i − v_0‖, so that about half the rows are clipped in the first step whatever the
     scale of the updates (‖v₀‖ when that median is 0: :func:`automatic_tau`). Rows up to float64's range
     are handled; the result is in the input's dtype. Cost: the median (a sort of each coordinate's n
-    values, in column blocks), then one Gram matrix of the rows and v₀ and one pass to combine them, whatever L (:func:`_on_gram`);
+    values, in column blocks), then one Gram matrix of the rows and v₀ and one pass to combine them,
+    whatever L (:func:`_on_gram`);
     rows near float64's range: L + 1 passes over the rows instead (each step and the next step's distances
     share one pass), on halved differences rescaled by their largest entry.
     """
