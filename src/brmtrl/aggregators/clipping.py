@@ -46,11 +46,12 @@ def _on_gram(x: torch.Tensor, v0: torch.Tensor, tau: float, iters: int) -> Aggre
     float64. None when the Gram needs the overflow guard's rescaled rows (rows near float64's range): the
     caller then iterates on the rows. v₀ must be a value of x's dtype."""
     n, d = x.shape
-    gr, _ = _central_gram(x, extra=v0.to(x.dtype))               # v₀'s column from the same blocks
-    if gr.p.any() or gr.h is None or not np.isfinite(gr.g).all():
+    v0x = v0.to(x.dtype)
+    gr, _ = _central_gram(x, extra=v0x)             # v₀'s column from the same blocks; None if rescaled
+    if gr.h is None or not np.isfinite(gr.g).all():
         return None
     k = gr.k
-    u = v0.to(x.dtype) - x[k]                                    # v₀ − x_k, centred as the Gram's blocks are
+    u = v0x - x[k]                                  # v₀ − x_k, centred as the Gram's blocks are
     g = np.zeros((n + 1, n + 1))
     g[:n, :n] = gr.g
     g[:n, n] = g[n, :n] = gr.h
