@@ -49,26 +49,35 @@ def test_node_config_overrides_the_role():
         Node(cfg, 99, data=sim.data)
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=22)
 def test_flower_simulation_matches_the_built_in_engine(tmp_path, one_ray_at_a_time):
     """Same config, same seed: the same clients train the same way on both engines, so honest accuracy
     agrees to float tolerance (the Flower path trains each client alone, the built-in engine runs the
-    head phase of all sampled clients at once; tested equal in test_fast_paths)."""
+    head phase of all sampled clients at once; tested equal in test_fast_paths). One Flower simulation
+    checks everything the server and the clients carry across rounds (each Ray start costs the suite more
+    than the run): the declared f, an omniscient adaptive attack (the simulation's adversary tunes against
+    the server's rule; test_adaptive.py), the server's reputation (test_reputation.py) and the clients'
+    guard (test_guard.py)."""
     from brmtrl.flower.simulation import run_flower_simulation
 
-    # f = 0 with Byzantine clients (and NNM, which takes f): rounds exceed f, some (round 1) between two evaluations
-    # an omniscient adaptive attack (the simulation's adversary tunes against the server's rule; test_adaptive.py)
-    cfg = small("seed=2", "aggregator.f=0", "aggregator.pre=[\"nnm\"]", "attack.name=opt_alie", "attack.evals=6")
+    # f = 1 with NNM: rounds with both Byzantine clients sampled exceed f, one of them (round 2) between two
+    # evaluations; seed 3: the reputation excludes a client at round 7
+    cfg = small("seed=3", "aggregator.f=1", "aggregator.pre=[\"nnm\"]", "attack.name=opt_alie", "attack.evals=6",
+                "guard.name=ditto", "reputation.name=flags", "train.rounds=8", "train.eval_every=3")
     built_in = Simulation(cfg).run()
     flower = run_flower_simulation(cfg, tmp_path / "flower")
     # every round above f is listed, evaluated or not (Flower used to read them off the evaluated rounds)
-    assert flower["final"]["rounds_byzantine_exceeded_f"] == built_in["final"]["rounds_byzantine_exceeded_f"] == [1, 2]
+    assert flower["final"]["rounds_byzantine_exceeded_f"] == built_in["final"]["rounds_byzantine_exceeded_f"] == [2, 8]
     assert flower["engine"] == "flower-simulation"
-    assert [h["round"] for h in flower["history"]] == [h["round"] for h in built_in["history"]] == [2, 4]
+    assert [h["round"] for h in flower["history"]] == [h["round"] for h in built_in["history"]] == [3, 6, 8]
     for a, b in zip(built_in["history"], flower["history"]):
         assert abs(a["honest_acc_mean"] - b["honest_acc_mean"]) <= 1e-3  # tolerance of this test
         assert a["updates_accepted"] == b["updates_accepted"] and a["byzantine_sampled"] == b["byzantine_sampled"]
-        assert a["f_assumed"] == b["f_assumed"] == 0          # the declared assumption, on both engines
+        assert a["f_assumed"] == b["f_assumed"] == 1          # the declared assumption, on both engines
+    # the server's reputation and the clients' guard carry the same state across rounds on both engines
+    assert flower["reputation"] == built_in["reputation"] and built_in["reputation"]["excluded"]
+    shares = [h["guard_personal_share"] for h in built_in["history"]]
+    assert shares == [h["guard_personal_share"] for h in flower["history"]] and len(set(shares)) > 1
     assert flower["final"]["byzantine_clients"] == built_in["final"]["byzantine_clients"]
     # the same outputs as brmtrl run, with the same keys in results.json
     assert {p.name for p in (tmp_path / "flower").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png"}

@@ -1,6 +1,6 @@
 """The client-side guard (issue 18, brmtrl.guard): its validation part is training data, never test data;
-its personal model is Ditto's; its state survives a checkpoint. Both engines agree: with the
-reputation, in test_reputation.py (one Flower simulation for both)."""
+its personal model is Ditto's; its state survives a checkpoint. Both engines agree: with the reputation, in
+test_flower.py::test_flower_simulation_matches_the_built_in_engine (one Flower simulation for all)."""
 
 from __future__ import annotations
 

@@ -111,21 +111,4 @@ def test_a_run_with_reputation_resumes_identically(tiny_cfg, tmp_path):
     assert rest["final"]["honest_acc_mean"] == full["final"]["honest_acc_mean"]
 
 
-@pytest.mark.slow(seconds=20)
-def test_both_engines_exclude_and_guard_alike(tiny_cfg, tmp_path, one_ray_at_a_time):
-    """The server's reputation and the clients' guard (test_guard.py) in one Flower simulation: each Ray
-    start costs the suite more than the run."""
-    pytest.importorskip("flwr")
-    from brmtrl.flower.simulation import run_flower_simulation
-
-    cfg = tiny_cfg(*REPUTATION, "train.rounds=8", "train.eval_every=2", "guard.name=ditto")
-    ours = Simulation(cfg).run()
-    theirs = run_flower_simulation(cfg, tmp_path / "flower")
-    assert ours["reputation"] == theirs["reputation"] and ours["reputation"]["excluded"]
-    shares = [h["guard_personal_share"] for h in ours["history"]]
-    assert shares == [h["guard_personal_share"] for h in theirs["history"]] and len(set(shares)) > 1
-    mine, flower = ours["final"]["client_scores"], theirs["final"]["client_scores"]
-    assert mine["clients"] == flower["clients"] and mine["test_samples"] == flower["test_samples"]
-    assert mine["accuracy"] == pytest.approx(flower["accuracy"], abs=1e-6)
-    assert [h["honest_acc_mean"] for h in ours["history"]] == pytest.approx(
-        [h["honest_acc_mean"] for h in theirs["history"]], abs=1e-6)
+# both engines exclude alike: tests/test_flower.py::test_flower_simulation_matches_the_built_in_engine
