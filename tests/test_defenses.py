@@ -317,11 +317,61 @@ def test_chained_pre_steps_and_trust_through_the_mixing_matrices():
     mixed, m1 = nnm(x, f=2)
     buckets, m2 = bucketing(mixed, bucket_size=2, generator=gen(5))
     inner = agg.geometric_median_trusted(buckets)
-    torch.testing.assert_close(res.point, inner.point, rtol=0, atol=0)
+    # aggregate runs this chain on x's Gram without computing the mixed rows (MixedRows): the same
+    # iterations, rounded differently
+    torch.testing.assert_close(res.point, inner.point, rtol=0, atol=1e-9)
     m = m2 @ m1
-    np.testing.assert_allclose(res.trust.numpy(), (m.T @ inner.trust / m.sum(dim=0)).numpy(), rtol=1e-14)
+    np.testing.assert_allclose(res.trust.numpy(), (m.T @ inner.trust / m.sum(dim=0)).numpy(), rtol=1e-6)
     assert res.info["rows_aggregated"] == 5
     assert float(res.trust[4]) < FLAG_BELOW
+    # bucketing alone computes its few rows (cheaper than x's Gram): exactly the steps' result
+    alone = aggregate("geometric_median", x, pre=["bucketing"], bucket_size=2, generator=gen(5))
+    b, _ = bucketing(x, bucket_size=2, generator=gen(5))
+    torch.testing.assert_close(alone.point, agg.geometric_median(b), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pre", [["nnm"], ["nnm", "bucketing"], ["bucketing", "nnm"]])
+def test_nnm_then_the_geometric_median_never_computes_the_mixed_rows(pre, dtype, monkeypatch):
+    """NNM before the geometric median runs on one Gram of x (MixedRows): the same mixing matrices and the
+    same median, to the rounding of the rows, as computing the mixed rows; no pass over them."""
+    n, d, f = 30, 2000, 6
+    x = (1.0 + 0.5 * rows(n, d, 3)).to(dtype)
+    x[:f] = 5.0 * rows(f, d, 4).to(dtype)
+
+    def plain() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, mix, g = x, None, gen(7)
+        for step in pre:
+            y, m = nnm(y, f=f) if step == "nnm" else bucketing(y, bucket_size=2, generator=g)
+            mix = m if mix is None else m @ mix
+        inner = agg.geometric_median_trusted(y)
+        return inner.point, mix.T @ inner.trust / mix.sum(dim=0), mix
+
+    point, trust, mix = plain()
+    monkeypatch.setattr(agg.MixedRows, "rows", lambda self: pytest.fail("the mixed rows were computed"))
+    seen: list[torch.Tensor] = []
+    real = agg.MixedRows.mixed
+    monkeypatch.setattr(agg.MixedRows, "mixed", lambda self, m: seen.append(m) or real(self, m))
+    extra = {"bucket_size": 2} if "bucketing" in pre else {}
+    res_rows = aggregate("geometric_median", x, pre=pre, f=f, generator=gen(7), **extra)
+    total = seen[0] if len(seen) == 1 else seen[1] @ seen[0]
+    assert torch.equal(total, mix)                                     # the same neighbours and buckets
+    spread = float(torch.linalg.vector_norm(x[f:] - x[f:].mean(dim=0), dim=1).median())
+    scale = (1e-5 if dtype == torch.float32 else 1e-9) * spread
+    assert res_rows.point.dtype == dtype
+    assert float(torch.linalg.vector_norm((res_rows.point - point).double())) <= scale
+    np.testing.assert_allclose(res_rows.trust.numpy(), trust.numpy(), atol=1e-4)
+
+
+def test_mixed_rows_beyond_float64s_range_of_squares_are_computed():
+    """x's Gram needed the overflow guard's rescaled pass: MixedRows computes the rows and the median is
+    the plain path's."""
+    x = rows(11, 50, 5)
+    x[3] = 1e300
+    res = aggregate("geometric_median", x, pre=["nnm"], f=2)
+    y, m = nnm(x, f=2)
+    torch.testing.assert_close(res.point, agg.geometric_median(y), rtol=1e-12, atol=1e-12)
+    assert float(res.trust[3]) < FLAG_BELOW
 
 
 # --------------------------------------------------------------------------- trust

@@ -39,9 +39,10 @@ from .averages import mean, mean_trusted, median, median_trusted, trimmed_mean, 
 from ..plugin import keyword_parameters, positional_arity, resolve_registered
 from .base import FLAG_BELOW, AggregateResult, Rule, _rows
 from .clipping import centered_clipping, centered_clipping_trusted
-from .geometric_median import (GeometricMedianResult, geometric_median, geometric_median_result,
-                               geometric_median_trust, geometric_median_trusted, weiszfeld_reference)
-from .gram import pairwise_sq_distances
+from .geometric_median import (GeometricMedianResult, geometric_median, geometric_median_mixed,
+                               geometric_median_mixed_trusted, geometric_median_result, geometric_median_trust,
+                               geometric_median_trusted, weiszfeld_reference)
+from .gram import MixedRows, pairwise_sq_distances
 from .krum import bulyan, bulyan_trusted, krum, krum_scores, krum_trusted, multi_krum, multi_krum_trusted
 from .pre import PRE_STEPS, PreStep, arc, arc_count, bucketing, nnm
 
@@ -53,6 +54,7 @@ __all__ = [
     "arc",
     "arc_count",
     "GeometricMedianResult",
+    "MixedRows",
     "PreStep",
     "Rule",
     "aggregate",
@@ -62,6 +64,7 @@ __all__ = [
     "centered_clipping",
     "centered_clipping_trusted",
     "geometric_median",
+    "geometric_median_mixed",
     "geometric_median_result",
     "geometric_median_trust",
     "geometric_median_trusted",
@@ -91,7 +94,8 @@ AGGREGATORS: dict[str, Rule] = {
     "mean": Rule(mean, result=mean_trusted),
     "median": Rule(median, result=median_trusted),
     "trimmed_mean": Rule(trimmed_mean, ("f",), lambda f: 2 * f + 1, trimmed_mean_trusted),
-    "geometric_median": Rule(geometric_median, ("tol", "max_iter", "eps"), result=geometric_median_trusted),
+    "geometric_median": Rule(geometric_median, ("tol", "max_iter", "eps"), result=geometric_median_trusted,
+                             mixed=geometric_median_mixed_trusted),
     "krum": Rule(krum, ("f",), lambda f: 2 * f + 3, krum_trusted),
     "multi_krum": Rule(multi_krum, ("f", "m"), lambda f: 2 * f + 3, multi_krum_trusted),
     "bulyan": Rule(bulyan, ("f",), lambda f: 4 * f + 3, bulyan_trusted),
@@ -101,14 +105,17 @@ AGGREGATORS: dict[str, Rule] = {
 
 def register_aggregator(name: str, fn: Callable[..., torch.Tensor], *, params: Sequence[str] = (),
                         min_rows: Callable[[int], int] | None = None,
-                        result: Callable[..., AggregateResult] | None = None) -> Rule:
+                        result: Callable[..., AggregateResult] | None = None,
+                        mixed: Callable[..., AggregateResult] | None = None) -> Rule:
     """Add a rule to :data:`AGGREGATORS` under ``name`` (a config's ``aggregator.name``).
 
     ``fn(x, **params)`` takes the stacked updates x (n, d) and returns the aggregate (d,); ``params`` are
     the keywords the server passes (``"f"``: the f it assumes, lowered to what ``min_rows`` allows);
     ``min_rows(f)`` the fewest rows the rule needs; ``result`` the same rule returning an
-    :class:`AggregateResult` with each row's trust (without it every accepted row has trust 1)."""
-    rule = Rule(fn, tuple(params), min_rows, result if result is not None else _plain_result(name, fn))
+    :class:`AggregateResult` with each row's trust (without it every accepted row has trust 1); ``mixed``
+    (optional) the same as ``result`` for the uncomputed rows of NNM and other mixing steps, a
+    :class:`MixedRows` (a rule that needs only their Gram matrix and one combination of them)."""
+    rule = Rule(fn, tuple(params), min_rows, result if result is not None else _plain_result(name, fn), mixed)
     AGGREGATORS[name] = rule
     return rule
 
@@ -144,7 +151,8 @@ def _unknown(kind: str, name: Any, known: Sequence[str]) -> ValueError:
 
 def register_pre_step(name: str, fn: Callable[..., Any], *, params: Sequence[str] = (), random: bool = False,
                       min_rows: Callable[[int], int] | None = None,
-                      rows_out: Callable[..., int] | None = None) -> PreStep:
+                      rows_out: Callable[..., int] | None = None,
+                      mixing: Callable[..., torch.Tensor] | None = None, reads_distances: bool = False) -> PreStep:
     """Add a pre-aggregation step to :data:`PRE_STEPS` under ``name`` (an entry of ``aggregator.pre``).
 
     ``fn(x, **params)`` takes the stacked updates x (n, d) and returns either the new rows (n, d), one per
@@ -153,9 +161,11 @@ def register_pre_step(name: str, fn: Callable[..., Any], *, params: Sequence[str
     clients. ``params``: the keywords the server passes (``"f"``: the f it assumes, and the names set with
     ``aggregator.params.<name>``); ``random``: the step draws random numbers (it gets ``generator``, a CPU
     ``torch.Generator``); ``min_rows(f)``: the fewest rows it needs; ``rows_out(n, **params)``: how many rows
-    it returns (default n)."""
+    it returns (default n); ``mixing(rows, **params)`` (optional): its mixing matrix alone for the uncomputed
+    rows of a :class:`MixedRows`, and ``reads_distances``: it reads their distances (``rows.sq_distances()``),
+    so that a chain with it runs on one Gram matrix of the updates before a rule that takes ``mixed``."""
     step = PreStep(_with_mixing(name, fn), tuple(params), random, min_rows,
-                   rows_out if rows_out is not None else (lambda n, **_: n))
+                   rows_out if rows_out is not None else (lambda n, **_: n), mixing, reads_distances)
     PRE_STEPS[name] = step
     return step
 
@@ -226,27 +236,42 @@ def aggregate(name: str, x: torch.Tensor, *, pre: Sequence[str] = (), generator:
         raise ValueError(f"aggregate: pre must be a sequence of step names. Got the string {pre!r} instead.")
     rows = _rows(x, name)
     n = rows.shape[0]
+    steps = [resolve_pre_step(step_name) for step_name in pre]
     used: set[str] = set()
-    mix: torch.Tensor | None = None
-    for step_name in pre:
-        step = resolve_pre_step(step_name)
+    step_kwargs = []
+    for step in steps:
         kwargs = {k: params[k] for k in step.params if k in params}
         used.update(kwargs)
         if step.random:
             kwargs["generator"] = generator
-        rows, m = step.fn(rows, **kwargs)
-        mix = m if mix is None else m @ mix
+        step_kwargs.append(kwargs)
     kwargs = {k: params[k] for k in rule.params if k in params}
     used.update(kwargs)
     extra = sorted(set(params) - used)
     if extra:
         raise TypeError(f"aggregate: {name} with pre={list(pre)} takes no parameter {extra[0]!r} "
                         f"(it takes {', '.join(map(repr, rule.params)) or 'none'})")
-    assert rule.result is not None
-    res = rule.result(rows, **kwargs)
+    if (rule.mixed is not None and any(step.reads_distances for step in steps)
+            and all(step.mixing is not None for step in steps)):
+        # NNM (and mixing steps) before a Gram-based rule: the mixed rows are never computed (MixedRows)
+        view = MixedRows(rows)
+        for step, skw in zip(steps, step_kwargs):
+            assert step.mixing is not None
+            view = view.mixed(step.mixing(view, **skw))
+        res, mix = rule.mixed(view, **kwargs), view.m
+        rows_seen = view.n
+    else:
+        mix = None
+        for step, skw in zip(steps, step_kwargs):
+            rows, m = step.fn(rows, **skw)
+            mix = m if mix is None else m @ mix
+        assert rule.result is not None
+        res = rule.result(rows, **kwargs)
+        rows_seen = rows.shape[0]
     if mix is None:
         return res
     t = res.trust.to(torch.float64).cpu()
     share = mix.sum(dim=0)
     trust = torch.where(share > 0, (mix.T @ t) / torch.where(share > 0, share, 1.0), torch.zeros(n, dtype=torch.float64))
-    return AggregateResult(res.point, trust.clamp(0.0, 1.0).to(x.device), {**res.info, "rows_aggregated": rows.shape[0]})
+    return AggregateResult(res.point.to(device=x.device, dtype=x.dtype), trust.clamp(0.0, 1.0).to(x.device),
+                           {**res.info, "rows_aggregated": rows_seen})

@@ -147,6 +147,9 @@ class Rule:
     params: tuple[str, ...] = ()
     min_rows: Callable[[int], int] | None = None
     result: Callable[..., AggregateResult] | None = None
+    #: ``result`` for the uncomputed rows of mixing pre-steps (a :class:`brmtrl.aggregators.gram.MixedRows`,
+    #: same keywords), for a rule that needs only their Gram and one combination of them; None: the rows
+    mixed: Callable[..., AggregateResult] | None = None
 
     def largest_f(self, n: int) -> int:
         """The largest f this rule tolerates among n rows."""

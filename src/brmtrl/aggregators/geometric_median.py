@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .base import AggregateResult, _rows, _safe_norms
-from .gram import _CAP_LOG2, _MAX_PASSES, _chunk, _central_gram, _Gram, _gram_about, _pow2, _Units, _units
+from .gram import (_CAP_LOG2, _MAX_PASSES, _chunk, _central_gram, _Gram, _gram_about, _pow2, _recentred,
+                   _sq_distances, _Units, _units, MixedRows)
 
-__all__ = ["GeometricMedianResult", "geometric_median", "geometric_median_result", "geometric_median_trust",
-           "geometric_median_trusted", "weiszfeld_reference"]
+__all__ = ["GeometricMedianResult", "geometric_median", "geometric_median_mixed", "geometric_median_mixed_trusted",
+           "geometric_median_result", "geometric_median_trust", "geometric_median_trusted", "weiszfeld_reference"]
 
 _EXACT_ITER = 100                        # exact O(nd) Weiszfeld iterations, at most, when the Gram cannot certify
 _FLOOR = 32                              # accuracy the Gram certifies: max(tol, _FLOOR·γ) (see _weiszfeld_gram)
@@ -56,18 +58,60 @@ def geometric_median_result(x: torch.Tensor, *, tol: float = 1e-8, max_iter: int
     rows. Sample counts are never used.
     """
     x = _rows(x, "geometric_median")
-    if not (tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"geometric_median: tol must be a float > 0. Got {tol!r} instead.")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"geometric_median: max_iter must be an int >= 1. Got {max_iter!r} instead.")
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"geometric_median: eps must be a float > 0. Got {eps!r} instead.")
+    _check(tol, max_iter, eps)
     n, d = x.shape
     if n == 1 or d == 0:
         weights = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
         point = x[0].clone() if n == 1 else x.new_zeros(0)
         return GeometricMedianResult(point, weights, 0, True, 0.0)
     gr, un = _central_gram(x, eps)
+    alpha, it, converged, gr, un = _weiszfeld(lambda k: _gram_about(x, k), lambda: x, gr, un, tol, max_iter, eps)
+    point, weights = _gm_point(x, gr, un, alpha)
+    return GeometricMedianResult(point, weights, it, bool(converged), _gm_objective(gr, un, alpha))
+
+
+def geometric_median_mixed(rows: MixedRows, *, tol: float = 1e-8, max_iter: int = 1000,
+                           eps: float = 1e-8) -> GeometricMedianResult:
+    """:func:`geometric_median_result` of the rows y = M x of mixing pre-steps, without computing them:
+    the same iterations on y's Gram, A G Aᵀ from x's (:class:`brmtrl.aggregators.gram.MixedRows`), and
+    the point Σ α_i y_i = (Mᵀα) x in one GEMV over x. ``weights`` are α, on the rows of y. The rows are
+    computed only where the plain path would need them: x's Gram needed the overflow guard's rescaled
+    pass, rows were pulled in, or the Gram cannot certify the result (exact iterations)."""
+    _check(tol, max_iter, eps)
+    x = rows.x
+    gr0 = rows.gram_about(0) if rows.n > 1 and x.shape[1] > 0 else None
+    if gr0 is None:
+        return geometric_median_result(rows.rows(), tol=tol, max_iter=max_iter, eps=eps)
+    def gram_about(k: int) -> _Gram:
+        gr = gr0 if k == 0 else rows.gram_about(k)
+        assert gr is not None           # x's Gram exists (gr0 came from it)
+        return gr
+
+    first = int(np.argmin(np.median(np.sqrt(_sq_distances(gr0)), axis=1)))     # the medoid of y
+    gr, un = _recentred(gram_about, first, eps)
+    alpha, it, converged, gr, un = _weiszfeld(gram_about, rows.rows, gr, un, tol, max_iter, eps)
+    if un.capped.any():
+        point, _ = _gm_point(rows.rows(), gr, un, alpha)
+    else:
+        point, _ = rows.combine(alpha)
+    return GeometricMedianResult(point, torch.from_numpy(alpha).to(x.device), it, bool(converged),
+                                 _gm_objective(gr, un, alpha))
+
+
+def _check(tol: float, max_iter: int, eps: float) -> None:
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"geometric_median: tol must be a float > 0. Got {tol!r} instead.")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"geometric_median: max_iter must be an int >= 1. Got {max_iter!r} instead.")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"geometric_median: eps must be a float > 0. Got {eps!r} instead.")
+
+
+def _weiszfeld(gram_about: Callable[[int], _Gram], rows: Callable[[], torch.Tensor], gr: _Gram, un: _Units,
+               tol: float, max_iter: int, eps: float) -> tuple[np.ndarray, int, bool, _Gram, _Units]:
+    """The iterations of :func:`geometric_median_result` from a central Gram: on the Gram while it
+    certifies them, rebuilt about the row nearest z when it does not, then exact steps on ``rows()``.
+    Returns α, the iterations, convergence, and the Gram α refers to."""
     nu = max(float(np.ldexp(eps, -un.e)), 1e-300)                 # ν in units of σ (≤ 1)
     alpha = _robust_start(un.a, nu)
     it, tried = 0, {gr.k}
@@ -79,15 +123,14 @@ def geometric_median_result(x: torch.Tensor, *, tol: float = 1e-8, max_iter: int
             break
         if nearest not in tried and len(tried) < _MAX_PASSES:      # rebuild about the row nearest z
             tried.add(nearest)
-            gr = _gram_about(x, nearest)
+            gr = gram_about(nearest)
             un = _units(gr, eps)
             nu = max(float(np.ldexp(eps, -un.e)), 1e-300)
             continue
-        alpha, steps, converged = _weiszfeld_exact(x, gr, un, alpha, tol, min(max_iter - it, _EXACT_ITER), nu)
+        alpha, steps, converged = _weiszfeld_exact(rows(), gr, un, alpha, tol, min(max_iter - it, _EXACT_ITER), nu)
         it += steps
         break
-    point, weights = _gm_point(x, gr, un, alpha)
-    return GeometricMedianResult(point, weights, it, bool(converged), _gm_objective(gr, un, alpha))
+    return alpha, it, bool(converged), gr, un
 
 
 def _robust_start(a: np.ndarray, nu: float) -> np.ndarray:
@@ -113,12 +156,13 @@ def _weiszfeld_gram(un: _Units, gamma: float, alpha: np.ndarray, tol: float, bud
     whether the step rule was met, whether the last step's rounding error is certified small, and the
     row nearest the iterate.
 
-    Certificate: with a_i = ‖x_i − x_k‖ and b = Σ α_j a_j, the computed ‖z − x_i‖² is off by at most
-    e_i = γ (a_i + b)², so β_i lies in [1/max(ν, √(d_i² + e_i)), 1/max(ν, √(d_i² − e_i))] and the step
+    Certificate: with r_i the rows' error radii (a_i = ‖x_i − x_k‖ for a Gram of the rows; larger for mixed
+    rows, :class:`brmtrl.aggregators.gram.MixedRows`) and b = Σ α_j r_j, the computed ‖z − x_i‖² is off by
+    at most e_i = γ (r_i + b)², so β_i lies in [1/max(ν, √(d_i² + e_i)), 1/max(ν, √(d_i² − e_i))] and the step
     z ← Σ β_i x_i / Σ β_i is off by at most E = 2 Σ_i Δβ_i ‖z − x_i‖ / Σ_i β_i. It is certified when
     E ≤ max(tol, 32γ) · s.
     """
-    g, a = un.g, un.a
+    g, a, r = un.g, un.a, un.r
     n = len(a)
     diag = np.diagonal(g)
     it, stopped = 0, False
@@ -132,7 +176,7 @@ def _weiszfeld_gram(un: _Units, gamma: float, alpha: np.ndarray, tol: float, bud
             beta = 1.0 / np.maximum(dist, nu)
             new = beta / beta.sum()
             step = new - alpha
-            moved = math.sqrt(max(float(step @ g @ step), 0.0) + gamma * float(np.abs(step) @ a) ** 2)
+            moved = math.sqrt(max(float(step @ g @ step), 0.0) + gamma * float(np.abs(step) @ r) ** 2)
             scale = max(float(np.partition(dist, n // 2)[n // 2]), nu)
             prev, alpha = alpha, new
             if _small_step(moved, last, tol * scale):
@@ -141,7 +185,7 @@ def _weiszfeld_gram(un: _Units, gamma: float, alpha: np.ndarray, tol: float, bud
             last = moved
         if d2 is None:
             return alpha, 0, False, False, 0
-        err2 = gamma * (a + float(prev @ a)) ** 2
+        err2 = gamma * (r + float(prev @ r)) ** 2
         hi = np.sqrt(d2 + err2)
         lo = np.sqrt(np.maximum(d2 - err2, 0.0))
         b_lo, b_hi = 1.0 / np.maximum(hi, nu), 1.0 / np.maximum(lo, nu)
@@ -204,15 +248,7 @@ def _gm_point(x: torch.Tensor, gr: _Gram, un: _Units, alpha: np.ndarray) -> tupl
     step = _chunk(n)
     if not un.capped.any():
         weights = torch.from_numpy(alpha).to(dev)
-        info = torch.finfo(x.dtype)
-        if x.dtype == torch.float64:
-            return weights @ x, weights
-        if float(alpha[alpha > 0].min(initial=1.0)) >= info.tiny / info.eps:     # weights normal in x's dtype
-            return weights.to(x.dtype) @ x, weights
-        point = torch.empty(d, dtype=torch.float64, device=dev)
-        for start in range(0, d, step):
-            point[start:start + step] = weights @ x[:, start:start + step].to(torch.float64)
-        return point.to(x.dtype), weights
+        return _combine(x, weights), weights
     # x'_i = x_k + c_i (x_i − x_k), c_i = D_i 2^(E − p_i), for a pulled-in row i
     far = np.flatnonzero(un.capped)
     with np.errstate(under="ignore"):
@@ -231,6 +267,21 @@ def _gm_point(x: torch.Tensor, gr: _Gram, un: _Units, alpha: np.ndarray) -> tupl
         cols = slice(start, start + step)
         point[cols] = near_t @ x[:, cols].to(torch.float64) + (coef @ _scaled_rows(x, gr, un, cols, far)) * sigma
     return point.to(x.dtype), torch.from_numpy(w).to(dev)
+
+
+def _combine(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i x_i in x's dtype: one GEMV, or float64 column blocks where a weight is subnormal there."""
+    if x.dtype == torch.float64:
+        return weights @ x
+    info = torch.finfo(x.dtype)
+    w = weights.cpu().numpy()
+    if float(np.abs(w[w != 0]).min(initial=1.0)) >= info.tiny / info.eps:      # weights normal in x's dtype
+        return weights.to(x.dtype) @ x
+    d, step = x.shape[1], _chunk(x.shape[0])
+    point = torch.empty(d, dtype=torch.float64, device=x.device)
+    for start in range(0, d, step):
+        point[start:start + step] = weights @ x[:, start:start + step].to(torch.float64)
+    return point.to(x.dtype)
 
 
 def _gm_objective(gr: _Gram, un: _Units, alpha: np.ndarray) -> float:
@@ -275,6 +326,15 @@ def geometric_median_trusted(x: torch.Tensor, *, tol: float = 1e-8, max_iter: in
     """:func:`geometric_median_result` as an :class:`AggregateResult`: the point, each row's trust
     (:func:`geometric_median_trust`) and ``info`` with ``gm_iterations`` and ``gm_converged``."""
     res = geometric_median_result(x, tol=tol, max_iter=max_iter, eps=eps)
+    return AggregateResult(res.point, geometric_median_trust(res),
+                           {"gm_iterations": res.iterations, "gm_converged": res.converged})
+
+
+def geometric_median_mixed_trusted(rows: MixedRows, *, tol: float = 1e-8, max_iter: int = 1000,
+                                   eps: float = 1e-8) -> AggregateResult:
+    """:func:`geometric_median_trusted` for the uncomputed rows of mixing pre-steps
+    (:func:`geometric_median_mixed`): the point, the trust of y's rows and ``info``."""
+    res = geometric_median_mixed(rows, tol=tol, max_iter=max_iter, eps=eps)
     return AggregateResult(res.point, geometric_median_trust(res),
                            {"gm_iterations": res.iterations, "gm_converged": res.converged})
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .base import _rows
 
-__all__ = ["pairwise_sq_distances"]
+__all__ = ["MixedRows", "pairwise_sq_distances"]
 
 
 # --------------------------------------------------------------------------- Gram matrix about a central row
@@ -58,6 +59,7 @@ class _Gram:
     k: int             # the centre row
     gamma: float       # rounding level of the entries (see _gamma)
     h: np.ndarray | None = None   # (n,) <x_i − x_k, e − x_k> for an extra point e, when asked (no rescaling)
+    r: np.ndarray | None = None   # (n,) error radii: |ΔG_ij| ≲ γ r_i r_j; None: r_i = ‖y_i‖ (a Gram of rows)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class _Units:
     d: np.ndarray        # (n,) D_i
     e: int               # E
     capped: np.ndarray   # (n,) bool
+    r: np.ndarray        # (n,) error radii in these units (|ΔG_ij| ≲ γ r_i r_j); a, for a Gram of rows
 
 
 def _first_centre(x: torch.Tensor) -> int:
@@ -93,27 +96,29 @@ def _first_centre(x: torch.Tensor) -> int:
     return int(torch.argmin(key))
 
 
-def _gram_about(x: torch.Tensor, k: int, extra: torch.Tensor | None = None) -> _Gram:
-    """G = (X − x_k)(X − x_k)ᵀ in one pass: column blocks centred in the input's precision, each block's
-    GEMM in that precision, summed in float64. If an entry overflows (or exceeds 2^900) the pass is
-    redone in float64 with each row scaled by a power of two (:func:`_gram_rescaled`). ``extra``: a point e
-    (d,) in x's dtype whose column h_i = <x_i − x_k, e − x_k> comes from the same blocks (None after the
-    rescaled pass)."""
+def _gram_about(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
+                work: torch.dtype | None = None) -> _Gram:
+    """G = (X − x_k)(X − x_k)ᵀ in one pass: column blocks centred in the input's precision (``work``: in
+    that dtype instead, e.g. float64 for float32 rows), each block's GEMM in that precision, summed in
+    float64. If an entry overflows (or exceeds 2^900) the pass is redone in float64 with each row scaled by
+    a power of two (:func:`_gram_rescaled`). ``extra``: a point e (d,) in x's dtype whose column
+    h_i = <x_i − x_k, e − x_k> comes from the same blocks (None after the rescaled pass)."""
     n, d = x.shape
     step = _chunk(n)
+    work = x.dtype if work is None else work
     g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     h = None if extra is None else torch.zeros(n, dtype=torch.float64, device=x.device)
     for start in range(0, d, step):
-        c = x[:, start:start + step]
+        c = x[:, start:start + step].to(work)
         if extra is not None:
-            u = extra[start:start + step] - c[k]
+            u = extra[start:start + step].to(work) - c[k]
         c = c - c[k]
         g += (c @ c.T).to(torch.float64)
         if h is not None:
             h += (c @ u).to(torch.float64)
     gh = g.cpu().numpy()
     if np.isfinite(gh).all() and float(np.abs(gh).max(initial=0.0)) <= _FAST_LIMIT:
-        u = torch.finfo(x.dtype).eps / 2
+        u = torch.finfo(work).eps / 2
         return _Gram(gh, np.zeros(n, np.int64), k, _gamma(u, min(step, max(d, 1)), -(-d // step)),
                      None if h is None else h.cpu().numpy())
     return _gram_rescaled(x, k)
@@ -168,7 +173,8 @@ def _units(gr: _Gram, floor: float = 0.0) -> _Units:
             dd[capped] = 2.0 ** _CAP_LOG2 / np.sqrt(diag[capped])
         g = dd[:, None] * g0 * dd[None, :]
         a = np.sqrt(np.maximum(np.diagonal(g), 0.0))
-    return _Units(g, a, dd, e, capped)
+        r = a if gr.r is None else np.maximum(dd * gr.r, a)
+    return _Units(g, a, dd, e, capped, r)
 
 
 def _off_centre(gr: _Gram, un: _Units) -> int | None:
@@ -178,10 +184,10 @@ def _off_centre(gr: _Gram, un: _Units) -> int | None:
     n = len(un.a)
     if n <= 2:
         return None
-    diag, a = np.diagonal(un.g), un.a
+    diag, a, r = np.diagonal(un.g), un.a, un.r
     with np.errstate(over="ignore", invalid="ignore"):
         hi = np.sqrt(np.maximum(diag[:, None] + diag[None, :] - 2.0 * un.g, 0.0)
-                     + gr.gamma * (a[:, None] + a[None, :]) ** 2)
+                     + gr.gamma * (r[:, None] + r[None, :]) ** 2)
     np.fill_diagonal(hi, np.inf)
     q = np.partition(hi, (n - 1) // 2, axis=1)[:, (n - 1) // 2]
     if not np.isfinite(q).all():
@@ -190,19 +196,105 @@ def _off_centre(gr: _Gram, un: _Units) -> int | None:
     return None if m == gr.k or a[m] <= 3.0 * q[m] else m
 
 
-def _central_gram(x: torch.Tensor, floor: float = 0.0, extra: torch.Tensor | None = None) -> tuple[_Gram, _Units]:
+def _central_gram(x: torch.Tensor, floor: float = 0.0, extra: torch.Tensor | None = None,
+                  work: torch.dtype | None = None) -> tuple[_Gram, _Units]:
     """The Gram matrix about a central row: :func:`_first_centre`, then re-centred on the medoid while
-    :func:`_off_centre` says so (one more pass each; at most ``_MAX_PASSES`` passes). ``extra``: as for
-    :func:`_gram_about`, its column about the final centre."""
-    gr = _gram_about(x, _first_centre(x), extra)
+    :func:`_off_centre` says so (one more pass each; at most ``_MAX_PASSES`` passes). ``extra``, ``work``:
+    as for :func:`_gram_about`, its column about the final centre."""
+    return _recentred(lambda k: _gram_about(x, k, extra, work), _first_centre(x), floor)
+
+
+def _recentred(gram_about: Callable[[int], _Gram], first: int, floor: float = 0.0) -> tuple[_Gram, _Units]:
+    """``gram_about(first)``, re-centred on the medoid while :func:`_off_centre` says so (at most
+    ``_MAX_PASSES`` Grams)."""
+    gr = gram_about(first)
     un = _units(gr, floor)
     for _ in range(_MAX_PASSES - 1):
         m = _off_centre(gr, un)
         if m is None:
             break
-        gr = _gram_about(x, m, extra)
+        gr = gram_about(m)
         un = _units(gr, floor)
     return gr, un
+
+
+def _sq_distances(gr: _Gram) -> np.ndarray:
+    """‖y_i − y_j‖² (n, n) from a Gram about one of the rows (see :func:`pairwise_sq_distances`)."""
+    g, p = gr.g, gr.p
+    diag = np.diagonal(g)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not p.any():
+            d2 = diag[:, None] + diag[None, :] - 2.0 * g
+        else:   # rows in their own power-of-two scales: combine each pair at the larger one
+            top = np.maximum(p[:, None], p[None, :])
+            ri, rj = _pow2(p[:, None] - top), _pow2(p[None, :] - top)
+            d2 = np.maximum(ri * ri * diag[:, None] + rj * rj * diag[None, :] - 2.0 * ri * rj * g, 0.0)
+            d2 = np.ldexp(d2, np.clip(2 * top, -2200, 2200).astype(np.int64))
+    d2 = np.maximum(d2, 0.0)
+    np.fill_diagonal(d2, 0.0)
+    return d2
+
+
+class MixedRows:
+    """The rows y = M x of a chain of mixing pre-steps (NNM, bucketing), not computed: x (n, d) and the
+    row-stochastic M (n', n), float64. What a Gram-based rule needs of y comes from one Gram matrix of x
+    about a central row, G (float64 GEMM, whatever x's dtype), with no pass over y:
+
+        <y_i − y_c, y_j − y_c> = (A G Aᵀ)_ij,   A = M − 1 M_c   (rows of A sum to 0, so any centre of x serves),
+
+    with error radii r_i = Σ_l |A_il| ‖x_l − x_k‖ (|ΔG_ij| ≲ γ r_i r_j, carried into the rule's rounding
+    certificates); a point Σ α_i y_i = (Mᵀα) x is one GEMV over x. :meth:`rows` computes y when a rule
+    needs the rows themselves (its fallbacks), or when x's Gram needed the rescaled overflow pass."""
+
+    def __init__(self, x: torch.Tensor, m: torch.Tensor | None = None, gram: _Gram | None = None) -> None:
+        self.x = x
+        self.m = torch.eye(x.shape[0], dtype=torch.float64) if m is None else m
+        self._gram = gram
+        self._rows: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.m.shape[0]
+
+    def mixed(self, m: torch.Tensor) -> "MixedRows":
+        """The rows m y (m: (n'', n'), row-stochastic)."""
+        return MixedRows(self.x, m.to(torch.float64).cpu() @ self.m, self._gram)
+
+    def x_gram(self) -> _Gram | None:
+        """x's Gram about a central row in float64 (once); None if it needed the rescaled pass."""
+        if self._gram is None:
+            self._gram, _ = _central_gram(self.x, work=torch.float64)
+        return None if self._gram.p.any() else self._gram
+
+    def gram_about(self, c: int) -> _Gram | None:
+        """The Gram of y about y_c, with its error radii; None where x's Gram cannot give it."""
+        gx = self.x_gram()
+        if gx is None:
+            return None
+        m = self.m.numpy()
+        a = m - m[c]
+        g = a @ gx.g @ a.T
+        norms = np.sqrt(np.maximum(np.diagonal(gx.g), 0.0))
+        return _Gram(g, np.zeros(self.n, np.int64), c, gx.gamma + 4.0 * (self.x.shape[0] + 2) * _U64,
+                     r=np.abs(a) @ norms)
+
+    def sq_distances(self) -> np.ndarray:
+        """‖y_i − y_j‖² (n', n') float64: from x's Gram, else from the computed rows."""
+        gr = self.gram_about(0)
+        return _sq_distances(gr) if gr is not None else pairwise_sq_distances(self.rows()).cpu().numpy()
+
+    def rows(self) -> torch.Tensor:
+        """y = M x, computed (once) as the steps themselves would (:func:`brmtrl.aggregators.pre._mix`)."""
+        if self._rows is None:
+            from .pre import _mix
+            self._rows = _mix(self.m, self.x)
+        return self._rows
+
+    def combine(self, alpha: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ α_i y_i in x's dtype, and its weights on x's rows, Mᵀα (float64)."""
+        from .geometric_median import _combine
+        w = torch.from_numpy(self.m.numpy().T @ alpha).to(self.x.device)
+        return _combine(self.x, w), w
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
@@ -217,17 +309,5 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     """
     x = _rows(x, "pairwise_sq_distances")
     gr, _ = _central_gram(x)
-    g, p = gr.g, gr.p
-    diag = np.diagonal(g)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not p.any():
-            d2 = diag[:, None] + diag[None, :] - 2.0 * g
-        else:   # rows in their own power-of-two scales: combine each pair at the larger one
-            top = np.maximum(p[:, None], p[None, :])
-            ri, rj = _pow2(p[:, None] - top), _pow2(p[None, :] - top)
-            d2 = np.maximum(ri * ri * diag[:, None] + rj * rj * diag[None, :] - 2.0 * ri * rj * g, 0.0)
-            d2 = np.ldexp(d2, np.clip(2 * top, -2200, 2200).astype(np.int64))
-    d2 = np.maximum(d2, 0.0)
-    np.fill_diagonal(d2, 0.0)
-    return torch.from_numpy(d2).to(x.device)
+    return torch.from_numpy(_sq_distances(gr)).to(x.device)
 

@@ -17,7 +17,7 @@ import torch
 
 from .base import _check_f, _check_int, _rows, _safe_norms, largest_f
 from .columns import block_columns, column_blocks
-from .gram import _chunk, _first_centre, pairwise_sq_distances
+from .gram import _chunk, _first_centre, MixedRows, pairwise_sq_distances
 
 __all__ = ["PRE_STEPS", "PreStep", "arc", "arc_count", "bucketing", "nnm"]
 
@@ -80,15 +80,33 @@ def nnm(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     j ∈ N_i. Cost: one Gram matrix (O(n²d)) and the mixing GEMM (O(n²d)).
     """
     x = _rows(x, "nnm")
-    n = x.shape[0]
-    _check_f("nnm", f, n, 2 * f + 1)
-    d2 = pairwise_sq_distances(x).cpu()
-    centre = int(torch.argmin(d2.median(dim=1).values))      # the row nearest the others: the medoid
+    _check_f("nnm", f, x.shape[0], 2 * f + 1)
+    m, centre = _nearest(pairwise_sq_distances(x).cpu(), f)
+    return _mix(m, x, centre), m
+
+
+def _nearest(d2: torch.Tensor, f: int) -> tuple[torch.Tensor, int]:
+    """NNM's mixing matrix from the squared distances (n, n), and the medoid (the row nearest the others)."""
+    n = d2.shape[0]
+    d2 = d2.clone()
+    centre = int(torch.argmin(d2.median(dim=1).values))
     d2.fill_diagonal_(-1.0)                                    # itself first, whatever duplicates there are
     near = torch.argsort(d2, dim=1, stable=True)[:, :n - f]
     m = torch.zeros(n, n, dtype=torch.float64)
     m.scatter_(1, near, 1.0 / (n - f))
-    return _mix(m, x, centre), m
+    return m, centre
+
+
+def nnm_mixing(rows: MixedRows, *, f: int) -> torch.Tensor:
+    """:func:`nnm`'s mixing matrix for the (uncomputed) rows of :class:`MixedRows`, from their distances."""
+    _check_f("nnm", f, rows.n, 2 * f + 1)
+    return _nearest(torch.from_numpy(rows.sq_distances()), f)[0]
+
+
+def bucketing_mixing(rows: MixedRows, *, bucket_size: int = 2,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`bucketing`'s mixing matrix for the (uncomputed) rows of :class:`MixedRows`."""
+    return _buckets(rows.n, bucket_size, generator)
 
 
 def bucketing(x: torch.Tensor, *, bucket_size: int = 2,
@@ -106,7 +124,12 @@ def bucketing(x: torch.Tensor, *, bucket_size: int = 2,
     ``bucket_size = 1`` only permutes the rows.
     """
     x = _rows(x, "bucketing")
-    n = x.shape[0]
+    m = _buckets(x.shape[0], bucket_size, generator)
+    return _mix(m, x), m
+
+
+def _buckets(n: int, bucket_size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Bucketing's mixing matrix (⌈n/s⌉, n) for a permutation drawn with ``generator``."""
     s = _check_int("bucketing", "bucket_size", bucket_size, 1)
     if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
         raise ValueError(f"bucketing: generator must be a CPU torch.Generator or None. Got {generator!r} instead.")
@@ -115,7 +138,7 @@ def bucketing(x: torch.Tensor, *, bucket_size: int = 2,
     sizes = torch.bincount(bucket).to(torch.float64)
     m = torch.zeros(len(sizes), n, dtype=torch.float64)
     m[bucket, perm] = 1.0 / sizes[bucket]
-    return _mix(m, x), m
+    return m
 
 
 def arc_count(n: int, f: int) -> int:
@@ -176,6 +199,13 @@ class PreStep:
     random: bool = False
     min_rows: Callable[[int], int] | None = None
     rows_out: Callable[..., int] = lambda n, **_: n
+    #: the step's mixing matrix alone, for rows not computed (:class:`MixedRows`), same keywords as ``fn``;
+    #: None: the step needs the rows themselves
+    mixing: Callable[..., torch.Tensor] | None = None
+    #: ``mixing`` reads the rows' distances: the one Gram of x then serves the step and a Gram-based rule
+    #: after it, and the chain runs on :class:`MixedRows` (without such a step, computing the few mixed
+    #: rows costs less than x's Gram)
+    reads_distances: bool = False
 
     def largest_f(self, n: int) -> int:
         """The largest f this step tolerates among n rows."""
@@ -185,7 +215,7 @@ class PreStep:
 #: config name (``aggregator.pre``) -> step
 PRE_STEPS: dict[str, PreStep] = {
     "bucketing": PreStep(bucketing, ("bucket_size",), random=True,
-                         rows_out=lambda n, bucket_size=2, **_: -(-n // bucket_size)),
-    "nnm": PreStep(nnm, ("f",), min_rows=lambda f: 2 * f + 1),
+                         rows_out=lambda n, bucket_size=2, **_: -(-n // bucket_size), mixing=bucketing_mixing),
+    "nnm": PreStep(nnm, ("f",), min_rows=lambda f: 2 * f + 1, mixing=nnm_mixing, reads_distances=True),
     "arc": PreStep(arc, ("f",), min_rows=lambda f: 2 * f + 1),
 }
