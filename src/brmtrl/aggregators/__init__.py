@@ -42,9 +42,9 @@ from .clipping import centered_clipping, centered_clipping_trusted
 from .geometric_median import (GeometricMedianResult, geometric_median, geometric_median_mixed,
                                geometric_median_mixed_trusted, geometric_median_result, geometric_median_trust,
                                geometric_median_trusted, weiszfeld_reference)
-from .gram import MixedRows, pairwise_sq_distances
+from .gram import pairwise_sq_distances
 from .krum import bulyan, bulyan_trusted, krum, krum_scores, krum_trusted, multi_krum, multi_krum_trusted
-from .pre import PRE_STEPS, PreStep, arc, arc_count, bucketing, nnm
+from .pre import PRE_STEPS, MixedRows, PreStep, arc, arc_count, bucketing, nnm
 
 __all__ = [
     "AGGREGATORS",

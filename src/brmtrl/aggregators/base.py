@@ -147,10 +147,30 @@ class Rule:
     params: tuple[str, ...] = ()
     min_rows: Callable[[int], int] | None = None
     result: Callable[..., AggregateResult] | None = None
-    #: ``result`` for the uncomputed rows of mixing pre-steps (a :class:`brmtrl.aggregators.gram.MixedRows`,
+    #: ``result`` for the uncomputed rows of mixing pre-steps (a :class:`brmtrl.aggregators.pre.MixedRows`,
     #: same keywords), for a rule that needs only their Gram and one combination of them; None: the rows
     mixed: Callable[..., AggregateResult] | None = None
 
     def largest_f(self, n: int) -> int:
         """The largest f this rule tolerates among n rows."""
         return largest_f(self.min_rows, n)
+
+
+def _chunk(n: int) -> int:
+    """Columns per block: ~2²¹ entries, so that a block stays in cache for its GEMM."""
+    return max(4096, (1 << 21) // max(n, 1))
+
+
+def combine_rows(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i x_i in x's dtype: one GEMV, or float64 column blocks where a weight is subnormal there."""
+    if x.dtype == torch.float64:
+        return weights @ x
+    info = torch.finfo(x.dtype)
+    w = weights.cpu().numpy()
+    if float(np.abs(w[w != 0]).min(initial=1.0)) >= info.tiny / info.eps:      # weights normal in x's dtype
+        return weights.to(x.dtype) @ x
+    d, step = x.shape[1], _chunk(x.shape[0])
+    point = torch.empty(d, dtype=torch.float64, device=x.device)
+    for start in range(0, d, step):
+        point[start:start + step] = weights @ x[:, start:start + step].to(torch.float64)
+    return point.to(x.dtype)

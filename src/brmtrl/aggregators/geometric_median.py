@@ -10,9 +10,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .base import AggregateResult, _rows, _safe_norms
+from .base import AggregateResult, _rows, _safe_norms, combine_rows
 from .gram import (_CAP_LOG2, _MAX_PASSES, _chunk, _central_gram, _Gram, _gram_about, _pow2, _recentred,
-                   _sq_distances, _Units, _units, MixedRows)
+                   _sq_distances, _Units, _units)
+from .pre import MixedRows
 
 __all__ = ["GeometricMedianResult", "geometric_median", "geometric_median_mixed", "geometric_median_mixed_trusted",
            "geometric_median_result", "geometric_median_trust", "geometric_median_trusted", "weiszfeld_reference"]
@@ -73,7 +74,7 @@ def geometric_median_result(x: torch.Tensor, *, tol: float = 1e-8, max_iter: int
 def geometric_median_mixed(rows: MixedRows, *, tol: float = 1e-8, max_iter: int = 1000,
                            eps: float = 1e-8) -> GeometricMedianResult:
     """:func:`geometric_median_result` of the rows y = M x of mixing pre-steps, without computing them:
-    the same iterations on y's Gram, A G Aᵀ from x's (:class:`brmtrl.aggregators.gram.MixedRows`), and
+    the same iterations on y's Gram, A G Aᵀ from x's (:class:`brmtrl.aggregators.pre.MixedRows`), and
     the point Σ α_i y_i = (Mᵀα) x in one GEMV over x. ``weights`` are α, on the rows of y. The rows are
     computed only where the plain path would need them: x's Gram needed the overflow guard's rescaled
     pass, rows were pulled in, or the Gram cannot certify the result (exact iterations)."""
@@ -157,7 +158,7 @@ def _weiszfeld_gram(un: _Units, gamma: float, alpha: np.ndarray, tol: float, bud
     row nearest the iterate.
 
     Certificate: with r_i the rows' error radii (a_i = ‖x_i − x_k‖ for a Gram of the rows; larger for mixed
-    rows, :class:`brmtrl.aggregators.gram.MixedRows`) and b = Σ α_j r_j, the computed ‖z − x_i‖² is off by
+    rows, :class:`brmtrl.aggregators.pre.MixedRows`) and b = Σ α_j r_j, the computed ‖z − x_i‖² is off by
     at most e_i = γ (r_i + b)², so β_i lies in [1/max(ν, √(d_i² + e_i)), 1/max(ν, √(d_i² − e_i))] and the step
     z ← Σ β_i x_i / Σ β_i is off by at most E = 2 Σ_i Δβ_i ‖z − x_i‖ / Σ_i β_i. It is certified when
     E ≤ max(tol, 32γ) · s.
@@ -248,7 +249,7 @@ def _gm_point(x: torch.Tensor, gr: _Gram, un: _Units, alpha: np.ndarray) -> tupl
     step = _chunk(n)
     if not un.capped.any():
         weights = torch.from_numpy(alpha).to(dev)
-        return _combine(x, weights), weights
+        return combine_rows(x, weights), weights
     # x'_i = x_k + c_i (x_i − x_k), c_i = D_i 2^(E − p_i), for a pulled-in row i
     far = np.flatnonzero(un.capped)
     with np.errstate(under="ignore"):
@@ -267,21 +268,6 @@ def _gm_point(x: torch.Tensor, gr: _Gram, un: _Units, alpha: np.ndarray) -> tupl
         cols = slice(start, start + step)
         point[cols] = near_t @ x[:, cols].to(torch.float64) + (coef @ _scaled_rows(x, gr, un, cols, far)) * sigma
     return point.to(x.dtype), torch.from_numpy(w).to(dev)
-
-
-def _combine(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Σ_i w_i x_i in x's dtype: one GEMV, or float64 column blocks where a weight is subnormal there."""
-    if x.dtype == torch.float64:
-        return weights @ x
-    info = torch.finfo(x.dtype)
-    w = weights.cpu().numpy()
-    if float(np.abs(w[w != 0]).min(initial=1.0)) >= info.tiny / info.eps:      # weights normal in x's dtype
-        return weights.to(x.dtype) @ x
-    d, step = x.shape[1], _chunk(x.shape[0])
-    point = torch.empty(d, dtype=torch.float64, device=x.device)
-    for start in range(0, d, step):
-        point[start:start + step] = weights @ x[:, start:start + step].to(torch.float64)
-    return point.to(x.dtype)
 
 
 def _gm_objective(gr: _Gram, un: _Units, alpha: np.ndarray) -> float:

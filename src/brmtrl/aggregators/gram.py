@@ -9,9 +9,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .base import _rows
+from .base import _chunk, _rows
 
-__all__ = ["MixedRows", "pairwise_sq_distances"]
+__all__ = ["pairwise_sq_distances"]
 
 
 # --------------------------------------------------------------------------- Gram matrix about a central row
@@ -29,11 +29,6 @@ _FAST_LIMIT = 2.0 ** 900                 # a Gram entry beyond this, or non-fini
 _CAP_LOG2 = 256                          # overflow guard: rows beyond 2^256 σ from the centre are pulled in
 _MAX_PASSES = 4                          # Gram passes over X (first centre + re-centrings), at most
 _U64 = 2.0 ** -53
-
-
-def _chunk(n: int) -> int:
-    """Columns per block: ~2²¹ entries, so that a block stays in cache for its GEMM."""
-    return max(4096, (1 << 21) // max(n, 1))
 
 
 def _gamma(u: float, m: int, blocks: int) -> float:
@@ -233,68 +228,6 @@ def _sq_distances(gr: _Gram) -> np.ndarray:
     d2 = np.maximum(d2, 0.0)
     np.fill_diagonal(d2, 0.0)
     return d2
-
-
-class MixedRows:
-    """The rows y = M x of a chain of mixing pre-steps (NNM, bucketing), not computed: x (n, d) and the
-    row-stochastic M (n', n), float64. What a Gram-based rule needs of y comes from one Gram matrix of x
-    about a central row, G (float64 GEMM, whatever x's dtype), with no pass over y:
-
-        <y_i − y_c, y_j − y_c> = (A G Aᵀ)_ij,   A = M − 1 M_c   (rows of A sum to 0, so any centre of x serves),
-
-    with error radii r_i = Σ_l |A_il| ‖x_l − x_k‖ (|ΔG_ij| ≲ γ r_i r_j, carried into the rule's rounding
-    certificates); a point Σ α_i y_i = (Mᵀα) x is one GEMV over x. :meth:`rows` computes y when a rule
-    needs the rows themselves (its fallbacks), or when x's Gram needed the rescaled overflow pass."""
-
-    def __init__(self, x: torch.Tensor, m: torch.Tensor | None = None, gram: _Gram | None = None) -> None:
-        self.x = x
-        self.m = torch.eye(x.shape[0], dtype=torch.float64) if m is None else m
-        self._gram = gram
-        self._rows: torch.Tensor | None = None
-
-    @property
-    def n(self) -> int:
-        return self.m.shape[0]
-
-    def mixed(self, m: torch.Tensor) -> "MixedRows":
-        """The rows m y (m: (n'', n'), row-stochastic)."""
-        return MixedRows(self.x, m.to(torch.float64).cpu() @ self.m, self._gram)
-
-    def x_gram(self) -> _Gram | None:
-        """x's Gram about a central row in float64 (once); None if it needed the rescaled pass."""
-        if self._gram is None:
-            self._gram, _ = _central_gram(self.x, work=torch.float64)
-        return None if self._gram.p.any() else self._gram
-
-    def gram_about(self, c: int) -> _Gram | None:
-        """The Gram of y about y_c, with its error radii; None where x's Gram cannot give it."""
-        gx = self.x_gram()
-        if gx is None:
-            return None
-        m = self.m.numpy()
-        a = m - m[c]
-        g = a @ gx.g @ a.T
-        norms = np.sqrt(np.maximum(np.diagonal(gx.g), 0.0))
-        return _Gram(g, np.zeros(self.n, np.int64), c, gx.gamma + 4.0 * (self.x.shape[0] + 2) * _U64,
-                     r=np.abs(a) @ norms)
-
-    def sq_distances(self) -> np.ndarray:
-        """‖y_i − y_j‖² (n', n') float64: from x's Gram, else from the computed rows."""
-        gr = self.gram_about(0)
-        return _sq_distances(gr) if gr is not None else pairwise_sq_distances(self.rows()).cpu().numpy()
-
-    def rows(self) -> torch.Tensor:
-        """y = M x, computed (once) as the steps themselves would (:func:`brmtrl.aggregators.pre._mix`)."""
-        if self._rows is None:
-            from .pre import _mix
-            self._rows = _mix(self.m, self.x)
-        return self._rows
-
-    def combine(self, alpha: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Σ α_i y_i in x's dtype, and its weights on x's rows, Mᵀα (float64)."""
-        from .geometric_median import _combine
-        w = torch.from_numpy(self.m.numpy().T @ alpha).to(self.x.device)
-        return _combine(self.x, w), w
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:

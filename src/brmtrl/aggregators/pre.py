@@ -13,13 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
-from .base import _check_f, _check_int, _rows, _safe_norms, largest_f
+from .base import _check_f, _check_int, _rows, _safe_norms, combine_rows, largest_f
 from .columns import block_columns, column_blocks
-from .gram import _chunk, _first_centre, MixedRows, pairwise_sq_distances
+from .gram import _U64, _central_gram, _chunk, _first_centre, _Gram, _sq_distances, pairwise_sq_distances
 
-__all__ = ["PRE_STEPS", "PreStep", "arc", "arc_count", "bucketing", "nnm"]
+__all__ = ["PRE_STEPS", "MixedRows", "PreStep", "arc", "arc_count", "bucketing", "nnm"]
 
 
 _SPARSE = 8      # at most 1/8 of a row of M nonzero (or 2): gathered and summed, not a GEMM
@@ -66,6 +67,67 @@ def _mix(m: torch.Tensor, x: torch.Tensor, centre: int | None = None) -> torch.T
             block = m64 @ x[:, c:c + w].to(torch.float64)
         out[:, c:c + w] = block
     return out
+
+
+class MixedRows:
+    """The rows y = M x of a chain of mixing pre-steps (NNM, bucketing), not computed: x (n, d) and the
+    row-stochastic M (n', n), float64. What a Gram-based rule needs of y comes from one Gram matrix of x
+    about a central row, G (float64 GEMM, whatever x's dtype), with no pass over y:
+
+        <y_i − y_c, y_j − y_c> = (A G Aᵀ)_ij,   A = M − 1 M_c   (rows of A sum to 0, so any centre of x serves),
+
+    with error radii r_i = Σ_l |A_il| ‖x_l − x_k‖ (|ΔG_ij| ≲ γ r_i r_j, carried into the rule's rounding
+    certificates); a point Σ α_i y_i = (Mᵀα) x is one GEMV over x. :meth:`rows` computes y when a rule
+    needs the rows themselves (its fallbacks), or when x's Gram needed the rescaled overflow pass."""
+
+    def __init__(self, x: torch.Tensor, m: torch.Tensor | None = None, gram: _Gram | None = None) -> None:
+        self.x = x
+        self.m = torch.eye(x.shape[0], dtype=torch.float64) if m is None else m
+        self._gram = gram
+        self._rows: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.m.shape[0]
+
+    def mixed(self, m: torch.Tensor) -> "MixedRows":
+        """The rows m y (m: (n'', n'), row-stochastic)."""
+        return MixedRows(self.x, m.to(torch.float64).cpu() @ self.m, self._gram)
+
+    def x_gram(self) -> _Gram | None:
+        """x's Gram about a central row in float64 (once); None if it needed the rescaled pass."""
+        if self._gram is None:
+            self._gram, _ = _central_gram(self.x, work=torch.float64)
+        return None if self._gram.p.any() else self._gram
+
+    def gram_about(self, c: int) -> _Gram | None:
+        """The Gram of y about y_c, with its error radii; None where x's Gram cannot give it."""
+        gx = self.x_gram()
+        if gx is None:
+            return None
+        m = self.m.numpy()
+        a = m - m[c]
+        g = a @ gx.g @ a.T
+        norms = np.sqrt(np.maximum(np.diagonal(gx.g), 0.0))
+        return _Gram(g, np.zeros(self.n, np.int64), c, gx.gamma + 4.0 * (self.x.shape[0] + 2) * _U64,
+                     r=np.abs(a) @ norms)
+
+    def sq_distances(self) -> np.ndarray:
+        """‖y_i − y_j‖² (n', n') float64: from x's Gram, else from the computed rows."""
+        gr = self.gram_about(0)
+        return _sq_distances(gr) if gr is not None else pairwise_sq_distances(self.rows()).cpu().numpy()
+
+    def rows(self) -> torch.Tensor:
+        """y = M x, computed (once) as the steps themselves would (:func:`brmtrl.aggregators.pre._mix`)."""
+        if self._rows is None:
+            self._rows = _mix(self.m, self.x)
+        return self._rows
+
+    def combine(self, alpha: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ α_i y_i in x's dtype, and its weights on x's rows, Mᵀα (float64)."""
+        w = torch.from_numpy(self.m.numpy().T @ alpha).to(self.x.device)
+        return combine_rows(self.x, w), w
+
 
 
 def nnm(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
