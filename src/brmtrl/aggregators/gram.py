@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .base import _chunk, _rows
+from .columns import column_blocks
 
 __all__ = ["pairwise_sq_distances"]
 
@@ -103,11 +104,10 @@ def _gram_about(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
     work = x.dtype if work is None else work
     g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     h = None if extra is None else torch.zeros(n, dtype=torch.float64, device=x.device)
-    for start in range(0, d, step):
-        c = x[:, start:start + step].to(work)
+    for start, c in column_blocks(x, step, work):      # one reused buffer, centred in place
         if extra is not None:
             u = extra[start:start + step].to(work) - c[k]
-        c = c - c[k]
+        c.sub_(c[k].clone())
         g += (c @ c.T).to(torch.float64)
         if h is not None:
             h += (c @ u).to(torch.float64)
