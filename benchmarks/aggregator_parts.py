@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from brmtrl.aggregators import aggregate
 from brmtrl.aggregators.base import _band_used
 from brmtrl.aggregators.columns import block_columns, column_blocks, median_columns, sort_columns
 from brmtrl.aggregators.gram import _central_gram
@@ -70,6 +71,8 @@ def main() -> None:
         "first touch of a new (n, d) float32 array (torch.empty(n, d).fill_(0))": lambda: torch.empty(n, d).fill_(0),
         "copy of the rows (x.clone())": lambda: x.clone(),
         "Gram matrix about a central row (_central_gram)": lambda: _central_gram(x),
+        "the same in float64 GEMMs (MixedRows: NNM before the geometric median)":
+            lambda: _central_gram(x, work=torch.float64),
         "numpy.partition, one kth per column, reused block buffer": partition_once,
         "numpy.partition, two kth per column": partition_two_kth,
         "torch.kthvalue per column": kthvalue,
@@ -80,6 +83,8 @@ def main() -> None:
         "coordinate-wise median (median_columns)": lambda: median_columns(x),
         "NNM's mixing x' = M x (_mix, new output)": lambda: _mix(m, x, 0),
         "NNM (distances + mixing)": lambda: nnm(x, f=25),
+        "NNM + geometric median through aggregate (one float64 Gram, a GEMV)":
+            lambda: aggregate("geometric_median", x, pre=["nnm"], f=25),
     }
     print(f"n = {n}, d = {d}, float32, torch {torch.__version__}, 2 threads; BOUND = {bound * 1e3:.1f} ms\n")
     print("| part | ms | / BOUND |\n|---|---:|---:|")
