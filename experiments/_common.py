@@ -45,8 +45,12 @@ def merge(new: dict[str, Any], data_file: Path, items: str, key: Callable[[dict[
         o, n = old["sweep"], new["sweep"]
         merged["sweep"] = {"path": _union(o["path"], n["path"], "; "), "command": _union(o["command"], n["command"], " && "),
                            "wall_s": n.get("wall_s", 0.0)}   # the tables sum the cells' own wall times
-    if "cells_total" in old:
-        merged["cells_total"] = max(int(old["cells_total"]), int(new.get("cells_total", 0)))
+    if "cells_total" in old:   # per sweep (a study may span grids): the sweeps just read win
+        totals = dict(old.get("totals") or {old.get("sweep", {}).get("path", ""): int(old["cells_total"])})
+        totals.update(new.get("totals") or {})
+        merged["totals"] = totals
+        merged["cells_total"] = sum(totals.values()) if new.get("totals") else \
+            max(int(old["cells_total"]), int(new.get("cells_total", 0)))
     for k, v in old.items():
         merged.setdefault(k, v)
     return merged

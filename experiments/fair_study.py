@@ -65,7 +65,8 @@ def export(*sweeps: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"sweep": {"path": "; ".join(str(s) for s in sweeps),
                                      "command": " && ".join(state.get("command", "") for _, state, _, _ in collected),
                                      "wall_s": round(sum(float(state.get("wall_s", 0.0)) for _, state, _, _ in collected), 1)},
-                           "cells_total": sum(len(rows) for _, _, rows, _ in collected), "cells": []}
+                           "cells_total": sum(len(rows) for _, _, rows, _ in collected),
+                           "totals": {str(sweep): len(rows) for sweep, _, rows, _ in collected}, "cells": []}
     for sweep, _, rows, histories in collected:
         _add_cells(out, sweep, rows, histories)
     return out

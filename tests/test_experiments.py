@@ -184,6 +184,12 @@ def test_merged_study_data_keeps_committed_cells_the_sweep_lacks(tmp_path: Path)
     again = common.merge(new, tmp_path / "merged.json", "cells", lambda c: (c["method"], c["attack"], c["seed"]))
     assert again == merged
     assert any("`fedrep_mean`" in line for line in fair.tables(merged))
+    # a second grid's sweep (the GM grid beside the fair one): its cells add to the total, per sweep
+    other = {"sweep": {"path": "c", "command": "z", "wall_s": 3.0}, "cells_total": 12, "totals": {"c": 12},
+             "cells": [{"method": "fedavg_gm", "attack": "none", "seed": 0, "honest_acc_mean": 0.7}]}
+    both = common.merge(other, tmp_path / "merged.json", "cells", lambda c: (c["method"], c["attack"], c["seed"]))
+    assert both["totals"] == {"a": 4, "c": 12} and both["cells_total"] == 16 and len(both["cells"]) == 4
+    assert fair.tables(both)[0].startswith("Sweep `a; b; c`: 4 of 16 cells done")
 
 
 def test_archived_runs_are_not_ignored_by_git() -> None:
