@@ -363,6 +363,32 @@ def test_nnm_then_the_geometric_median_never_computes_the_mixed_rows(pre, dtype,
     np.testing.assert_allclose(res_rows.trust.numpy(), trust.numpy(), atol=1e-4)
 
 
+def test_a_plugged_in_mixing_step_runs_on_the_gram_and_a_bad_matrix_is_named(monkeypatch):
+    """register_pre_step(mixing=..., reads_distances=True): a plug-in step that needs only the rows'
+    distances joins the Gram-space path; a mixing matrix of the wrong shape is an error naming the step."""
+    from brmtrl.aggregators import PRE_STEPS, register_pre_step
+
+    monkeypatch.setattr(agg.MixedRows, "rows", lambda self: pytest.fail("the mixed rows were computed"))
+    x = rows(9, 40, 6)
+
+    def pairs(view: agg.MixedRows) -> torch.Tensor:    # each row with its nearest other row
+        d2 = torch.from_numpy(view.sq_distances())
+        d2.fill_diagonal_(math.inf)
+        m = torch.eye(view.n, dtype=torch.float64) / 2
+        m[torch.arange(view.n), d2.argmin(dim=1)] += 0.5
+        return m
+
+    monkeypatch.setitem(PRE_STEPS, "pairs", PRE_STEPS["nnm"])   # restored after the test
+    register_pre_step("pairs", lambda x: (pairs(agg.MixedRows(x)) @ x, pairs(agg.MixedRows(x))),
+                      mixing=pairs, reads_distances=True)
+    res = aggregate("geometric_median", x, pre=["pairs"])
+    want = agg.geometric_median(pairs(agg.MixedRows(x)) @ x)
+    torch.testing.assert_close(res.point, want, rtol=0, atol=1e-6)     # the median's tol (1e-8) × its spread
+    register_pre_step("pairs", lambda x: x, mixing=lambda view: torch.ones(2, 3), reads_distances=True)
+    with pytest.raises(ValueError, match=r"step 'pairs' returned a mixing matrix of shape \(2, 3\) for 9 rows"):
+        aggregate("geometric_median", x, pre=["pairs"])
+
+
 def test_mixed_rows_beyond_float64s_range_of_squares_are_computed():
     """x's Gram needed the overflow guard's rescaled pass: MixedRows computes the rows and the median is
     the plain path's."""

@@ -255,9 +255,13 @@ def aggregate(name: str, x: torch.Tensor, *, pre: Sequence[str] = (), generator:
             and all(step.mixing is not None for step in steps)):
         # NNM (and mixing steps) before a Gram-based rule: the mixed rows are never computed (MixedRows)
         view = MixedRows(rows)
-        for step, skw in zip(steps, step_kwargs):
+        for step_name, step, skw in zip(pre, steps, step_kwargs):
             assert step.mixing is not None
-            view = view.mixed(step.mixing(view, **skw))
+            m = torch.as_tensor(step.mixing(view, **skw), dtype=torch.float64).cpu()
+            if m.ndim != 2 or m.shape[1] != view.n:
+                raise ValueError(f"pre-aggregation step {step_name!r} returned a mixing matrix of shape "
+                                 f"{tuple(m.shape)} for {view.n} rows; (rows, {view.n}) is expected")
+            view = view.mixed(m)
         res, mix = rule.mixed(view, **kwargs), view.m
         rows_seen = view.n
     else:

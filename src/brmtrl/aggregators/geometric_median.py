@@ -83,6 +83,7 @@ def geometric_median_mixed(rows: MixedRows, *, tol: float = 1e-8, max_iter: int 
     gr0 = rows.gram_about(0) if rows.n > 1 and x.shape[1] > 0 else None
     if gr0 is None:
         return geometric_median_result(rows.rows(), tol=tol, max_iter=max_iter, eps=eps)
+
     def gram_about(k: int) -> _Gram:
         gr = gr0 if k == 0 else rows.gram_about(k)
         assert gr is not None           # x's Gram exists (gr0 came from it)
