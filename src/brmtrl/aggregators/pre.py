@@ -129,7 +129,6 @@ class MixedRows:
         return combine_rows(self.x, w), w
 
 
-
 def nnm(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest-neighbour mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot & Stephan, "Fixing by
     Mixing", AISTATS 2023): each row is replaced by the mean of its n − f nearest rows, itself included,
