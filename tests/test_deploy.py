@@ -87,20 +87,20 @@ def test_deploy_local_matches_the_built_in_engine(tmp_path):
 
 
 @pytest.mark.slow(seconds=60)
-def test_tls_and_authentication_refuse_an_unregistered_supernode_and_the_warm_worker_serves_the_run(tmp_path):
-    """Over TLS with SuperNode authentication: a stranger (unregistered key) is refused. On that federation, a
-    SuperNode started with a state-dir that holds another experiment's heads refuses to train with it; the
-    reason, naming the directory and the node, reaches the operator: the server's log, error.txt and
-    status.json of the failed run (all clients must answer here), and the heads there are left alone."""
-    from brmtrl.flower.node_state import NodeState
-
+def test_tls_and_authentication_refuse_a_stranger_and_a_node_keeps_two_experiments_apart(tmp_path):
+    """One federation over TLS with SuperNode authentication (each federation costs the suite a minute):
+    a stranger (an unregistered key) is refused; the registered nodes serve a run on the warm ClientApp
+    worker where Flower has it (each SuperNode with --isolation process and one long-lived brmtrl worker,
+    no flwr-clientapp process per message) that ends as the built-in engine's; then a second experiment
+    finds site-a's state-dir holding the first one's heads: site-a refuses to train with them, the reason,
+    naming the directory and the node, reaches the operator (the server's log, error.txt and status.json of
+    the failed run; all clients must answer there), and the heads are left alone."""
     groups = split_clients(8, 2)
-    foreign = tmp_path / "state-of-another-run"
-    NodeState(foreign, "another experiment").save(groups[0][0], 3, {"private": torch.ones(2)})
-    before = (foreign / f"client-{groups[0][0]}.pt").read_bytes()
-    cfg = small("train.rounds=1", "train.participation=1.0", "attack.name=none", "attack.byzantine_fraction=0.0",
-                "flower.min_clients=8", "flower.round_timeout=60")
-    out = tmp_path / "refused"
+    state = tmp_path / "state-a"
+    honest = ("attack.name=none", "attack.byzantine_fraction=0.0")
+    first = small("train.rounds=3", *honest)
+    second = small("seed=1", "train.rounds=1", "train.participation=1.0", *honest, "flower.min_clients=8",
+                   "flower.round_timeout=60")
     fed = LocalFederation(tmp_path / "fed", tls=True, auth=True)
     with fed:
         fed.start_superlink()
@@ -111,34 +111,33 @@ def test_tls_and_authentication_refuse_an_unregistered_supernode_and_the_warm_wo
             fed.register(pub)
         stranger, _ = make_node_keys(fed.work / "keys", "stranger")
         bad = fed.start_supernode("stranger", node_config(groups[1]), key=stranger)
-        fed.start_supernode("site-a", node_config(groups[0], {"byzantine": False, "state-dir": str(foreign),
+        fed.start_supernode("site-a", node_config(groups[0], {"byzantine": False, "state-dir": str(state),
                                                               "name": "site-a"}), key=keys["site-a"], warm=WARM)
         fed.start_supernode("site-b", node_config(groups[1], {"byzantine": False}), key=keys["site-b"], warm=WARM)
         assert bad.wait(timeout=60) != 0  # refused: it exits
         assert "Failed to activate SuperNode" in (fed.work / "stranger.log").read_text()
-        fed.run_app(cfg, out, 8, 300)
+        assert fed.run_app(first, tmp_path / "first", 8, 300).returncode == 0, \
+            (fed.work / "flwr-run.log").read_text()[-2000:]
+        heads = {p.name: p.read_bytes() for p in state.iterdir()}
+        assert heads                                                               # site-a kept its heads
+        fed.run_app(second, tmp_path / "second", 8, 300)
         assert all(fed.procs[name].poll() is None for name in ("site-a", "site-b"))
+    res = json.loads((tmp_path / "first" / "results.json").read_text())
+    assert res["final"]["client_scores"] == Simulation(first).run()["final"]["client_scores"]
+    for name in ("site-a", "site-b") if WARM else ():
+        assert "flwr-clientapp" not in (fed.work / f"{name}.log").read_text()   # no process per message
+        assert (fed.work / f"{name}-worker.log").is_file()
+    out = tmp_path / "second"
     error = (out / "error.txt").read_text()
     assert "only 4 clients answered" in error and "node site-a" in error
-    assert f"'state-dir' = {str(foreign)!r} holds client {groups[0][0]}'s state of another experiment" in error
+    assert f"'state-dir' = {str(state)!r} holds client {groups[0][0]}'s state of another experiment" in error
     assert json.loads((out / "status.json").read_text())["status"] == "failed"
     assert not (out / "results.json").exists()
-    assert (foreign / f"client-{groups[0][0]}.pt").read_bytes() == before      # nothing overwritten
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == heads          # nothing overwritten
     assert flower_processes_of(fed.work) == []
-    # the whole run over TLS with authenticated nodes, on the warm ClientApp worker (deploy-local
-    # --warm-clientapp): each SuperNode runs with --isolation process and one long-lived brmtrl worker, no
-    # flwr-clientapp process is started, and the run ends as the built-in engine's
-    cfg = small("train.rounds=3")
     if not WARM:
         with pytest.raises(DeployError, match="needs Flower 1.42"):
-            deploy_local(cfg, tmp_path / "warm", supernodes=2, timeout=300, warm=True)
-    res = deploy_local(cfg, tmp_path / "secure", supernodes=2, tls=True, auth=True, timeout=300, warm=WARM)
-    assert res["final"]["client_scores"] == Simulation(cfg).run()["final"]["client_scores"]
-    work = tmp_path / "secure" / "deploy"
-    for k in range(2 if WARM else 0):
-        assert "flwr-clientapp" not in (work / f"supernode-{k}.log").read_text()   # no process per message
-        assert (work / f"supernode-{k}-worker.log").is_file()
-    assert flower_processes_of(work) == []
+            deploy_local(first, tmp_path / "warm", supernodes=2, timeout=300, warm=True)
 
 
 @pytest.mark.slow(seconds=100)
@@ -235,11 +234,13 @@ def _ctrl_c_as_in_a_terminal() -> None:
 
 @pytest.mark.slow(seconds=26)
 def test_ctrl_c_stops_every_process(tmp_path):
+    """Ctrl-C on `brmtrl deploy-local --tls --auth` (its CA and certificates made, each node's key registered)
+    once the run is under way: every process it started stops."""
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "brmtrl", "deploy-local", "--config", str(CONFIGS / "quick.toml"),
                              "--set", "dataset.num_clients=8", "--set", "train.rounds=50", "--set", "device=cpu",
-                             "--supernodes", "2", "--out", str(out), "--quiet", *WARM_FLAG], env=env,
+                             "--supernodes", "2", "--out", str(out), "--quiet", "--tls", "--auth", *WARM_FLAG], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
@@ -248,6 +249,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
             time.sleep(0.2)
         assert (out / "progress.json").is_file(), proc.stderr.read() if proc.poll() is not None else "no progress"
         assert flower_processes_of(out / "deploy")  # the federation is running
+        assert (out / "deploy" / "certs" / "ca.crt").is_file() and len(list((out / "deploy" / "keys").glob("*.pub"))) == 2
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
