@@ -244,7 +244,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
-        deadline = time.time() + 300   # under the suite's load, TLS and four key registrations come first
+        deadline = time.time() + 300   # under the suite's load, TLS and the nodes' key registrations come first
         while time.time() < deadline and not (out / "progress.json").is_file() and proc.poll() is None:
             time.sleep(0.2)
         assert (out / "progress.json").is_file(), proc.stderr.read() if proc.poll() is not None else "no progress"
