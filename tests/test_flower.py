@@ -78,6 +78,9 @@ def test_flower_simulation_matches_the_built_in_engine(tmp_path, one_ray_at_a_ti
     assert flower["reputation"] == built_in["reputation"] and built_in["reputation"]["excluded"]
     shares = [h["guard_personal_share"] for h in built_in["history"]]
     assert shares == [h["guard_personal_share"] for h in flower["history"]] and len(set(shares)) > 1
+    mine, theirs = built_in["final"]["client_scores"], flower["final"]["client_scores"]
+    assert mine["clients"] == theirs["clients"] and mine["test_samples"] == theirs["test_samples"]
+    assert mine["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-3)   # tolerance of this test
     assert flower["final"]["byzantine_clients"] == built_in["final"]["byzantine_clients"]
     # the same outputs as brmtrl run, with the same keys in results.json
     assert {p.name for p in (tmp_path / "flower").iterdir()} >= {"results.json", "metrics.csv", "accuracy.png"}
