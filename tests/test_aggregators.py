@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
 
 from brmtrl.aggregators import (AGGREGATORS, geometric_median, geometric_median_result, krum, mean, median,
                                 multi_krum, pairwise_sq_distances, trimmed_mean, weiszfeld_reference)
@@ -19,6 +18,8 @@ def sum_dist(z: np.ndarray, x: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_geometric_median_minimizes_sum_of_distances(seed):
+    from scipy.optimize import minimize   # imported here: each xdist worker collects every module
+
     x = rows(7, 3, seed)
     gm = geometric_median(x).numpy()
     xn = x.numpy()

@@ -3,6 +3,7 @@ and stopped here), with the numbers, resume, summary and failures of a local swe
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from .conftest import ray_exclusive
 from .test_sweep import GRID, numbers, summary, sweep, write_grid
 
-ray_cluster = pytest.importorskip("ray.cluster_utils")
+if importlib.util.find_spec("ray") is None:   # imported in the fixture: each xdist worker collects every module
+    pytest.skip("ray is not installed", allow_module_level=True)
 
 MIXED = (GRID.replace('"attack.name" = ["sign_flip", "gaussian"]',
                       '"dataset.name" = ["synthetic_classification", "cifar10"]')
@@ -24,10 +26,12 @@ def cluster(tmp_path_factory):
     """A Ray cluster of two nodes (1 CPU each) on 127.0.0.1; shut down whatever the tests do. Ray replaces a
     loopback address by the machine's own IP unless it runs in its single-machine mode
     (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by every Ray process this test starts, the sweep's included)."""
+    from ray import cluster_utils
+
     with ray_exclusive(tmp_path_factory), pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         mp.setenv("RAY_worker_niceness", "0")   # not Ray's 15: the cells would starve beside the other tests
-        c = ray_cluster.Cluster(initialize_head=True, connect=False, head_node_args={
+        c = cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
             "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
         try:
             c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
