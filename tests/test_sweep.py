@@ -297,6 +297,27 @@ def test_a_different_grid_is_refused_unless_forced(full: tuple[Path, Path], tmp_
     assert (out / "grid.toml").read_text() == other.read_text()
 
 
+def test_a_cell_renamed_by_a_new_axis_value_keeps_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An axis with one value has no place in the cells' names; a second value renames every cell. The
+    finished cell keeps its folder under its new name and is not run again."""
+    one = GRID.replace('"attack.name" = ["sign_flip", "gaussian"]', '"attack.name" = ["sign_flip"]')
+    grid = write_grid(tmp_path, one)
+    out = tmp_path / "sweep"
+    assert sweep(grid, out, "--threads", "1", "--max-cells", "1") == 0
+    first = load_grid(grid).cells[0].name
+    before = (out / first / "results.json").read_bytes()
+    two = write_grid(tmp_path, GRID, name="two.toml")
+    renamed = next(c.name for c in load_grid(two).cells if c.name.endswith(first.rsplit("-", 1)[-1]))
+    assert renamed != first and "sign_flip" in renamed
+    ran: list[str] = []
+    real_run = sweep_mod.run_cell
+    monkeypatch.setattr(sweep_mod, "run_cell", lambda d, *a: ran.append(Path(d).name) or real_run(d, *a))
+    assert sweep(two, out, "--threads", "1", "--force", "--max-cells", "1") == 0
+    assert renamed not in ran and not (out / first).exists()
+    assert (out / renamed / "results.json").read_bytes() == before
+    assert summary(out)[renamed]["status"] == "done"
+
+
 def test_a_non_sweep_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = write_grid(tmp_path)
     (tmp_path / "busy").mkdir()

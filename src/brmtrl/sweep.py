@@ -32,6 +32,7 @@ plots are written by :mod:`brmtrl.sweep_report`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT, CheckpointError
+from .checkpoint import CHECKPOINT, RESUMABLE_KEYS, CheckpointError
 from .config import validate
 from .sweep_grid import Cell, Grid, expand, load_grid, select
 from .sweep_layout import (CELL_FILE, ERROR_LOG, GRID_COPY, LOCK, STATE_FILE, GridError, cell_status, cpu_count,
@@ -152,10 +153,32 @@ def _prepare(grid: Grid, out: Path, force: bool, command: str) -> dict[str, Any]
         "command": command, "wall_s": float((old or {}).get("wall_s", 0.0)), "machine": machine(),
     }
     write_json(state_path, state)
+    _keep_renamed_cells(out, grid.cells)
     for c in grid.cells:
         (out / c.name).mkdir(exist_ok=True)
         write_json(out / c.name / CELL_FILE, {"name": c.name, "grid": c.grid, "overrides": c.overrides})
     return state
+
+
+def _keep_renamed_cells(out: Path, cells: Sequence[Cell]) -> None:
+    """A cell whose name changed but whose experiment did not keeps its folder: a grid axis with one value
+    has no place in the cells' names, so giving it a second value renames every cell. The folder with the
+    same hash suffix whose ``cell.json`` holds the same overrides (up to the resumable keys) is renamed, so
+    its finished run, or its checkpoint, is not run again."""
+    def ident(overrides: Any) -> str:
+        return json.dumps({k: v for k, v in (overrides or {}).items() if k not in RESUMABLE_KEYS}, sort_keys=True)
+
+    names = {c.name for c in cells}
+    for c in cells:
+        target = out / c.name
+        if target.exists():
+            continue
+        for folder in sorted(out.glob(f"*-{c.name.rsplit('-', 1)[-1]}")):
+            meta = load_json(folder / CELL_FILE) if folder.is_dir() and folder.name not in names else None
+            if isinstance(meta, dict) and ident(meta.get("overrides")) == ident(json.loads(json.dumps(c.overrides))):
+                folder.rename(target)
+                log.info("cell %s is %s, renamed: the grid's varying keys changed", folder.name, c.name)
+                break
 
 
 def _cell_values(cell: Cell, threads: int) -> dict[str, Any]:
