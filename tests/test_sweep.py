@@ -430,8 +430,8 @@ def test_a_sweep_killed_with_sigkill_mid_cell_resumes_with_identical_numbers(tmp
     import sys
     import time
 
-    grid = write_grid(tmp_path, GRID.replace('"train.rounds" = 3', '"train.rounds" = 120\n"train.checkpoint_every" = 10\n'
-                                              '"train.eval_every" = 20')
+    grid = write_grid(tmp_path, GRID.replace('"train.rounds" = 3', '"train.rounds" = 30\n"train.checkpoint_every" = 10\n'
+                                              '"train.eval_every" = 10')
                       .replace('"aggregator.name" = ["mean", "median"]', '"aggregator.name" = ["median"]')
                       .replace('"attack.name" = ["sign_flip", "gaussian"]', '"attack.name" = ["sign_flip"]'))
     assert sweep(grid, tmp_path / "reference", "--threads", "1") == 0
@@ -443,15 +443,16 @@ def test_a_sweep_killed_with_sigkill_mid_cell_resumes_with_identical_numbers(tmp
     try:
         deadline = time.monotonic() + 120
         while not (out / first / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGSTOP)   # frozen just past its first checkpoint, then killed there: no
+        os.killpg(proc.pid, signal.SIGKILL)   # sweep is fast enough to finish its cell in between
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / first / "results.json").exists() or \
-        json.loads((out / first / "results.json").read_text())["final"]["rounds"] < 120
+        json.loads((out / first / "results.json").read_text())["final"]["rounds"] < 30
     assert sweep(grid, out, "--threads", "1") == 0
     assert numbers(out) == numbers(tmp_path / "reference")
     for cell in summary(out):
