@@ -86,7 +86,7 @@ def test_grid_report_tabulates_the_sweep_it_reads(tmp_path: Path) -> None:
 
 def test_runs_report_gives_final_accuracy_curves_and_the_transfer_table(tiny_cfg, tmp_path: Path) -> None:
     common = ["transfer.clients=4", "transfer.shots=[1, 5]", "train.rounds=4", "transfer.epochs=5",
-              "transfer.scratch_epochs=5"]
+              "transfer.scratch_epochs=5", "transfer.epochs_grid=[5]", "transfer.lr_grid=[0.03, 0.1]"]  # the report
     runs = {}
     for name, extra in (("fedavg", ["algorithm.name=fedavg"]), ("rep", [])):
         if name == "rep":

@@ -430,8 +430,8 @@ def test_a_sweep_killed_with_sigkill_mid_cell_resumes_with_identical_numbers(tmp
     import sys
     import time
 
-    grid = write_grid(tmp_path, GRID.replace('"train.rounds" = 3', '"train.rounds" = 30\n"train.checkpoint_every" = 10\n'
-                                              '"train.eval_every" = 10')
+    grid = write_grid(tmp_path, GRID.replace('"train.rounds" = 3',
+                                             '"train.rounds" = 30\n"train.checkpoint_every" = 10\n"train.eval_every" = 10')
                       .replace('"aggregator.name" = ["mean", "median"]', '"aggregator.name" = ["median"]')
                       .replace('"attack.name" = ["sign_flip", "gaussian"]', '"attack.name" = ["sign_flip"]'))
     assert sweep(grid, tmp_path / "reference", "--threads", "1") == 0
