@@ -47,6 +47,34 @@ def test_the_committed_comparative_grids_cover_the_study(name: str, dataset: str
                for c in grid.cells)
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "femnist"])
+def test_the_paper_length_grids_keep_the_fair_studys_cells_and_budgets(dataset: str) -> None:
+    """configs/grids/paper_*.toml (for a GPU): the paper's 100 rounds (CIFAR-10 with its augmentation, FEMNIST
+    on its natural writers), one local budget, FedRep's protocol, and the fair study's cells: every method
+    without attack; brmtrl and FedRep + mean under every attack; the whole-model baselines + GM under two."""
+    grid = load_grid(ROOT / "configs" / "grids" / f"paper_{dataset}.toml")
+    cells = {(c.grid["method"], c.grid["attack"], c.grid["seed"]): c.config for c in grid.cells}
+    assert len(cells) == 38 and {s for _, _, s in cells} == {0, 1}
+    assert {m for m, a, _ in cells if a == "none"} == {"brmtrl", "fedrep_mean", "fedavg_mean", "fedavg_ft_mean",
+                                                       "fedper_mean", "lg_fedavg_mean", "local"}
+    assert {m for m, a, _ in cells if a == "alie_z3"} == {"brmtrl", "fedrep_mean"}
+    assert {m for m, a, _ in cells if a == "sign_flip"} == {"brmtrl", "fedrep_mean", "fedavg_gm", "fedper_gm",
+                                                            "lg_fedavg_gm"}
+    for cfg in cells.values():
+        assert cfg["train.rounds"] == 100 and cfg["train.local_epochs"] == "auto" and cfg["eval.protocol"] == "fedrep"
+        assert cfg["dataset.name"] == dataset and cfg["device"] == "auto"
+    assert all(c["dataset.augment"] for c in cells.values()) if dataset == "cifar10" else \
+        all(c["dataset.partition"] == "natural" and c["dataset.num_clients"] == 105 for c in cells.values())
+    assert cells["brmtrl", "alie_z3", 0]["attack.z"] == 3.0 and cells["brmtrl", "alie", 0]["attack.z"] != 3.0
+
+
+def test_every_committed_grid_loads() -> None:
+    grids = sorted((ROOT / "configs" / "grids").glob("*.toml"))
+    assert len(grids) >= 15
+    for path in grids:
+        assert load_grid(path).cells, path.name
+
+
 COMPARE = """
 config = "base.toml"
 [set]
