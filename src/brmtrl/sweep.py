@@ -175,7 +175,7 @@ def _keep_renamed_cells(out: Path, cells: Sequence[Cell]) -> None:
             continue
         for folder in sorted(out.glob(f"*-{c.name.rsplit('-', 1)[-1]}")):
             meta = load_json(folder / CELL_FILE) if folder.is_dir() and folder.name not in names else None
-            if isinstance(meta, dict) and ident(meta.get("overrides")) == ident(json.loads(json.dumps(c.overrides))):
+            if isinstance(meta, dict) and ident(meta.get("overrides")) == ident(c.overrides):
                 folder.rename(target)
                 log.info("cell %s is %s, renamed: the grid's varying keys changed", folder.name, c.name)
                 break
