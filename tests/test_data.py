@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import brmtrl.data
 from brmtrl.cli import main
 from brmtrl.config import load_config
 from brmtrl.data import DataError, FederatedData, load_cifar10, load_data, load_femnist, partition
+from brmtrl.data.cifar10 import load_cifar10_arrays
 from brmtrl.data.synthetic import principal_angle_distance
 
 from .conftest import CIFAR, CONFIGS, FEMNIST, need
@@ -117,21 +119,85 @@ def test_femnist_from_shared_leaf_json():
     assert all(len(t) > 0 for t in tei)
 
 
-def test_online_sources_are_requested_and_failures_name_dataset_root(monkeypatch):
-    import datasets
+def fake_hub(monkeypatch, repos: dict[str, Path] | None = None) -> list[tuple]:
+    """``huggingface_hub.snapshot_download`` replaced: the call is recorded and answered with the folder
+    ``repos`` gives the repository (standing for its downloaded snapshot), or a ConnectionError (the
+    hub cannot be reached, as on these machines)."""
+    import huggingface_hub
 
-    calls = []
+    calls: list[tuple] = []
 
-    def fake(repo, *args, **kwargs):
-        calls.append(repo)
-        raise ConnectionError("hub unreachable")
+    def fake(repo_id, *, repo_type=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, repo_type, tuple(allow_patterns or ())))
+        if repos is None or repo_id not in repos:
+            raise ConnectionError("hub unreachable")
+        return str(repos[repo_id])
 
-    monkeypatch.setattr(datasets, "load_dataset", fake)
-    with pytest.raises(DataError, match=r"uoft-cs/cifar10.*dataset\.root"):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    return calls
+
+
+def test_online_sources_are_requested_and_failures_name_dataset_root(monkeypatch, tmp_path):
+    calls = fake_hub(monkeypatch)
+    with pytest.raises(DataError, match=r"uoft-cs/cifar10.*ConnectionError: hub unreachable.*dataset\.root"):
         load_cifar10(None)
     with pytest.raises(DataError, match=r"flwrlabs/femnist.*dataset\.root"):
         load_femnist(None, 10)
-    assert calls == ["uoft-cs/cifar10", "flwrlabs/femnist"]
+    assert calls == [("uoft-cs/cifar10", "dataset", ("plain_text/train-*.parquet",)),
+                     ("flwrlabs/femnist", "dataset", ("data/train-*.parquet",))]
+    fake_hub(monkeypatch, {"uoft-cs/cifar10": tmp_path})   # reached, but holds no such files
+    with pytest.raises(DataError, match=r"uoft-cs/cifar10.*no files matching 'plain_text/train-\*\.parquet'.*dataset\.root"):
+        load_cifar10(None)
+
+
+def test_cifar10_online_reads_the_hubs_files_as_the_local_copy(monkeypatch, tmp_path):
+    """The hub's layout (plain_text/<split>-00000-of-00001.parquet, the shared copy's very files) gives the
+    arrays of the local copy: one reader, one cache."""
+    need(CIFAR)
+    snap = tmp_path / "snapshot" / "plain_text"
+    snap.mkdir(parents=True)
+    for split in ("train", "test"):
+        (snap / f"{split}-00000-of-00001.parquet").symlink_to(CIFAR / f"{split}.parquet")
+    calls = fake_hub(monkeypatch, {"uoft-cs/cifar10": snap.parent})
+    online, local = load_cifar10_arrays(None), load_cifar10_arrays(str(CIFAR))
+    assert [c[2] for c in calls] == [("plain_text/train-*.parquet",), ("plain_text/test-*.parquet",)]
+    for split in ("train", "test"):
+        assert np.array_equal(online[split][0], local[split][0]) and np.array_equal(online[split][1], local[split][1])
+
+
+def test_femnist_online_reads_the_hubs_schema_and_splits_each_writer(monkeypatch, tmp_path):
+    """Three writers of the shared LEAF sample written as the hub's flwrlabs/femnist shards (PNG images,
+    writer_id, hsf_id, character): every sample comes back, once, with its label and its pixels inverted,
+    each writer's split into train and test by dataset.test_fraction."""
+    need(FEMNIST)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    xtr, ytr, _, _, tri, _, names = load_femnist(str(FEMNIST), 3)
+    pixels = np.rint((1.0 - xtr.numpy()) * 255).astype(np.uint8)          # back to LEAF's white background
+    rows = {"image": [], "writer_id": [], "hsf_id": [], "character": []}
+    for name, idx in zip(names, tri):
+        for i in idx.tolist():
+            buf = io.BytesIO()
+            Image.fromarray(pixels[i, 0], mode="L").save(buf, format="PNG")
+            rows["image"].append({"bytes": buf.getvalue(), "path": None})
+            rows["writer_id"].append(name)
+            rows["hsf_id"].append(0)
+            rows["character"].append(int(ytr[i]))
+    (tmp_path / "data").mkdir()
+    half = len(rows["writer_id"]) // 2       # two shards, cut inside a writer
+    for k, part in enumerate((slice(0, half), slice(half, None))):
+        pq.write_table(pa.table({c: v[part] for c, v in rows.items()}), tmp_path / "data" / f"train-0000{k}-of-00002.parquet")
+    fake_hub(monkeypatch, {"flwrlabs/femnist": tmp_path})
+    oxtr, oytr, oxte, oyte, otri, otei, onames = load_femnist(None, None, test_fraction=0.25, seed=3)
+    assert onames == names
+    for name, idx, a, b in zip(names, tri, otri, otei):
+        assert len(b) == max(1, round(0.25 * len(idx))) and len(a) + len(b) == len(idx)
+        got = sorted(zip(torch.cat([oytr[a], oyte[b]]).tolist(),
+                         torch.cat([oxtr[a], oxte[b]]).flatten(1).mul(255).round().to(torch.uint8).tolist()))
+        want = sorted(zip(ytr[idx].tolist(), xtr[idx].flatten(1).mul(255).round().to(torch.uint8).tolist()))
+        assert got == want
 
 
 def test_missing_truncated_and_corrupted_files_are_named(tmp_path):

@@ -1,7 +1,8 @@
-"""CIFAR-10 from parquet files in the ``uoft-cs/cifar10`` schema (offline) or from the hub (online).
+"""CIFAR-10 from parquet files in the ``uoft-cs/cifar10`` schema: a local copy (offline) or the hub's own
+files, downloaded by :func:`~brmtrl.data.hub.fetch_parquet` (online); both are read by the same code.
 
 Decoded uint8 arrays are cached as ``.npy`` files beside nothing of the user's: under ``$BRMTRL_CACHE``
-(default ``~/.cache/brmtrl``), keyed by the parquet files' size and modification time, and read back
+(default ``~/.cache/brmtrl``), keyed by each parquet file's path, size and modification time, and read back
 memory-mapped, so that a process that needs a few clients' images (a Flower node:
 :func:`load_cifar10_arrays`) reads only those. Each writer saves to its own temporary file (process id and
 a random suffix in the name) and renames it into place, so concurrent runs never read or clobber a
@@ -18,13 +19,13 @@ import io
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
 
 from .federated import DataError
-from .hub import load_hub
+from .hub import fetch_parquet
 
 __all__ = ["HUB_ID", "load_cifar10", "load_cifar10_arrays", "normalise", "CIFAR_MEAN", "CIFAR_STD", "normalised_black"]
 
@@ -43,15 +44,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BRMTRL_CACHE", Path.home() / ".cache" / "brmtrl"))
 
 
-def _decode(images: Iterable[Any], where: str) -> np.ndarray:
+def _decode(images: Iterable[bytes], where: str) -> np.ndarray:
     from PIL import Image
 
     out = []
-    for k, img in enumerate(images):
+    for k, data in enumerate(images):
         try:
-            if isinstance(img, dict):
-                img = Image.open(io.BytesIO(img["bytes"]))
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
         except Exception as exc:
             raise DataError(f"{where}: image {k} cannot be decoded ({exc}); expected JPEG/PNG bytes") from None
         if arr.shape != (32, 32, 3):
@@ -73,7 +72,7 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         f"({type(exc).__name__}: {exc})") from None
     labels = np.asarray(table.column("label").to_numpy(), dtype=np.int64)
     images = table.column("img").combine_chunks().field("bytes").to_pylist()
-    x = _decode(({"bytes": b} for b in images), f"CIFAR-10 file {str(path)!r}")
+    x = _decode(images, f"CIFAR-10 file {str(path)!r}")
     return x, labels
 
 
@@ -131,6 +130,29 @@ def _read_cache(stem: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return (x, y) if x.ndim == 4 and len(x) == len(y) else None
 
 
+def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One parquet file's (x, y): from the cache when this file (its path, size and modification time) was
+    decoded before, else decoded and cached."""
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    stem = cache_dir() / f"cifar10-{path.stem}-{key}"
+    cached = _read_cache(stem)     # a broken cache is rebuilt
+    if cached is not None:
+        return cached
+    x, y = _read_parquet(path)
+    _write_cache(stem.with_name(stem.name + ".y.npy"), y)    # y first: x's presence means both are there
+    _write_cache(stem.with_name(stem.name + ".x.npy"), x)
+    return x, y
+
+
+def _read_split(files: list[Path], split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split from its parquet file(s) (the hub may shard a split), checked for its size and labels."""
+    parts = [_read_file(f) for f in files]
+    x, y = parts[0] if len(parts) == 1 else (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    _check(x, y, where, split)
+    return x, y
+
+
 def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not root.is_dir():
         raise DataError(f"dataset.root {str(root)!r} is not a directory; expected a folder holding "
@@ -141,28 +163,16 @@ def _load_local(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if not path.is_file():
             raise DataError(f"CIFAR-10 file {str(path)!r} not found; expected train.parquet and test.parquet "
                             f"in the {HUB_ID} schema under dataset.root")
-        st = path.stat()
-        key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        stem = cache_dir() / f"cifar10-{split}-{key}"
-        cached = _read_cache(stem)     # a broken cache is rebuilt
-        if cached is not None:
-            out[split] = cached
-            continue
-        x, y = _read_parquet(path)
-        _check(x, y, f"CIFAR-10 file {str(path)!r}", split)
-        _write_cache(stem.with_name(stem.name + ".y.npy"), y)    # y first: x's presence means both are there
-        _write_cache(stem.with_name(stem.name + ".x.npy"), x)
-        out[split] = (x, y)
+        out[split] = _read_split([path], split, f"CIFAR-10 file {str(path)!r}")
     return out
 
 
 def _load_online() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    ds = load_hub(HUB_ID, "CIFAR-10", "../shared/data/cifar10")
-    out = {}
-    for split in SPLITS:
-        part = ds[split]
-        out[split] = (_decode(part["img"], f"{HUB_ID}[{split}]"), np.asarray(part["label"], dtype=np.int64))
-    return out
+    """The hub's parquet files of :data:`HUB_ID` (``plain_text/<split>-*.parquet``), read and cached as a
+    local copy is."""
+    return {split: _read_split(fetch_parquet(HUB_ID, f"plain_text/{split}-*.parquet", "CIFAR-10", "../shared/data/cifar10"),
+                               split, f"{HUB_ID} ({split})")
+            for split in SPLITS}
 
 
 def load_cifar10_arrays(root: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -1,8 +1,10 @@
-"""FEMNIST: a LEAF JSON directory (``train/*.json``, ``test/*.json``) offline, or ``flwrlabs/femnist``
-from the hub online. One client per writer; pixels are inverted so the background is 0."""
+"""FEMNIST: a LEAF JSON directory (``train/*.json``, ``test/*.json``) offline, or ``flwrlabs/femnist``'s
+parquet files from the hub online (:func:`~brmtrl.data.hub.fetch_parquet`). One client per writer; pixels
+are inverted so the background is 0."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 
 from .federated import DataError
-from .hub import load_hub
+from .hub import fetch_parquet
 
 __all__ = ["BACKGROUND", "HUB_ID", "NUM_CLASSES", "load_femnist"]
 
@@ -57,11 +59,31 @@ def _load_local(root: Path) -> tuple[Writers, Writers]:
     return train, test
 
 
+def _read_hub_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(writer ids, labels, images (n, 784) in [0, 1] with LEAF's white background 1.0) of one parquet
+    shard in the ``flwrlabs/femnist`` schema (columns image (PNG bytes), writer_id, character)."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    try:
+        table = pq.read_table(path, columns=["image", "writer_id", "character"])
+        writers = np.asarray(table.column("writer_id").to_pylist())
+        labels = np.asarray(table.column("character").to_numpy(), dtype=np.int64)
+        images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("L"), dtype=np.float32).reshape(-1) / 255.0
+                           for b in table.column("image").combine_chunks().field("bytes").to_pylist()])
+    except Exception as exc:
+        raise DataError(f"FEMNIST file {str(path)!r} is not in the {HUB_ID} schema (columns image, writer_id, "
+                        f"character; 28x28 images): {type(exc).__name__}: {exc}") from None
+    if images.shape[1] != 784:
+        raise DataError(f"FEMNIST file {str(path)!r}: images of {images.shape[1]} pixels; expected 28x28")
+    return writers, labels, images
+
+
 def _load_online(test_fraction: float, seed: int) -> tuple[Writers, Writers]:
-    ds = load_hub(HUB_ID, "FEMNIST", "../shared/data/femnist", split="train")
-    writer_ids = np.asarray(ds["writer_id"])
-    labels = np.asarray(ds["character"], dtype=np.int64)
-    images = np.stack([np.asarray(im.convert("L"), dtype=np.float32).reshape(-1) / 255.0 for im in ds["image"]])
+    """The hub's FEMNIST (one train split, every writer's samples): each writer's samples split into train
+    and test by ``test_fraction``, with a generator seeded by ``seed``."""
+    parts = [_read_hub_parquet(f) for f in fetch_parquet(HUB_ID, "data/train-*.parquet", "FEMNIST", "../shared/data/femnist")]
+    writer_ids, labels, images = (np.concatenate([p[k] for p in parts]) for k in range(3))
     rng = np.random.default_rng(seed)
     train: Writers = {}
     test: Writers = {}
