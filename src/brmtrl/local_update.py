@@ -19,6 +19,7 @@ from .head_sgd import EpochData, head_sgd_batched
 from .local_rules import RULES, LocalRule, complement, register_local_rule, resolve_local_rule
 from .losses import loss_fn
 from .models import SplitModel
+from .sgd import SGD
 from .split import Part, freeze_all_but
 
 __all__ = ["RULES", "LocalRule", "SGDSettings", "complement", "compute_features", "evaluate", "loss_fn",
@@ -38,8 +39,9 @@ class SGDSettings:
     def from_config(cls, cfg: Mapping[str, Any]) -> "SGDSettings":
         return cls(cfg["train.lr"], cfg["train.momentum"], cfg["train.weight_decay"], cfg["train.batch_size"])
 
-    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.SGD:
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+    def optimizer(self, params: list[nn.Parameter]) -> SGD:
+        """``torch.optim.SGD``'s update with these settings (:class:`~brmtrl.sgd.SGD`: the same numbers)."""
+        return SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
 @torch.no_grad()
