@@ -174,30 +174,32 @@ def test_femnist_online_reads_the_hubs_schema_and_splits_each_writer(monkeypatch
     import pyarrow.parquet as pq
     from PIL import Image
 
-    xtr, ytr, _, _, tri, _, names = load_femnist(str(FEMNIST), 3)
-    pixels = np.rint((1.0 - xtr.numpy()) * 255).astype(np.uint8)          # back to LEAF's white background
-    rows = {"image": [], "writer_id": [], "hsf_id": [], "character": []}
-    for name, idx in zip(names, tri):
-        for i in idx.tolist():
+    blob = json.loads(sorted((FEMNIST / "train").glob("*.json"))[0].read_text())
+    names = sorted(blob["users"])[:3]
+    leaf = {n: (np.rint(np.asarray(blob["user_data"][n]["x"]) * 255).astype(np.uint8), blob["user_data"][n]["y"])
+            for n in names}
+    rows: dict[str, list] = {"image": [], "writer_id": [], "hsf_id": [], "character": []}
+    for name, (pixels, labels) in leaf.items():
+        for img, label in zip(pixels, labels):
             buf = io.BytesIO()
-            Image.fromarray(pixels[i, 0], mode="L").save(buf, format="PNG")
+            Image.fromarray(img.reshape(28, 28), mode="L").save(buf, format="PNG")
             rows["image"].append({"bytes": buf.getvalue(), "path": None})
             rows["writer_id"].append(name)
             rows["hsf_id"].append(0)
-            rows["character"].append(int(ytr[i]))
+            rows["character"].append(int(label))
     (tmp_path / "data").mkdir()
     half = len(rows["writer_id"]) // 2       # two shards, cut inside a writer
     for k, part in enumerate((slice(0, half), slice(half, None))):
         pq.write_table(pa.table({c: v[part] for c, v in rows.items()}), tmp_path / "data" / f"train-0000{k}-of-00002.parquet")
     fake_hub(monkeypatch, {"flwrlabs/femnist": tmp_path})
-    oxtr, oytr, oxte, oyte, otri, otei, onames = load_femnist(None, None, test_fraction=0.25, seed=3)
-    assert onames == names
-    for name, idx, a, b in zip(names, tri, otri, otei):
-        assert len(b) == max(1, round(0.25 * len(idx))) and len(a) + len(b) == len(idx)
-        got = sorted(zip(torch.cat([oytr[a], oyte[b]]).tolist(),
-                         torch.cat([oxtr[a], oxte[b]]).flatten(1).mul(255).round().to(torch.uint8).tolist()))
-        want = sorted(zip(ytr[idx].tolist(), xtr[idx].flatten(1).mul(255).round().to(torch.uint8).tolist()))
-        assert got == want
+    xtr, ytr, xte, yte, tri, tei, got_names = load_femnist(None, None, test_fraction=0.25, seed=3)
+    assert got_names == names
+    for name, a, b in zip(names, tri, tei):
+        pixels, labels = leaf[name]
+        assert len(b) == max(1, round(0.25 * len(labels))) and len(a) + len(b) == len(labels)
+        back = (255 - torch.cat([xtr[a], xte[b]]).flatten(1).mul(255).round()).to(torch.uint8)   # un-inverted
+        assert sorted(zip(torch.cat([ytr[a], yte[b]]).tolist(), back.tolist())) == \
+            sorted(zip(labels, pixels.tolist()))
 
 
 def test_missing_truncated_and_corrupted_files_are_named(tmp_path):
