@@ -103,3 +103,10 @@ def test_the_client_app_keeps_heads_on_disk_sends_only_deltas_and_refuses_anothe
     other = tiny_cfg("attack.name=none", "attack.byzantine_fraction=0.0", "seed=1")
     with pytest.raises(StateDirError, match=r"'state-dir' = '.*/state' holds client 0's state of another experiment"):
         client_app.train(_train_message(other, sim.shared, [0], 1), fresh)
+    # a message for a client without state (2) and one of another experiment (0): refused before either
+    # trains, so the state-dir is left as it was
+    before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
+    wide = Context(run_id=4, node_id=11, node_config={**nc, "partition-ids": "0-3"}, state=RecordDict(), run_config={})
+    with pytest.raises(StateDirError, match=r"holds client 0's state of another experiment"):
+        client_app.train(_train_message(other, sim.shared, [2, 0], 1), wide)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()} == before

@@ -204,7 +204,11 @@ def train(message: Message, context: Context) -> Message:
     shared = tensor(arrays_of(message), "shared")
     fault = str(context.node_config.get("fault", ""))
     arrays, pids, counts, byz, seconds = ArrayRecord(), [], [], [], []
-    for pid in _partitions(message, context):
+    partitions = _partitions(message, context)
+    disk = _state_dir(message, context)
+    if disk is not None:   # all of them or none: a refused message leaves the state-dir as it was
+        disk.check(partitions)
+    for pid in partitions:
         node = node_for(message, context, pid)
         private, guard_before = _held(node, message, context, r, training=True)
         t0 = time.perf_counter()
@@ -215,7 +219,6 @@ def train(message: Message, context: Context) -> Message:
         guard = node.update_guard(shared, res, guard_before, r)
         if guard is not None:
             context.state[f"{GUARD}-{node.id}"] = ArrayRecord({"private": array(guard)})
-        disk = _state_dir(message, context)
         if disk is not None:   # written before the reply: a round the server saw is on the node's disk
             disk.save(node.id, r, {"private": res.private, **({} if guard is None else {"guard": guard})})
         if sent is not None and fault == "nan":

@@ -65,6 +65,12 @@ class NodeState:
                                 "state-dir or empty that one")
         return data
 
+    def check(self, clients: list[int]) -> None:
+        """Refuse (:class:`StateDirError`) when any of ``clients`` has another experiment's state here,
+        before the node trains, and so writes, any of them."""
+        for client in clients:
+            self._read(client)
+
     def load(self, client: int, round_: int, *, training: bool) -> dict[str, torch.Tensor]:
         """The client's state that counts in ``round_``: ``{"private": ..., "guard": ...}`` (keys absent
         before its first round)."""
