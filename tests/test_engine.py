@@ -169,26 +169,41 @@ def test_auto_f_records_true_and_assumed_byzantine_counts(tiny_cfg, caplog):
     assert "more than aggregator.f = 1 assumes" in caplog.text
 
 
+def hypergeom_ppf(q: float, pool: int, marked: int, draws: int) -> int:
+    """The hypergeometric quantile by its definition, in exact rational arithmetic: the smallest k with
+    P(X <= k) >= q, P(X = j) = C(marked, j) C(pool - marked, draws - j) / C(pool, draws)."""
+    from fractions import Fraction
+    from math import comb
+
+    cdf, target = Fraction(0), Fraction(q)
+    for k in range(min(marked, draws) + 1):
+        cdf += Fraction(comb(marked, k) * comb(pool - marked, draws - k), comb(pool, draws))
+        if cdf >= target:
+            return k
+    raise AssertionError("the CDF reaches 1")
+
+
+def test_the_exact_hypergeometric_quantile_on_a_hand_worked_case():
+    # 2 marked of 4, 2 drawn: P(X = 0) = 1/6, P(X <= 1) = 5/6, P(X <= 2) = 1
+    assert [hypergeom_ppf(q, 4, 2, 2) for q in (0.1, 1 / 6, 0.5, 5 / 6 - 1e-9, 0.9)] == [0, 0, 1, 1, 2]
+
+
 @pytest.mark.parametrize("q", [0.95, 0.999, 0.9999])
 def test_auto_f_is_the_configured_quantile_of_the_byzantine_count(tiny_cfg, q):
-    from scipy.stats import hypergeom
-
     from brmtrl.server import hypergeometric_quantile
 
     for pool, marked, draws in [(20, 4, 10), (50, 10, 20), (100, 20, 10), (90, 18, 9)]:
-        assert hypergeometric_quantile(q, pool, marked, draws) == int(hypergeom(pool, marked, draws).ppf(q))
+        assert hypergeometric_quantile(q, pool, marked, draws) == hypergeom_ppf(q, pool, marked, draws)
     sim = Simulation(tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.2", "aggregator.name=trimmed_mean",
                               "train.participation=0.5", f"aggregator.f_quantile={q}"))
-    assert sim.f == min(int(hypergeom(20, 4, 10).ppf(q)), 4)  # trimmed_mean tolerates 4 of 10
+    assert sim.f == min(hypergeom_ppf(q, 20, 4, 10), 4)  # trimmed_mean tolerates 4 of 10
 
 
 def test_auto_f_defaults_to_the_99_99th_percentile(tiny_cfg):
-    from scipy.stats import hypergeom
-
     cfg = tiny_cfg("attack.name=sign_flip", "attack.byzantine_fraction=0.2", "aggregator.name=median",
                    "aggregator.pre=[\"nnm\"]", "dataset.num_clients=50", "train.participation=0.4")
     assert cfg["aggregator.f_quantile"] == 0.9999
-    assert Simulation(cfg).f == int(hypergeom(50, 10, 20).ppf(0.9999)) == 9
+    assert Simulation(cfg).f == hypergeom_ppf(0.9999, 50, 10, 20) == 9
 
 
 def test_auto_f_lowered_to_what_the_rule_tolerates_warns(tiny_cfg, caplog):
