@@ -415,6 +415,36 @@ def test_two_processes_writing_the_same_cache_do_not_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
+def test_processes_needing_the_same_file_decode_it_once(tmp_path):
+    """Two processes reading the same parquet file at once (a federation's nodes starting together): one
+    decodes it (slowly, here) while the other waits for its cache; both get the same arrays."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    imgs = []
+    for k in range(6):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), 40 * k, dtype=np.uint8)).save(buf, format="PNG")
+        imgs.append({"bytes": buf.getvalue(), "path": None})
+    pq.write_table(pa.table({"img": imgs, "label": list(range(6))}), tmp_path / "test.parquet")
+    script = ("import sys, time, numpy as np; from pathlib import Path; import brmtrl.data.cifar10 as c\n"
+              "read = c._read_parquet\n"
+              "def slow(path):\n"
+              "    open(sys.argv[2], 'a').write('decoded\\n'); time.sleep(3); return read(path)\n"
+              "c._read_parquet = slow\n"
+              "x, y = c._read_file(Path(sys.argv[1]), 'test')\n"
+              "print(int(x.sum()), y.tolist())\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BRMTRL_CACHE": str(tmp_path / "cache")}
+    log = tmp_path / "decodes.log"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "test.parquet"), str(log)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert outs[0][0] == outs[1][0] == f"{sum(40 * k for k in range(6)) * 32 * 32 * 3} {list(range(6))}\n"
+    assert log.read_text() == "decoded\n"
+
+
 def test_summary_reports_empty_clients_without_crashing():
     ytr = np.repeat(np.arange(10), 20)
     yte = np.repeat(np.arange(10), 4)

@@ -6,7 +6,8 @@ Decoded uint8 arrays are cached as ``.npy`` files beside nothing of the user's: 
 memory-mapped, so that a process that needs a few clients' images (a Flower node:
 :func:`load_cifar10_arrays`) reads only those. Each writer saves to its own temporary file (process id and
 a random suffix in the name) and renames it into place, so concurrent runs never read or clobber a
-half-written cache file.
+half-written cache file; and one process at a time decodes a file (a lock file beside its cache), so that
+processes starting together (a federation's nodes) decode it once, not once each.
 
 Images are normalised as FedRep normalises CIFAR-10: ImageNet's per-channel mean and standard
 deviation (see ``CIFAR_MEAN``).
@@ -18,8 +19,9 @@ import hashlib
 import io
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -130,24 +132,52 @@ def _read_cache(stem: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return (x, y) if x.ndim == 4 and len(x) == len(y) else None
 
 
-def _read_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One parquet file's (x, y): from the cache when this file (its path, size and modification time) was
-    decoded before, else decoded and cached."""
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    stem = cache_dir() / f"cifar10-{path.stem}-{key}"
+@contextmanager
+def _one_decoder(stem: Path) -> Iterator[None]:
+    """Held while this process decodes ``stem``'s file: a process that needs the same file meanwhile (the
+    SuperNodes and the server of a federation starting together, parallel sweep cells) waits, then reads
+    the cache, instead of decoding it again. No lock where the cache cannot be written or the platform
+    has no ``fcntl`` (each process then decodes on its own, as before)."""
+    try:
+        import fcntl
+
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(stem.with_name(stem.name + ".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_file(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One parquet file's (x, y): from the cache when this file (its real path, size and modification
+    time: a symbolic link to a file shares its cache) was decoded before, else decoded (by one process
+    at a time) and cached."""
+    real = path.resolve()
+    st = real.stat()
+    key = hashlib.sha1(f"{real}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    stem = cache_dir() / f"cifar10-{split}-{key}"
     cached = _read_cache(stem)     # a broken cache is rebuilt
     if cached is not None:
         return cached
-    x, y = _read_parquet(path)
-    _write_cache(stem.with_name(stem.name + ".y.npy"), y)    # y first: x's presence means both are there
-    _write_cache(stem.with_name(stem.name + ".x.npy"), x)
+    with _one_decoder(stem):
+        cached = _read_cache(stem)   # decoded by another process while this one waited
+        if cached is not None:
+            return cached
+        x, y = _read_parquet(path)
+        _write_cache(stem.with_name(stem.name + ".y.npy"), y)    # y first: x's presence means both are there
+        _write_cache(stem.with_name(stem.name + ".x.npy"), x)
     return x, y
 
 
 def _read_split(files: list[Path], split: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """A split from its parquet file(s) (the hub may shard a split), checked for its size and labels."""
-    parts = [_read_file(f) for f in files]
+    parts = [_read_file(f, split) for f in files]
     x, y = parts[0] if len(parts) == 1 else (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     _check(x, y, where, split)
     return x, y
