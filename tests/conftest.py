@@ -40,19 +40,32 @@ def tiny_cfg():
     return make
 
 
+def session_dir(factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test session that its xdist workers share (the parent of their temp folders;
+    a plain run's own temp folder)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock on the file ``path`` across the session's processes."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @contextmanager
 def ray_exclusive(factory: pytest.TempPathFactory):
     """One Ray instance at a time across the xdist workers (a lock file beside their temp folders): a Ray
     node starting beside another under the suite's load can miss Ray's fixed 30 s registration deadline
     ("The current node timed out during startup"). The scheduler below also puts every Ray test in one
     worker's chunk, so the lock rarely waits."""
-    lock = factory.getbasetemp().parent / "ray.lock"
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(session_dir(factory) / "ray.lock"):
+        yield
 
 
 @pytest.fixture

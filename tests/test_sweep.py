@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from brmtrl.cli import main
 from brmtrl.rundir import run_builtin
 from brmtrl.config import ConfigError
 from brmtrl.sweep import expand, load_grid
+
+from .conftest import locked, session_dir
 
 BASE = """
 seed = 0
@@ -74,11 +77,15 @@ def sweep(grid: Path, out: Path, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """An uninterrupted sweep of GRID with one worker: (grid file, sweep directory)."""
-    root = tmp_path_factory.mktemp("full")
-    grid = write_grid(root)
-    assert sweep(grid, root / "sweep", "--threads", "1") == 0
-    return grid, root / "sweep"
+    """An uninterrupted sweep of GRID with one worker: (grid file, sweep directory), read-only. Run once
+    per test session: the xdist worker that needs it first runs it, the others wait for it and read it."""
+    root = session_dir(tmp_path_factory) / "sweep-full"
+    with locked(session_dir(tmp_path_factory) / "sweep-full.lock"):
+        if not (root / "done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            assert sweep(write_grid(root), root / "sweep", "--threads", "1") == 0
+            (root / "done").touch()
+    return root / "grid.toml", root / "sweep"
 
 
 # --------------------------------------------------------------------------- the grid
@@ -162,9 +169,10 @@ def test_sweep_writes_cells_summaries_and_plots(full: tuple[Path, Path]) -> None
         assert (out / png).stat().st_size > 5000
 
 
-def test_a_finished_sweep_runs_nothing_again(full: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+def test_a_finished_sweep_runs_nothing_again(full: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    grid, out = full
+    grid, out = full[0], tmp_path / "sweep"
+    shutil.copytree(full[1], out)          # the shared sweep stays as it is
     monkeypatch.setattr(sweep_mod, "run_cell", lambda *a, **k: pytest.fail("a finished cell ran again"))
     assert sweep(grid, out) == 0
     assert "0 cells run, 8 already done" in capsys.readouterr().out
