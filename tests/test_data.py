@@ -81,7 +81,7 @@ def test_a_nodes_cifar10_clients_alone_are_the_same_tensors_as_in_the_whole_load
     those clients, the same tensors bit for bit as the whole load; the other clients hold nothing."""
     need(CIFAR)
     from brmtrl.data import _cifar10_arrays
-    from brmtrl.data.cifar10 import cache_dir
+    from brmtrl.data.cache import cache_dir
 
     cfg = load_config(CONFIGS / "cifar10.toml", [f"dataset.root={CIFAR}"])
     whole = load_data(cfg)                                        # writes the decoded cache if it is missing
@@ -135,6 +135,34 @@ def fake_hub(monkeypatch, repos: dict[str, Path] | None = None) -> list[tuple]:
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     return calls
+
+
+def test_femnist_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """A LEAF folder's JSON is parsed once; the next load reads the cache (no JSON parsed) and gives the
+    same arrays; an edited file is parsed again."""
+    need(FEMNIST)
+    import shutil
+
+    from brmtrl.data import femnist
+
+    root = tmp_path / "femnist"
+    for part in ("train", "test"):
+        (root / part).mkdir(parents=True)
+        first = sorted((FEMNIST / part).glob("*.json"))[0]
+        shutil.copy(first, root / part / first.name)
+    monkeypatch.setenv("BRMTRL_CACHE", str(tmp_path / "cache"))
+    parsed: list[int] = []
+    real = femnist._parse_leaf_files
+    monkeypatch.setattr(femnist, "_parse_leaf_files", lambda files: parsed.append(len(files)) or real(files))
+    once = load_femnist(str(root), None)
+    again = load_femnist(str(root), None)
+    assert parsed == [1, 1]                                     # train and test, the first time only
+    assert all(torch.equal(a, b) for a, b in zip(once[:4], again[:4])) and once[6] == again[6]
+    assert all(np.array_equal(a, b) for a, b in zip(once[4] + once[5], again[4] + again[5]))
+    test_file = next((root / "test").glob("*.json"))
+    os.utime(test_file, ns=(test_file.stat().st_atime_ns, test_file.stat().st_mtime_ns + 10**9))
+    load_femnist(str(root), None)
+    assert parsed == [1, 1, 1]                                  # the edited folder only
 
 
 def test_online_sources_are_requested_and_failures_name_dataset_root(monkeypatch, tmp_path):
@@ -373,10 +401,10 @@ def test_classes_per_client_above_the_classes_present_is_a_data_error(monkeypatc
 
 
 def test_cache_temp_files_are_per_process_and_removed_on_failure(tmp_path, monkeypatch):
-    from brmtrl.data import cifar10
+    from brmtrl.data import cache
 
     target = tmp_path / "cifar10-train-key.x.npy"
-    names = {cifar10._temp_name(target) for _ in range(5)}
+    names = {cache.temp_name(target) for _ in range(5)}
     assert len(names) == 5  # two writers in one process differ too
     assert all(str(os.getpid()) in n.name and n.parent == tmp_path and n.name.endswith(".npy") for n in names)
 
@@ -384,25 +412,25 @@ def test_cache_temp_files_are_per_process_and_removed_on_failure(tmp_path, monke
         Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(cifar10.np, "save", broken)
-    cifar10._write_cache(target, np.zeros(3))  # an unwritable cache is skipped...
+    monkeypatch.setattr(cache.np, "save", broken)
+    cache.write_array(target, np.zeros(3))  # an unwritable cache is skipped...
     assert list(tmp_path.iterdir()) == []  # ...and leaves nothing behind
 
     def interrupted(path, arr):
         Path(path).write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cifar10.np, "save", interrupted)
+    monkeypatch.setattr(cache.np, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cifar10._write_cache(target, np.zeros(3))
+        cache.write_array(target, np.zeros(3))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_two_processes_writing_the_same_cache_do_not_collide(tmp_path):
     target = tmp_path / "cifar10-train-key.x.npy"
-    script = ("import sys, numpy as np; from pathlib import Path; from brmtrl.data.cifar10 import _write_cache\n"
+    script = ("import sys, numpy as np; from pathlib import Path; from brmtrl.data.cache import write_array\n"
               "v = int(sys.argv[1]); x = np.full((2_000_000,), v, dtype=np.uint8)\n"
-              "for _ in range(5): _write_cache(Path(sys.argv[2]), x)\n")
+              "for _ in range(5): write_array(Path(sys.argv[2]), x)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(v), str(target)], env=env,
                               stderr=subprocess.PIPE, text=True) for v in (1, 2)]

@@ -1,13 +1,9 @@
 """CIFAR-10 from parquet files in the ``uoft-cs/cifar10`` schema: a local copy (offline) or the hub's own
 files, downloaded by :func:`~brmtrl.data.hub.fetch_parquet` (online); both are read by the same code.
 
-Decoded uint8 arrays are cached as ``.npy`` files beside nothing of the user's: under ``$BRMTRL_CACHE``
-(default ``~/.cache/brmtrl``), keyed by each parquet file's path, size and modification time, and read back
-memory-mapped, so that a process that needs a few clients' images (a Flower node:
-:func:`load_cifar10_arrays`) reads only those. Each writer saves to its own temporary file (process id and
-a random suffix in the name) and renames it into place, so concurrent runs never read or clobber a
-half-written cache file; and one process at a time decodes a file (a lock file beside its cache), so that
-processes starting together (a federation's nodes) decode it once, not once each.
+Decoded uint8 arrays are cached (:mod:`brmtrl.data.cache`: under ``$BRMTRL_CACHE``, keyed by each parquet
+file, decoded by one process at a time) and read back memory-mapped, so that a process that needs a few
+clients' images (a Flower node: :func:`load_cifar10_arrays`) reads only those.
 
 Images are normalised as FedRep normalises CIFAR-10: ImageNet's per-channel mean and standard
 deviation (see ``CIFAR_MEAN``).
@@ -15,17 +11,14 @@ deviation (see ``CIFAR_MEAN``).
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import secrets
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
 
+from .cache import cache_dir, cached_arrays, source_key
 from .federated import DataError
 from .hub import fetch_parquet
 
@@ -40,10 +33,6 @@ CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "test")
 EXPECTED_ROWS = {"train": 50_000, "test": 10_000}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BRMTRL_CACHE", Path.home() / ".cache" / "brmtrl"))
 
 
 def _decode(images: Iterable[bytes], where: str) -> np.ndarray:
@@ -100,79 +89,12 @@ def normalised_black() -> tuple[float, float, float]:
     return tuple(normalise(np.zeros((1, 1, 1, 3), dtype=np.uint8)).view(3).tolist())  # type: ignore[return-value]
 
 
-def _temp_name(path: Path) -> Path:
-    """A temporary file beside ``path``, unique to this process and call."""
-    return path.with_name(f"{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
-
-
-def _write_cache(path: Path, arr: np.ndarray) -> None:
-    """Atomically write ``arr`` to ``path`` (``.npy``); caching is an optimisation only, so an unwritable
-    cache is skipped, and the temporary file never outlives a failure."""
-    tmp = _temp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp, arr)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if not isinstance(exc, OSError):
-            raise
-
-
-def _read_cache(stem: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached (x, y) of ``stem`` (x memory-mapped), or None when missing or unreadable."""
-    try:
-        x = np.load(stem.with_name(stem.name + ".x.npy"), mmap_mode="r")
-        y = np.load(stem.with_name(stem.name + ".y.npy"))
-    except (OSError, ValueError):
-        return None
-    return (x, y) if x.ndim == 4 and len(x) == len(y) else None
-
-
-@contextmanager
-def _one_decoder(stem: Path) -> Iterator[None]:
-    """Held while this process decodes ``stem``'s file: a process that needs the same file meanwhile (the
-    SuperNodes and the server of a federation starting together, parallel sweep cells) waits, then reads
-    the cache, instead of decoding it again. No lock where the cache cannot be written or the platform
-    has no ``fcntl`` (each process then decodes on its own, as before)."""
-    try:
-        import fcntl
-
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(stem.with_name(stem.name + ".lock"), "a")
-    except (ImportError, OSError):
-        yield
-        return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _read_file(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """One parquet file's (x, y): from the cache when this file (its real path, size and modification
-    time: a symbolic link to a file shares its cache) was decoded before, else decoded (by one process
-    at a time) and cached."""
-    real = path.resolve()
-    st = real.stat()
-    key = hashlib.sha1(f"{real}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    stem = cache_dir() / f"cifar10-{split}-{key}"
-    cached = _read_cache(stem)     # a broken cache is rebuilt
-    if cached is not None:
-        return cached
-    with _one_decoder(stem):
-        cached = _read_cache(stem)   # decoded by another process while this one waited
-        if cached is not None:
-            return cached
-        x, y = _read_parquet(path)
-        _write_cache(stem.with_name(stem.name + ".y.npy"), y)    # y first: x's presence means both are there
-        _write_cache(stem.with_name(stem.name + ".x.npy"), x)
-    return x, y
+    """One parquet file's (x, y), decoded once and then read from the cache (:mod:`brmtrl.data.cache`)."""
+    stem = cache_dir() / f"cifar10-{split}-{source_key([path])}"
+    arrays = cached_arrays(stem, ("y", "x"), lambda: dict(zip(("x", "y"), _read_parquet(path))),
+                           valid=lambda a: a["x"].ndim == 4 and len(a["x"]) == len(a["y"]))
+    return arrays["x"], arrays["y"]
 
 
 def _read_split(files: list[Path], split: str, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import cache_dir, cached_arrays, source_key
 from .federated import DataError
 from .hub import fetch_parquet
 
@@ -24,13 +25,8 @@ BACKGROUND = 0.0
 Writers = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def _read_leaf_dir(folder: Path) -> Writers:
-    if not folder.is_dir():
-        raise DataError(f"FEMNIST folder {str(folder)!r} not found; dataset.root must hold LEAF's "
-                        "train/ and test/ folders of *.json files")
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise DataError(f"FEMNIST folder {str(folder)!r} holds no *.json files (LEAF format expected)")
+def _parse_leaf_files(files: list[Path]) -> Writers:
+    """Every writer's (x, y) in LEAF JSON ``files``."""
     writers: Writers = {}
     for f in files:
         try:
@@ -49,6 +45,30 @@ def _read_leaf_dir(folder: Path) -> Writers:
             raise DataError(f"FEMNIST file {str(f)!r} is not in LEAF's format "
                             f"({{users, num_samples, user_data: {{user: {{x, y}}}}}}): {exc}") from None
     return writers
+
+
+def _read_leaf_dir(folder: Path) -> Writers:
+    """The writers of a LEAF folder's ``*.json`` files, parsed once and then read from the cache
+    (:mod:`brmtrl.data.cache`; parsing the 105-writer sample's JSON takes seconds)."""
+    if not folder.is_dir():
+        raise DataError(f"FEMNIST folder {str(folder)!r} not found; dataset.root must hold LEAF's "
+                        "train/ and test/ folders of *.json files")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise DataError(f"FEMNIST folder {str(folder)!r} holds no *.json files (LEAF format expected)")
+
+    def parse() -> dict[str, np.ndarray]:
+        writers = _parse_leaf_files(files)
+        names = list(writers)
+        return {"names": np.asarray(names, dtype=str), "counts": np.asarray([len(writers[n][1]) for n in names]),
+                "x": np.concatenate([writers[n][0] for n in names]) if names else np.zeros((0, 784), np.float32),
+                "y": np.concatenate([writers[n][1] for n in names]) if names else np.zeros(0, np.int64)}
+
+    stem = cache_dir() / f"femnist-{folder.name}-{source_key(files)}"
+    a = cached_arrays(stem, ("names", "counts", "y", "x"), parse,
+                      valid=lambda a: len(a["names"]) == len(a["counts"]) and len(a["x"]) == len(a["y"]) == a["counts"].sum())
+    ends = np.cumsum(a["counts"])
+    return {str(n): (a["x"][e - c:e], a["y"][e - c:e]) for n, c, e in zip(a["names"], a["counts"], ends)}
 
 
 def _load_local(root: Path) -> tuple[Writers, Writers]:
