@@ -28,13 +28,16 @@ def cluster(tmp_path_factory):
     (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by every Ray process this test starts, the sweep's included)."""
     from ray import cluster_utils
 
+    from brmtrl.flower.ray_start import retry_timed_out_start
+
     with ray_exclusive(tmp_path_factory), pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         mp.setenv("RAY_worker_niceness", "0")   # not Ray's 15: the cells would starve beside the other tests
-        c = cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
-            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+        # a node whose raylet misses Ray's fixed 15 s for its agent under the suite's load is started again
+        c = retry_timed_out_start(lambda: cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}), "the test's Ray head")
         try:
-            c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            retry_timed_out_start(lambda: c.add_node(num_cpus=1, node_ip_address="127.0.0.1"), "the test's Ray node")
             c.wait_for_nodes()
             yield c
         finally:

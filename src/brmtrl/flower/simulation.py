@@ -21,6 +21,7 @@ from ..adversary import omniscient_adversary
 from ..config import Config
 from .errors import FederationError
 from .client_app import app as client_app
+from .ray_start import start_ray
 from .server_app import SimulationHooks, make_server_app
 
 __all__ = ["run_flower_simulation"]
@@ -54,7 +55,14 @@ def run_flower_simulation(cfg: Config, out_dir: str | Path, *, progress: bool = 
                             roles_from_seed=True, notes=notes)
     server = make_server_app(cfg, out, engine="flower-simulation", expected_clients=n, progress=progress,
                              simulation=hooks)
-    run_simulation(server_app=server, client_app=client_app, num_supernodes=n, backend_config=backend)
+    started = start_ray(backend["init_args"])     # Flower uses it; a start that times out is retried
+    try:
+        run_simulation(server_app=server, client_app=client_app, num_supernodes=n, backend_config=backend)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()                          # Flower shuts it down at the end; also after a failure
     err = out / "error.txt"
     if err.is_file():
         raise FederationError(f"the Flower simulation failed: {err.read_text().strip()}")
