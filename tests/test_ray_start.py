@@ -7,6 +7,8 @@ import logging
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +22,13 @@ TIMEOUT = ("The current node timed out during startup. This could happen because
 
 
 def sleeper(tag: str) -> subprocess.Popen:
-    """A child process whose command line names a Ray session directory, as a Ray start's processes do."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"/tmp/ray/session_{tag}"])
+    """A child process whose command line names a Ray session directory, as a Ray start's processes do;
+    returned once it runs that command (before its exec it still has this process's command line)."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"/tmp/ray/session_{tag}"])
+    deadline = time.monotonic() + 60
+    while b"/ray/" not in Path(f"/proc/{p.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return p
 
 
 def running(p: subprocess.Popen) -> bool:
