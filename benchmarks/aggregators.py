@@ -22,9 +22,11 @@ It times, on a float32 tensor X of shape (n, d):
 * ByzFL (optional): ``byzfl.GeometricMedian()`` (its defaults nu=0.1, T=3: a fixed 3 Weiszfeld steps
   from z=0, no convergence test) and ``byzfl.Krum(f=f)``, both called on the float32 torch tensor X.
 
-Each cell is the fastest of up to 5 repetitions after one warm-up run (on this shared, virtualised machine
-the same call varies by up to 2× from run to run, and interference only ever adds time, so the minimum is
-the stable statistic, as ``timeit`` advises); a rule whose extrapolated or
+Each cell is the fastest of its repetitions after one warm-up run: at least 5, and as many more (up to 100)
+as fit in 0.5 s, so that a millisecond cell is the fastest of about a hundred runs and not of five; the
+garbage collector runs once before them and is off while they run, as in ``timeit`` (on this shared,
+virtualised machine the same call varies by up to 2× from run to run, and interference only ever adds time,
+so the minimum is the stable statistic, as ``timeit`` advises); a rule whose extrapolated or
 warm-up time exceeds ~60 s is reported as "skipped (>60 s)". Peers that are not importable are reported
 as "not installed".
 """
@@ -54,7 +56,8 @@ from brmtrl.server import Aggregation, aggregate as server_aggregate
 SEED = 0
 THREADS = 2
 CAP_S = 60.0        # wall-clock cap for one rule on one (n, d), warm-up included
-MAX_REPS = 5
+MIN_REPS, MAX_REPS = 5, 100   # repetitions of a cell: at least MIN_REPS, more while they fit in REPS_BUDGET_S
+REPS_BUDGET_S = 0.5
 CONFIGS = [(10, 100_000), (10, 1_000_000), (100, 100_000), (100, 200_000), (100, 1_000_000)]
 QUICK_CONFIGS = [(10, 10_000), (20, 20_000)]
 #: every shipped rule and pre-step: label -> (rule, pre, keyword arguments; "f": Krum's f, "fb": Bulyan's)
@@ -157,14 +160,21 @@ class Timer:
         if warm > CAP_S:
             self.last = (n, d, warm)
             return None, "skipped (>60 s)", out
-        reps = max(1, min(MAX_REPS, int((CAP_S - warm) / max(warm, 1e-9))))
+        reps = max(MIN_REPS, min(MAX_REPS, int(REPS_BUDGET_S / max(warm, 1e-9))))
+        reps = max(1, min(reps, int((CAP_S - warm) / max(warm, 1e-9))))
         times = []
-        for _ in range(reps):
-            del out
-            gc.collect()
-            t = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t)
+        del out
+        gc.collect()
+        gc.disable()                                 # as timeit: no collection inside a timed run
+        try:
+            for i in range(reps):
+                t = time.perf_counter()
+                out = fn()
+                times.append(time.perf_counter() - t)
+                if i + 1 < reps:
+                    del out
+        finally:
+            gc.enable()
         best = min(times)
         self.last = (n, d, best)
         return best, f"{reps}", out
@@ -236,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
           f"Krum and NNM f = min((n − 3)//2, n//4) (n=10: f={krum_f(10)}, n=100: f={krum_f(100)}); "
           f"Bulyan f = min((n − 3)//4, n//4) (n=10: f={bulyan_f(10)}, n=100: f={bulyan_f(100)}); "
           "CC = centered_clipping (τ automatic, 3 iterations); bucketing s = 2")
-    print(f"- each cell: fastest of up to {MAX_REPS} runs after 1 warm-up (number of runs in the checks "
+    print(f"- each cell: fastest of {MIN_REPS} to {MAX_REPS} runs (as many as fit in {REPS_BUDGET_S} s; the garbage "
+          f"collector off while they run) after 1 warm-up (number of runs in the checks "
           f"table); a rule is skipped if it would exceed ~{CAP_S:.0f} s on one row")
     print("- Flower Krum = `select_multikrum(contents, num_malicious_nodes=f, num_nodes_to_select=1)` + "
           "`aggregate_arrayrecords(selected, 'num-examples')`; building the RecordDicts from X is untimed, "
