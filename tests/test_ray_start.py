@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -12,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray")
-
-from brmtrl.flower import ray_start  # noqa: E402
-from brmtrl.flower.errors import FederationError  # noqa: E402
+from brmtrl.flower import ray_start
+from brmtrl.flower.errors import FederationError
 
 TIMEOUT = ("The current node timed out during startup. This could happen because some of the raylet failed "
            "to startup or the GCS has become overloaded.")
@@ -91,8 +90,9 @@ def test_other_errors_are_not_retried_and_the_last_timeout_names_its_cause():
             p.wait()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 def test_start_ray_starts_ray_as_flower_would_and_only_once(monkeypatch):
-    import ray
+    import ray   # here, not at collection: each xdist worker collects every module (ray costs ~1 s of CPU)
 
     seen = []
     monkeypatch.setattr(ray, "is_initialized", lambda: bool(seen))
