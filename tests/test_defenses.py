@@ -619,3 +619,27 @@ def test_centered_clipping_can_start_from_the_previous_aggregate(tiny_cfg, tmp_p
 def test_centre_previous_is_for_centered_clipping_only(tiny_cfg):
     with pytest.raises(ConfigError, match="'aggregator.centre' = 'previous' applies to"):
         tiny_cfg("aggregator.name=geometric_median", "aggregator.centre=previous")
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 17, 60])
+def test_select_ranks_reads_a_block_of_a_larger_matrix_and_leaves_it_as_it_was(n):
+    """The ranks the coordinate-wise rules select, from a strided block of a larger matrix (no copy of the
+    block first, above the network's row limit), for each path: network (n ≤ 16), numpy's sort of transposed
+    sub-blocks (several, a last partial one), torch.sort (bfloat16); into a given out or a new tensor."""
+    from brmtrl.aggregators.columns import SORT_VALUES, rank_work, select_ranks
+
+    g = torch.Generator().manual_seed(n)
+    big = torch.randint(-4, 5, (n, 3 * SORT_VALUES // max(n, 1) + 50), generator=g).to(torch.float32)
+    big += torch.randn(big.shape, generator=g) * (torch.rand(big.shape, generator=g) < 0.5)   # ties and not
+    block = big[:, 7:-11]                                     # strided: a view into big
+    before = big.clone()
+    want = block.double().sort(dim=0).values
+    for ranks in (slice(0, n), slice((n - 1) // 2, n // 2 + 1), slice(n // 3, n - n // 3)):
+        if ranks.start >= ranks.stop:
+            continue
+        got = select_ranks(block, ranks, work=rank_work(big, big.shape[1]))
+        assert torch.equal(got.double(), want[ranks]) and torch.equal(big, before), (n, ranks)
+        out = torch.full((ranks.stop - ranks.start, block.shape[1]), float("nan"))
+        assert select_ranks(block, ranks, out=out) is out and torch.equal(out.double(), want[ranks])
+    half = select_ranks(block.to(torch.bfloat16), slice(0, n))   # the torch.sort path (no numpy dtype)
+    assert torch.equal(half, block.to(torch.bfloat16).sort(dim=0).values)

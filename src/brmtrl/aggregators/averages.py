@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
-from .columns import block_columns, column_blocks, combine_rows, median_columns, sort_columns
+from .columns import block_columns, combine_rows, median_columns, rank_work, select_ranks
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
 
@@ -65,9 +65,12 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     lo = torch.empty(d, dtype=x.dtype, device=x.device)      # the band's edges: values of x
     hi = torch.empty_like(lo)
     cols = block_columns(n)
-    for c, s in column_blocks(x, cols):            # column blocks sorted in place, in cache: the kept
-        sort_columns(s, inplace=True, ranks=slice(f, n - f))       # ranks f … n − f − 1
-        point[c:c + cols] = (s[f:n - f].sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
-        lo[c:c + cols], hi[c:c + cols] = s[f], s[n - f - 1]
+    kept = torch.empty(n - 2 * f, min(cols, d), dtype=x.dtype, device=x.device)   # reused: no page faults
+    work = rank_work(x, cols)
+    for c in range(0, d, cols):                    # column blocks, in cache: the kept ranks f … n − f − 1
+        w = min(cols, d - c)
+        s = select_ranks(x[:, c:c + w], slice(f, n - f), out=kept[:, :w], work=work)
+        point[c:c + w] = (s.sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
+        lo[c:c + w], hi[c:c + w] = s[0], s[-1]
     used = _band_used(x, lo, hi, n - 2 * f)
     return AggregateResult(point, _share_trust(used, n - 2 * f, n), {"f_used": f})
