@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import FederationError
 
-__all__ = ["RAY_START_ATTEMPTS", "TIMED_OUT", "ray_children", "start_ray", "stop_processes"]
+__all__ = ["RAY_START_ATTEMPTS", "TIMED_OUT", "ray_children", "retry_timed_out_start", "start_ray", "stop_processes"]
 
 log = logging.getLogger("brmtrl")
 
