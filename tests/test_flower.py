@@ -171,10 +171,14 @@ def test_a_federation_waiting_for_clients_names_the_nodes_that_failed_and_why(mo
 @pytest.mark.parametrize("preset", [None, "15"])
 def test_ray_workers_run_at_normal_priority_unless_the_user_says(tmp_path, monkeypatch, preset):
     """Ray starts its workers (the ClientApps) at niceness 15, where any busy process starves them
-    (docs/deployment.md): the simulation asks for 0 before Ray starts, and a user's own setting wins."""
+    (docs/deployment.md): the simulation asks for 0 before Ray starts, and a user's own setting wins.
+    Ray reads the variable when it starts, so that is where it is checked; no Ray is started here (the
+    simulation's real start is test_flower_simulation_matches_the_built_in_engine's)."""
+    import os
+
     import flwr.simulation
 
-    from brmtrl.flower.simulation import run_flower_simulation
+    from brmtrl.flower import simulation
 
     if preset is None:
         monkeypatch.delenv("RAY_worker_niceness", raising=False)
@@ -182,13 +186,18 @@ def test_ray_workers_run_at_normal_priority_unless_the_user_says(tmp_path, monke
         monkeypatch.setenv("RAY_worker_niceness", preset)
     seen = {}
 
-    def fake_run_simulation(**kwargs):
-        import os
+    def fake_start_ray(init_args):
+        seen["niceness at Ray's start"] = os.environ.get("RAY_worker_niceness")
+        seen["init_args"] = init_args
+        return False                                    # "already running": nothing for the run to stop
 
-        seen["niceness"] = os.environ.get("RAY_worker_niceness")
+    def fake_run_simulation(**kwargs):
+        seen["simulated"] = kwargs["backend_config"]["init_args"] == seen["init_args"]
         (tmp_path / "run" / "results.json").write_text("{}")
 
+    monkeypatch.setattr(simulation, "start_ray", fake_start_ray)
     monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
     (tmp_path / "run").mkdir()
-    run_flower_simulation(small(), tmp_path / "run")
-    assert seen["niceness"] == (preset or "0")
+    simulation.run_flower_simulation(small(), tmp_path / "run")
+    assert seen["niceness at Ray's start"] == (preset or "0")
+    assert seen["simulated"] and seen["init_args"]["address"] == "local"   # Flower gets the instance started
