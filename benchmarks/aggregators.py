@@ -26,7 +26,10 @@ Each cell is the fastest of its repetitions after one warm-up run: at least 5, a
 as fit in 0.5 s, so that a millisecond cell is the fastest of about a hundred runs and not of five; the
 garbage collector runs once before them and is off while they run, as in ``timeit`` (on this shared,
 virtualised machine the same call varies by up to 2× from run to run, and interference only ever adds time,
-so the minimum is the stable statistic, as ``timeit`` advises); a rule whose extrapolated or
+so the minimum is the stable statistic, as ``timeit`` advises). In the table of every shipped rule, each run of
+the rule is followed by one run of the bound, and the ratio is the rule's fastest over the bound's fastest from
+those same seconds (the machine's speed moves within minutes; a bound timed once per (n, d) drifts away from
+the rules timed after it); a rule whose extrapolated or
 warm-up time exceeds ~60 s is reported as "skipped (>60 s)". Peers that are not importable are reported
 as "not installed".
 """
@@ -149,8 +152,13 @@ class Timer:
         n0, d0, t0 = self.last
         return t0 * (d / d0) * (n / n0) ** 2   # pessimistic: O(n^2 d)
 
-    def run(self, fn: Callable[[], object], n: int, d: int) -> tuple[float | None, str, object]:
-        """Return (fastest seconds or None, cell note, last result)."""
+    def run(self, fn: Callable[[], object], n: int, d: int,
+            paired: Callable[[], object] | None = None) -> tuple[float | None, str, object]:
+        """Return (fastest seconds or None, cell note, last result). With ``paired`` (the bound), each
+        repetition also times it right after ``fn``, and :attr:`paired_best` is its fastest: the rule and
+        its bound measured in the same seconds, so that a change of the machine's speed between the two
+        (here up to 2× within minutes) does not enter their ratio."""
+        self.paired_best: float | None = None
         if self.estimate(n, d) > CAP_S:
             return None, "skipped (>60 s)", None
         gc.collect()
@@ -162,8 +170,10 @@ class Timer:
             return None, "skipped (>60 s)", out
         reps = max(MIN_REPS, min(MAX_REPS, int(REPS_BUDGET_S / max(warm, 1e-9))))
         reps = max(1, min(reps, int((CAP_S - warm) / max(warm, 1e-9))))
-        times = []
+        times, bound_times = [], []
         del out
+        if paired is not None:
+            paired()                                 # its warm-up
         gc.collect()
         gc.disable()                                 # as timeit: no collection inside a timed run
         try:
@@ -171,11 +181,16 @@ class Timer:
                 t = time.perf_counter()
                 out = fn()
                 times.append(time.perf_counter() - t)
+                if paired is not None:
+                    t = time.perf_counter()
+                    paired()
+                    bound_times.append(time.perf_counter() - t)
                 if i + 1 < reps:
                     del out
         finally:
             gc.enable()
         best = min(times)
+        self.paired_best = min(bound_times) if bound_times else None
         self.last = (n, d, best)
         return best, f"{reps}", out
 
@@ -304,12 +319,19 @@ def main(argv: list[str] | None = None) -> None:
             cell["bz_krum"] = timers["bz_krum"].run(lambda: bz_krum(x), n, d)
 
         bound = cell["gemm"][0] + cell["pass"][0]
+
+        def bound_once() -> None:
+            x @ x.T
+            x.sum(0)
+
         for key, (rule, pre, kwargs) in EVERY.items():      # every shipped rule and step, through aggregate()
             kw = {k: (f if v == "f" else bulyan_f(n) if v == "fb" else v) for k, v in kwargs.items()}
             if pre == ["bucketing"]:
                 kw["generator"] = torch.Generator().manual_seed(SEED)
-            t, note, _ = every[key].run(lambda: agg.aggregate(rule, x, pre=pre, **kw), n, d)
-            every_rows[key].append(f"{fmt_ratio(t, bound)} ({fmt_s(t, note)})" if t is not None else note)
+            t, note, _ = every[key].run(lambda: agg.aggregate(rule, x, pre=pre, **kw), n, d, paired=bound_once)
+            paired_bound = every[key].paired_best
+            every_rows[key].append(f"{fmt_ratio(t, paired_bound)} ({fmt_s(t, note)} / {fmt_s(paired_bound)})"
+                                   if t is not None else note)
         row = [str(n), fmt_d(d), fmt_s(cell["gemm"][0]), fmt_s(cell["pass"][0]),
                fmt_s(bound), fmt_s(cell["gm"][0], cell["gm"][1]), fmt_ratio(cell["gm"][0], bound),
                fmt_s(cell["krum"][0], cell["krum"][1]), fmt_ratio(cell["krum"][0], bound)]
@@ -367,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\n## Every shipped rule and pre-aggregation step, through `aggregate` (trust included): time / BOUND\n")
     print("Float32 input, the same rows as above; targets (issue 20): ≤ 3× at n = 100, d = 1e6 and ≤ 5× at n = 10, "
-          "d = 1e5.\n")
+          "d = 1e5. Each cell: ratio (rule's fastest / BOUND's fastest), BOUND (`X @ X.T` then `X.sum(0)`) timed "
+          "right after each of the rule's runs, so that both come from the same seconds.\n")
     head = ["rule", *(f"n={n}, d={fmt_d(d)}" for n, d in configs)]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "|".join("---:" for _ in configs) + "|")
