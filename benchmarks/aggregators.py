@@ -145,6 +145,7 @@ class Timer:
 
     def __init__(self) -> None:
         self.last: tuple[int, int, float] | None = None  # (n, d, seconds) of the previous measured row
+        self.paired_best: float | None = None             # the paired bound's fastest in the last run()
 
     def estimate(self, n: int, d: int) -> float:
         if self.last is None:
@@ -158,7 +159,7 @@ class Timer:
         repetition also times it right after ``fn``, and :attr:`paired_best` is its fastest: the rule and
         its bound measured in the same seconds, so that a change of the machine's speed between the two
         (here up to 2× within minutes) does not enter their ratio."""
-        self.paired_best: float | None = None
+        self.paired_best = None
         if self.estimate(n, d) > CAP_S:
             return None, "skipped (>60 s)", None
         gc.collect()
