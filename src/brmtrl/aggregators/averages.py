@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
-from .columns import block_columns, combine_rows, median_columns, rank_work, select_ranks
+from .columns import block_columns, block_ranks, combine_rows, compiled_rows, median_columns, rank_work
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
 
@@ -66,10 +66,11 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     hi = torch.empty_like(lo)
     cols = block_columns(n)
     kept = torch.empty(n - 2 * f, min(cols, d), dtype=x.dtype, device=x.device)   # reused: no page faults
-    work = rank_work(x, cols)
+    compiled = compiled_rows(x, n)
+    work = None if compiled else rank_work(x, cols)
     for c in range(0, d, cols):                    # column blocks, in cache: the kept ranks f … n − f − 1
         w = min(cols, d - c)
-        s = select_ranks(x[:, c:c + w], slice(f, n - f), out=kept[:, :w], work=work)
+        s = block_ranks(x, slice(c, c + w), slice(f, n - f), kept, work=work, compiled=compiled)
         point[c:c + w] = (s.sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
         lo[c:c + w], hi[c:c + w] = s[0], s[-1]
     used = _band_used(x, lo, hi, n - 2 * f)

@@ -24,8 +24,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from . import kernels
+
 __all__ = ["NETWORK_ROWS", "block_columns", "column_blocks", "combine_rows", "median_columns", "nearest_to_median_mean",
-           "network_pairs", "network_sort", "rank_work", "select_ranks", "SORT_VALUES", "sort_columns"]
+           "network_pairs", "network_pairs_for", "network_sort", "rank_work", "select_ranks", "selected_ranks",
+           "SORT_VALUES", "block_ranks", "compiled_rows", "sort_columns"]
 
 
 def block_columns(n: int) -> int:
@@ -81,13 +84,35 @@ def network_pairs(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
+@lru_cache(maxsize=None)
+def network_pairs_for(n: int, start: int, stop: int) -> tuple[tuple[int, int], ...]:
+    """The comparators of :func:`network_pairs` (n) that ranks ``start`` … ``stop`` − 1 depend on: walking
+    back from the last comparator, one is kept when a rank still needed reads either of its outputs, and its
+    two inputs are needed from then on; the others only move values that no needed rank reads. Applied in
+    order, they put those ranks in place (the two middle ranks of 10 values: 29 comparators of 32)."""
+    need = set(range(start, stop))
+    kept = []
+    for i, j in reversed(network_pairs(n)):
+        if i in need or j in need:
+            kept.append((i, j))
+            need |= {i, j}
+    return tuple(reversed(kept))
+
+
+@lru_cache(maxsize=None)
+def _pairs_array(n: int, start: int, stop: int) -> np.ndarray:
+    """:func:`network_pairs_for` as an (p, 2) int64 array, for the compiled kernels."""
+    return np.array(network_pairs_for(n, start, stop), dtype=np.int64).reshape(-1, 2)
+
+
 def network_sort(s: torch.Tensor, ranks: slice | None = None) -> torch.Tensor:
     """Sort each column of s (m, b) in place by :func:`network_pairs` (NaNs are not ordered: the server
     rejects non-finite updates before any rule); with ``ranks``, only those rows are sure to hold their
     ranks. On the CPU the comparators run as numpy ufuncs on s's memory (a third of torch's per-call cost,
     which dominates on cache-sized rows). Each comparator writes its min into a free row of storage and its
     max over its second input, and the two rows change places by name only (two operations per comparator,
-    not three); at the end the ranks asked for are copied to their own rows."""
+    not three); at the end the ranks asked for are copied to their own rows. With ``ranks``, only the
+    comparators those ranks depend on run (:func:`network_pairs_for`)."""
     m = s.shape[0]
     if m < 2 or s.shape[1] == 0:
         return s
@@ -95,7 +120,8 @@ def network_sort(s: torch.Tensor, ranks: slice | None = None) -> torch.Tensor:
     store = [a[r] for r in range(m)] + [lib.empty_like(a[0])]   # s's rows, then one spare row
     where = list(range(m))               # where[r]: the storage that holds rank r
     free = m                             # the storage that holds nothing
-    for i, j in network_pairs(m):
+    start, stop, _ = (ranks or slice(None)).indices(m)
+    for i, j in network_pairs_for(m, start, stop):
         lib.minimum(store[where[i]], store[where[j]], out=store[free])
         lib.maximum(store[where[i]], store[where[j]], out=store[where[j]])
         where[i], free = free, where[i]
@@ -191,40 +217,101 @@ def select_ranks(src: torch.Tensor, ranks: slice, *, out: torch.Tensor | None = 
     return out
 
 
+def compiled_rows(x: torch.Tensor, m: int) -> bool:
+    """Whether selections among m rows of x (n, d) run in the compiled kernels (:mod:`.kernels`): 2 ≤ m ≤
+    ``NETWORK_ROWS`` and x a CPU tensor they take, of at least ``kernels.MIN_VALUES`` selected values."""
+    return 2 <= m <= NETWORK_ROWS and kernels.usable(x, m * x.shape[1])
+
+
+def block_ranks(x: torch.Tensor, cols: slice, ranks: slice, out: torch.Tensor, at: int = 0, *,
+                work: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
+    """Rows ``ranks`` (step 1, within range) of the sorted columns ``cols`` of x (n, d), into out[:, at:at +
+    len(cols)], which is returned: by the compiled kernel with ``compiled`` (:func:`compiled_rows`; out
+    C-contiguous), else by :func:`select_ranks` (``work``: :func:`rank_work`). Same values either way."""
+    view = out[:, at:at + cols.stop - cols.start]
+    if compiled:
+        n = x.shape[0]
+        kernels.select_ranks(x, _all_rows(n), _pairs_array(n, ranks.start, ranks.stop), ranks, cols, out, at)
+        return view
+    return select_ranks(x[:, cols], ranks, out=view, work=work)
+
+
+@lru_cache(maxsize=None)
+def _all_rows(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
+
+
 def median_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The coordinate-wise median of x (n, d), in x's dtype (for even n the average of the two middle values,
     taken in float64 and rounded once), and the values it takes, (1, d) for odd n and (2, d) for even n:
-    the two middle ranks v_(⌈n/2⌉) and v_(⌊n/2⌋+1) of each column, by :func:`select_ranks` over column
-    blocks."""
+    the two middle ranks v_(⌈n/2⌉) and v_(⌊n/2⌋+1) of each column, by :func:`block_ranks` (column blocks;
+    all columns in one call of the compiled kernel where it runs)."""
     n, d = x.shape
     k = (n - 1) // 2
     mid = torch.empty(1 if n % 2 else 2, d, dtype=x.dtype, device=x.device)
-    cols = block_columns(n)
-    work = rank_work(x, cols)
-    for c in range(0, d, cols):
+    compiled = compiled_rows(x, n)
+    cols = d if compiled else block_columns(n)
+    work = None if compiled else rank_work(x, cols)
+    for c in range(0, d, max(cols, 1)):
         w = min(cols, d - c)
-        select_ranks(x[:, c:c + w], slice(k, k + 2 - n % 2), out=mid[:, c:c + w], work=work)
+        block_ranks(x, slice(c, c + w), slice(k, k + 2 - n % 2), mid, c, work=work, compiled=compiled)
     if n % 2:
         return mid[0].clone(), mid
     return (0.5 * mid[0].to(torch.float64) + 0.5 * mid[1].to(torch.float64)).to(x.dtype), mid
+
+
+def _windows(m: int, keep: int) -> tuple[int, range, slice]:
+    """For ``keep`` of m sorted values: the lower middle rank k, the first ranks of the runs of ``keep``
+    consecutive ranks that hold the middle, and the ranks they span with the middle ones."""
+    k = (m - 1) // 2
+    starts = range(max(0, k - keep + 1), min(k + 1 if m % 2 == 0 else k, m - keep) + 1)
+    return k, starts, slice(min(starts[0], k), max(starts[-1] + keep, k + 2 - m % 2))
 
 
 def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per coordinate j, with m_j the coordinate-wise median of the selected rows S = x[rows] (float64), the
     mean of the ``keep`` values of S nearest m_j (ties: the lower position in ``rows``), in x's dtype; and the
     fraction of coordinates each row of S shares in (its value within the kept values' range, the uses of a
-    coordinate shared among the rows there), (|S|,) float64. Bulyan's coordinate stage."""
+    coordinate shared among the rows there), (|S|,) float64. Bulyan's coordinate stage. Where the compiled
+    kernel runs (:func:`compiled_rows`), it takes every column without ties in one pass and the columns it
+    leaves (ties within the band) take the exact path of :func:`_nearest_blocks`; the same values either way."""
+    m, d = len(rows), x.shape[1]
+    if d == 0:
+        return torch.empty(0, dtype=x.dtype, device=x.device), torch.full((m,), keep / m, dtype=torch.float64,
+                                                                          device=x.device)
+    if not compiled_rows(x, m):
+        point, used = _nearest_blocks(x, rows, keep)
+        return point, used / d
+    _, _, window = _windows(m, keep)
+    point, counts, ok = kernels.nearest_to_median(x, rows.cpu().numpy().astype(np.int64), keep,
+                                                  _pairs_array(m, window.start, window.stop))
+    used = torch.from_numpy(counts)
+    rest = torch.from_numpy(np.flatnonzero(~ok))
+    if len(rest):
+        point[rest], more = _nearest_blocks(x.index_select(1, rest), rows, keep)
+        used += more
+    return point, used / d
+
+
+def _rows_in_order(a: torch.Tensor) -> torch.Tensor:
+    """Σ_i a_i added row after row (into a[0]): a sum whose rounding does not depend on the block's width,
+    as ``sum(dim=0)``'s does, and the one the compiled kernel computes."""
+    acc = a[0]
+    for r in range(1, a.shape[0]):
+        acc += a[r]
+    return acc
+
+
+def _nearest_blocks(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_to_median_mean` over column blocks (d > 0), any device; the uses as counts of
+    coordinates (not yet divided by d)."""
     m, d = len(rows), x.shape[1]
     point = torch.empty(d, dtype=x.dtype, device=x.device)
     used = torch.zeros(m, dtype=torch.float64, device=x.device)
-    if d == 0:
-        return point, torch.full((m,), keep / m, dtype=torch.float64, device=x.device)
     cols = block_columns(m)
     inf = float("inf")
     f64 = dict(dtype=torch.float64, device=x.device)
-    k = (m - 1) // 2                                   # the lower middle rank
-    starts = range(max(0, k - keep + 1), min(k + 1 if m % 2 == 0 else k, m - keep) + 1)
-    window = slice(min(starts[0], k), max(starts[-1] + keep, k + 2 - m % 2))
+    k, starts, window = _windows(m, keep)                # k: the lower middle rank
     # reused buffers (no page faults): the values sorted in x's dtype (sorting moves them exactly, and a
     # narrower sort is faster), everything else in float64, the sorted ranks the windows read included
     width = min(cols, d)
@@ -254,16 +341,16 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         t = torch.maximum(med - lo_end, hi_end - med).amin(dim=0)
         torch.le(dist, t, out=kept)
         if int(kept.sum()) == keep * w:        # ≥ keep per column, so keep in each: no tie at t beyond the
-            point[c:c + w] = (torch.mul(s, kept, out=dist).sum(dim=0) / keep).to(x.dtype)   # keep values:
+            point[c:c + w] = (_rows_in_order(torch.mul(s, kept, out=dist)) / keep).to(x.dtype)   # keep values:
             used += kept.sum(dim=1)                                                         # the band
             continue
         t = select_ranks(dist, slice(keep - 1, keep))[0]                                       # exact: a sort
         below, tied = dist < t, dist == t
         kept = below | (tied & (tied.cumsum(dim=0) <= keep - below.sum(dim=0)))
-        point[c:c + w] = (torch.where(kept, s, 0.0).sum(dim=0) / keep).to(x.dtype)
+        point[c:c + w] = (_rows_in_order(torch.where(kept, s, 0.0)) / keep).to(x.dtype)
         low = torch.where(kept, s, inf).amin(dim=0)
         high = torch.where(kept, s, -inf).amax(dim=0)
         inband = (s >= low) & (s <= high)
         share = keep / inband.sum(dim=0).clamp_min(1).to(torch.float64)
         used += torch.mv(inband.to(torch.float64), share)
-    return point, used / d
+    return point, used

@@ -1,0 +1,101 @@
+"""The compiled column kernels (Numba ``njit``), imported only through :mod:`.kernels`.
+
+Each kernel walks the columns in tiles of ``TILE`` columns held in L1: the tile's rows are copied in, sorted
+per column by the same comparator network as :func:`brmtrl.aggregators.columns.network_sort` (each
+comparator a min and a max of two tile rows, which LLVM turns into SIMD instructions), and everything a rule
+needs from the sorted values is computed while the tile is in cache: one pass over the input instead of one
+per numpy call. Arithmetic is the same, operation for operation and in the same order, as the numpy/torch
+path it replaces (no fast-math, no fused multiply-add), so both give the same bits; ``tests/test_kernels.py``
+checks it. Compiled on first use and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+TILE = 256   # columns per tile: 16 rows of float64 are 32 KiB
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _load_sorted(x, rows, pairs, j0, w, buf):   # pragma: no cover - compiled
+    """buf[:, :w] ← x[rows, j0:j0 + w], each column sorted by the comparators ``pairs``."""
+    for r in range(rows.size):
+        src = x[rows[r], j0:j0 + w]
+        dst = buf[r]
+        for c in range(w):
+            dst[c] = src[c]
+    for p in range(pairs.shape[0]):
+        lo = buf[pairs[p, 0]]
+        hi = buf[pairs[p, 1]]
+        for c in range(w):
+            a = lo[c]
+            b = hi[c]
+            lo[c] = min(a, b)
+            hi[c] = max(a, b)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def select_ranks(x, rows, pairs, r0, r1, c0, c1, out, o0):   # pragma: no cover - compiled
+    """out[r − r0, j − c0 + o0] = the r-th smallest of x[rows, j], r0 ≤ r < r1, c0 ≤ j < c1 (``pairs``: a
+    network that puts those ranks in place)."""
+    buf = np.empty((rows.size, TILE), x.dtype)
+    for j0 in range(c0, c1, TILE):
+        w = min(TILE, c1 - j0)
+        _load_sorted(x, rows, pairs, j0, w, buf)
+        for r in range(r0, r1):
+            src = buf[r]
+            dst = out[r - r0, j0 - c0 + o0:j0 - c0 + o0 + w]
+            for c in range(w):
+                dst[c] = src[c]
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def nearest_to_median(x, rows, keep, pairs, point, used, ok):   # pragma: no cover - compiled
+    """Bulyan's coordinate stage where it has no ties (see ``columns.nearest_to_median_mean``): per column j,
+    m_j = ½ v_(k) + ½ v_(k') (float64), t_j = the least over the windows of ``keep`` consecutive sorted values
+    that hold the middle of their farther end's distance to m_j, and the rows with |x_ij − m_j| ≤ t_j. Where
+    exactly ``keep`` rows are within t_j (ok[j]), point[j] = their sum in row order / keep and each of them
+    counts 1 in ``used``; elsewhere ok[j] is False and the caller takes the exact path."""
+    m = rows.size
+    d = x.shape[1]
+    k = (m - 1) // 2
+    kk = k + 1 - m % 2
+    s_lo = max(0, k - keep + 1)
+    s_hi = min(k + 1 if m % 2 == 0 else k, m - keep)
+    buf = np.empty((m, TILE), x.dtype)
+    med = np.empty(TILE)
+    t = np.empty(TILE)
+    acc = np.empty(TILE)
+    cnt = np.empty(TILE, np.int64)
+    for j0 in range(0, d, TILE):
+        w = min(TILE, d - j0)
+        _load_sorted(x, rows, pairs, j0, w, buf)
+        bk = buf[k]
+        bkk = buf[kk]
+        for c in range(w):
+            med[c] = 0.5 * np.float64(bk[c]) + 0.5 * np.float64(bkk[c])
+            t[c] = np.inf
+            acc[c] = 0.0
+            cnt[c] = 0
+        for s in range(s_lo, s_hi + 1):
+            first = buf[s]
+            last = buf[s + keep - 1]
+            for c in range(w):
+                t[c] = min(t[c], max(med[c] - np.float64(first[c]), np.float64(last[c]) - med[c]))
+        for r in range(m):
+            src = x[rows[r], j0:j0 + w]
+            for c in range(w):
+                v = np.float64(src[c])
+                within = abs(v - med[c]) <= t[c]
+                acc[c] += v if within else 0.0
+                cnt[c] += within
+        for c in range(w):
+            ok[j0 + c] = cnt[c] == keep
+            point[j0 + c] = acc[c] / keep
+        for r in range(m):
+            src = x[rows[r], j0:j0 + w]
+            n_in = 0
+            for c in range(w):
+                n_in += (abs(np.float64(src[c]) - med[c]) <= t[c]) & (cnt[c] == keep)
+            used[r] += n_in
