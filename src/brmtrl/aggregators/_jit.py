@@ -1,12 +1,12 @@
-"""The compiled column kernels (Numba ``njit``), imported only through :mod:`.kernels`.
+"""The compiled kernels (Numba ``njit``), imported only through :mod:`.kernels`, which says when each runs.
 
-Each kernel walks the columns in tiles of ``TILE`` columns held in L1: the tile's rows are copied in, sorted
-per column by the same comparator network as :func:`brmtrl.aggregators.columns.network_sort` (each
-comparator a min and a max of two tile rows, which LLVM turns into SIMD instructions), and everything a rule
-needs from the sorted values is computed while the tile is in cache: one pass over the input instead of one
-per numpy call. Arithmetic is the same, operation for operation and in the same order, as the numpy/torch
-path it replaces (no fast-math, no fused multiply-add), so both give the same bits; ``tests/test_kernels.py``
-checks it. Compiled on first use and cached on disk (``cache=True``).
+Each kernel walks the columns in tiles of ``TILE`` columns held in L1, in one pass over its input. The
+selections (:func:`select_ranks`, :func:`nearest_to_median`) copy a tile's rows in, sort each column by the
+same comparator network as :func:`brmtrl.aggregators.columns.network_sort` (each comparator a min and a max
+of two tile rows, which LLVM turns into SIMD instructions) and compute everything a rule needs while the
+tile is in cache, with the same arithmetic in the same order as the numpy path (no fast-math, no fused
+multiply-add): the same bits. :func:`centred_gram` and :func:`combine_rows` compute the same sums as a GEMM
+and a GEMV in another order. Compiled on first use and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
@@ -99,3 +99,57 @@ def nearest_to_median(x, rows, keep, pairs, point, used, ok):   # pragma: no cov
             for c in range(w):
                 n_in += (abs(np.float64(src[c]) - med[c]) <= t[c]) & (cnt[c] == keep)
             used[r] += n_in
+
+
+@njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc"})
+def _dot(a, b, w, zero):   # pragma: no cover - compiled
+    """Σ_c a[c] b[c] over c < w in a's precision; reassociation lets LLVM keep one partial sum per SIMD lane."""
+    s = zero
+    for c in range(w):
+        s += a[c] * b[c]
+    return s
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def centred_gram(x, k, e, zero, g):   # pragma: no cover - compiled
+    """g += the Gram matrix of the rows of [x; e] minus x[k] (e: one more row, or empty), in tiles of
+    ``TILE`` columns: each tile's rows are centred in x's precision into an L1 buffer and each pair's
+    dot product over the tile (x's precision) is added to g in float64."""
+    n, d = x.shape
+    m = n + (e.size > 0)
+    buf = np.empty((m, TILE), x.dtype)
+    for j0 in range(0, d, TILE):
+        w = min(TILE, d - j0)
+        xk = x[k, j0:j0 + w]
+        for r in range(m):
+            src = x[r, j0:j0 + w] if r < n else e[j0:j0 + w]
+            dst = buf[r]
+            for c in range(w):
+                dst[c] = src[c] - xk[c]
+        for i in range(m):
+            bi = buf[i]
+            for j in range(i + 1):
+                g[i, j] += np.float64(_dot(bi, buf[j], w, zero))
+    for i in range(m):
+        for j in range(i):
+            g[j, i] = g[i, j]
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def combine_rows(x, w, out):   # pragma: no cover - compiled
+    """out[j] = Σ_i w_i x_ij, accumulated in float64 row after row, in tiles of ``TILE`` columns (no float64
+    copy of x); stored in out's dtype."""
+    n, d = x.shape
+    acc = np.empty(TILE)
+    for j0 in range(0, d, TILE):
+        wd = min(TILE, d - j0)
+        for c in range(wd):
+            acc[c] = 0.0
+        for i in range(n):
+            src = x[i, j0:j0 + wd]
+            wi = w[i]
+            for c in range(wd):
+                acc[c] += wi * np.float64(src[c])
+        dst = out[j0:j0 + wd]
+        for c in range(wd):
+            dst[c] = acc[c]

@@ -38,9 +38,12 @@ def block_columns(n: int) -> int:
 
 def combine_rows(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Σ_i w_i x_i in float64, one GEMV per block of columns (no float64 copy of x), in ``dtype`` (default
-    x's)."""
+    x's); where the compiled kernels run (:func:`kernels.usable`), one pass that adds the rows in order in
+    float64 (the same sum to rounding)."""
     n, d = x.shape
     w = w.to(device=x.device, dtype=torch.float64)
+    if kernels.usable(x) and (dtype or x.dtype) in (torch.float32, torch.float64):
+        return kernels.combine_rows(x, w.contiguous(), dtype or x.dtype)   # the same sum in one compiled pass
     out = torch.empty(d, dtype=dtype or x.dtype, device=x.device)
     for c, block in column_blocks(x, 4 * block_columns(n), torch.float64):
         out[c:c + block.shape[1]] = w @ block

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 import torch
 
 from .base import _chunk, _rows
+from . import kernels
 from .columns import column_blocks
 
 __all__ = ["pairwise_sq_distances"]
@@ -79,17 +81,21 @@ def _first_centre(x: torch.Tensor) -> int:
     n, d = x.shape
     if n <= 2 or d == 0:
         return 0
-    if d <= _SAMPLE_BLOCKS * _SAMPLE_WIDTH:
-        s = x
-    else:
-        starts = np.linspace(0, d - _SAMPLE_WIDTH, _SAMPLE_BLOCKS).astype(np.int64).tolist()
-        s = torch.cat([x[:, i:i + _SAMPLE_WIDTH] for i in starts], dim=1)
-    s = s.to(torch.float64) * 0.5                      # halves: no difference overflows
-    diff = s - s.median(dim=0).values
-    big = diff.abs().amax(dim=1)
-    r = torch.linalg.vector_norm(diff / torch.where(big > 0, big, 1.0)[:, None], dim=1)
-    key = torch.nan_to_num(torch.log2(big) + torch.log2(r), nan=math.inf)   # log2 of the distance, no overflow
-    return int(torch.argmin(key))
+    s = x if d <= _SAMPLE_BLOCKS * _SAMPLE_WIDTH else x[:, _sample_columns(d).to(x.device)]
+    s = s.cpu().numpy().astype(np.float64) * 0.5       # halves: no difference overflows; numpy: small arrays
+    diff = s - np.partition(s, (n - 1) // 2, axis=0)[(n - 1) // 2]       # the lower median
+    big = np.abs(diff).max(axis=1)
+    r = np.linalg.norm(diff / np.where(big > 0, big, 1.0)[:, None], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        key = np.nan_to_num(np.log2(big) + np.log2(r), nan=math.inf)   # log2 of the distance, no overflow
+    return int(np.argmin(key))
+
+
+@lru_cache(maxsize=64)
+def _sample_columns(d: int) -> torch.Tensor:
+    """The columns :func:`_first_centre` reads: ``_SAMPLE_BLOCKS`` evenly spread blocks of ``_SAMPLE_WIDTH``."""
+    starts = np.linspace(0, d - _SAMPLE_WIDTH, _SAMPLE_BLOCKS).astype(np.int64)
+    return torch.from_numpy((starts[:, None] + np.arange(_SAMPLE_WIDTH)).reshape(-1))
 
 
 def _gram_about(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
@@ -98,24 +104,30 @@ def _gram_about(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
     that dtype instead, e.g. float64 for float32 rows), each block's GEMM in that precision, summed in
     float64. If an entry overflows (or exceeds 2^900) the pass is redone in float64 with each row scaled by
     a power of two (:func:`_gram_rescaled`). ``extra``: a point e (d,) in x's dtype whose column
-    h_i = <x_i − x_k, e − x_k> comes from the same blocks (None after the rescaled pass)."""
+    h_i = <x_i − x_k, e − x_k> comes from the same blocks (None after the rescaled pass). With few rows on
+    the CPU the compiled kernel does the same in one pass, without the centred copy
+    (:func:`kernels.centred_gram`: dot products over 256 columns, at least as precise)."""
     n, d = x.shape
     step = _chunk(n)
     work = x.dtype if work is None else work
-    g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    h = None if extra is None else torch.zeros(n, dtype=torch.float64, device=x.device)
-    for start, c in column_blocks(x, step, work):      # one reused buffer, centred in place
-        if extra is not None:
-            u = extra[start:start + step].to(work) - c[k]
-        c.sub_(c[k].clone())
-        g += (c @ c.T).to(torch.float64)
-        if h is not None:
-            h += (c @ u).to(torch.float64)
-    gh = g.cpu().numpy()
+    if work == x.dtype and n <= kernels.GRAM_ROWS and kernels.usable(x):   # the compiled kernel
+        full = kernels.centred_gram(x, k, None if extra is None else extra.to(x.dtype))
+        gh, hh = np.ascontiguousarray(full[:n, :n]), None if extra is None else full[:n, n].copy()
+        # its error is within the GEMM path's (tests/test_kernels.py): the same γ, so the same decisions
+    else:
+        g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+        h = None if extra is None else torch.zeros(n, dtype=torch.float64, device=x.device)
+        for start, c in column_blocks(x, step, work):      # one reused buffer, centred in place
+            if extra is not None:
+                u = extra[start:start + step].to(work) - c[k]
+            c.sub_(c[k].clone())
+            g += (c @ c.T).to(torch.float64)
+            if h is not None:
+                h += (c @ u).to(torch.float64)
+        gh, hh = g.cpu().numpy(), None if h is None else h.cpu().numpy()
     if np.isfinite(gh).all() and float(np.abs(gh).max(initial=0.0)) <= _FAST_LIMIT:
         u = torch.finfo(work).eps / 2
-        return _Gram(gh, np.zeros(n, np.int64), k, _gamma(u, min(step, max(d, 1)), -(-d // step)),
-                     None if h is None else h.cpu().numpy())
+        return _Gram(gh, np.zeros(n, np.int64), k, _gamma(u, min(step, max(d, 1)), -(-d // step)), hh)
     return _gram_rescaled(x, k)
 
 

@@ -1,15 +1,27 @@
-"""Compiled column kernels for the coordinate-wise rules with few rows, where Numba is installed
-(``pip install 'brmtrl[fast]'``).
+"""Compiled kernels for the aggregation rules on the CPU, where Numba is installed (``pip install
+'brmtrl[fast]'``).
 
-With n ≤ 16 rows, a coordinate-wise selection on the CPU sorts each block of columns by a comparator network
-of numpy calls (:mod:`.columns`): each call is one vector operation over a block's row, so a selection reads
-and writes the block dozens of times, and at n = 10 the median's network and Bulyan's coordinate stage cost
-several times a GEMM of the rows. The kernels here (:mod:`._jit`) run the same network and the same
-arithmetic on tiles of 256 columns in L1, one pass over the input, and give the same bits as the numpy path
-(``tests/test_kernels.py``). They are used for CPU float32/float64 inputs of at least ``MIN_VALUES`` values,
-C-contiguous; below that a kernel's first call in a process (compiling it, or loading it from Numba's disk
-cache: 0.3–2 s) costs more than it saves. ``BRMTRL_KERNELS=0`` turns them off; without Numba the numpy path
-runs, with the same results.
+With few rows, the numpy/torch path is dominated by passes over memory rather than arithmetic: a
+coordinate-wise selection among n ≤ 16 rows sorts each block of columns by a comparator network of numpy
+calls, each one vector operation over a row of the block, so the block is read and written dozens of times;
+the centred Gram matrix copies and centres the rows before its GEMM; a weighted sum of rows copies them to
+float64 first. At n = 10 each cost several times the GEMM of the rows. The kernels here (:mod:`._jit`) do
+the same work on tiles of 256 columns held in L1, in one pass over the input:
+
+* :func:`select_ranks` (median, trimmed mean, centered clipping's start) and :func:`nearest_to_median`
+  (Bulyan's coordinate stage) run the same network and the same arithmetic in the same order as the numpy
+  path, so they give the **same bits**;
+* :func:`centred_gram` (every distance-based rule: Krum, Bulyan's selection, the geometric median,
+  centered clipping, NNM) adds dot products over 256 columns instead of one GEMM per block of up to 2²¹
+  values, and :func:`combine_rows` adds the rows one after the other in float64 instead of a GEMV: the
+  same sums in another order, so these rules agree with the numpy path **to rounding** (the Gram's error is
+  within the GEMM path's, ``tests/test_kernels.py``), not bit for bit. Same install, same machine: same
+  numbers.
+
+They run on C-contiguous float32/float64 CPU tensors of at least ``MIN_VALUES`` values (the Gram with at
+most ``GRAM_ROWS`` rows, where it beats the GEMM); below that a kernel's first call in a process (compiling
+it, or loading it from Numba's disk cache: 0.3–2 s) costs more than it saves. ``BRMTRL_KERNELS=0`` turns
+them off; without Numba the numpy path runs.
 """
 
 from __future__ import annotations
@@ -21,9 +33,11 @@ from types import ModuleType
 import numpy as np
 import torch
 
-__all__ = ["DISABLE_ENV", "MIN_VALUES", "nearest_to_median", "select_ranks", "status", "usable"]
+__all__ = ["DISABLE_ENV", "GRAM_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median",
+           "select_ranks", "status", "usable"]
 
 MIN_VALUES = 1 << 18       # rows × columns from which a kernel is used
+GRAM_ROWS = 16             # up to this many rows the Gram kernel beats the BLAS GEMM of a centred copy
 DISABLE_ENV = "BRMTRL_KERNELS"
 
 
@@ -75,3 +89,27 @@ def nearest_to_median(x: torch.Tensor, rows: np.ndarray, keep: int, pairs: np.nd
     ok = np.empty(d, dtype=np.bool_)
     jit.nearest_to_median(x.numpy(), rows, keep, pairs, point.numpy(), used, ok)
     return point, used, ok
+
+
+def centred_gram(x: torch.Tensor, k: int, extra: torch.Tensor | None = None) -> np.ndarray:
+    """The Gram matrix of the rows of x (n, d), and of ``extra`` (d,) as row n if given, about x_k: (m, m)
+    float64, each entry a float64 sum of dot products over 256 columns of values centred in x's
+    precision. x as :func:`usable` asks; ``extra`` in x's dtype."""
+    jit = _load()[0]
+    assert jit is not None
+    a = x.numpy()
+    e = np.empty(0, a.dtype) if extra is None else extra.contiguous().numpy()
+    m = x.shape[0] + (extra is not None)
+    g = np.zeros((m, m))
+    jit.centred_gram(a, k, e, a.dtype.type(0), g)
+    return g
+
+
+def combine_rows(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Σ_i w_i x_i (d,) in ``dtype`` (float32 or float64), accumulated in float64 row after row; x as
+    :func:`usable` asks, w (n,) float64."""
+    jit = _load()[0]
+    assert jit is not None
+    out = torch.empty(x.shape[1], dtype=dtype)
+    jit.combine_rows(x.numpy(), w.numpy(), out.numpy())
+    return out
