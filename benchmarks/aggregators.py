@@ -54,6 +54,7 @@ import torch
 
 import brmtrl
 from brmtrl import aggregators as agg
+from brmtrl.aggregators import kernels
 from brmtrl.server import Aggregation, aggregate as server_aggregate
 
 SEED = 0
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{_dist_version('byzfl') if byz else byz_note}")
     if byz is not None:
         print(f"- byzfl import: {byz.how}")
+    print(f"- brmtrl's compiled kernels (few rows on the CPU, `brmtrl.aggregators.kernels`): {kernels.status()} "
+          f"(`BRMTRL_KERNELS=0` for the numpy path)")
     print(f"- numpy BLAS threads (Flower's GEMM) are not set by torch.set_num_threads; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")

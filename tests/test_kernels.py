@@ -65,7 +65,8 @@ def test_kernels_give_the_numpy_paths_bits(paths, dtype, ties):
 @pytest.mark.parametrize("rule,kw,same_bits", [
     ("bulyan", {"f": 1}, True), ("median", {}, True), ("trimmed_mean", {"f": 2}, True),
     ("centered_clipping", {}, False), ("geometric_median", {}, False), ("krum", {"f": 2}, True),
-    ("multi_krum", {"f": 2}, False), ("mean", {}, False)])
+    ("multi_krum", {"f": 2}, False), ("mean", {}, False),
+    ("geometric_median", {"pre": ["nnm"], "f": 2}, False), ("geometric_median", {"pre": ["arc"], "f": 2}, False)])
 def test_rules_at_their_default_threshold_agree_with_the_numpy_path(paths, dtype, rule, kw, same_bits):
     """n = 10 rows of 30 000 values (above MIN_VALUES, so the kernels run unpatched). The selections give the
     same bits (Bulyan's and Krum's choice of rows included); rules built on the Gram matrix or on a weighted
@@ -83,12 +84,12 @@ def test_rules_at_their_default_threshold_agree_with_the_numpy_path(paths, dtype
 
 
 @pytest.mark.parametrize("n", [3, 10, 16])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_gram_kernel_is_at_least_as_precise_as_the_gemm_of_a_centred_copy(paths, n, dtype):
+@pytest.mark.parametrize("dtype,work", [(torch.float32, None), (torch.float64, None), (torch.float32, torch.float64)])
+def test_the_gram_kernel_is_at_least_as_precise_as_the_gemm_of_a_centred_copy(paths, n, dtype, work):
     """The centred Gram matrix (brmtrl.aggregators.gram) from the kernel (dot products over 256 columns) and
     from the BLAS path (one GEMM of a centred copy per 2²¹ values), against float64 sums of exact products:
     the kernel's error is within the BLAS path's (plus float64 rounding), and both within the γ model that
-    the rules rely on; the extra point's column too."""
+    the rules rely on; the extra point's column too; also in float64 for float32 rows (NNM's Gram)."""
     from brmtrl.aggregators import gram
 
     g = torch.Generator().manual_seed(n)
@@ -96,7 +97,7 @@ def test_the_gram_kernel_is_at_least_as_precise_as_the_gemm_of_a_centred_copy(pa
     x = (torch.randn(d, generator=g, dtype=torch.float64) * 50 + torch.randn(n, d, generator=g,
                                                                               dtype=torch.float64)).to(dtype)
     e = x.median(dim=0).values
-    fast, slow = paths(lambda: gram._gram_about(x, 1, extra=e))
+    fast, slow = paths(lambda: gram._gram_about(x, 1, extra=e, work=work))
     c = x.numpy().astype(np.longdouble) - x[1].numpy().astype(np.longdouble)      # 64-bit mantissas
     ref = c @ c.T
     href = c @ (e.numpy().astype(np.longdouble) - x[1].numpy().astype(np.longdouble))
@@ -107,3 +108,14 @@ def test_the_gram_kernel_is_at_least_as_precise_as_the_gemm_of_a_centred_copy(pa
 
     assert err(fast) <= fast.gamma == slow.gamma
     assert err(fast) <= err(slow) + 4 * np.finfo(np.float64).eps
+
+
+def test_arc_rows_agree_with_the_numpy_path(paths):
+    """ARC's norms (one compiled pass) and its clipped rows (scaled in float64, the others copied)."""
+    from brmtrl.aggregators import arc
+
+    x = data(10, 30_000, torch.float32, False, seed=5)
+    (y1, m1), (y0, m0) = paths(lambda: arc(x, f=2))
+    assert torch.equal(m1, m0)
+    torch.testing.assert_close(y1, y0, rtol=2 * torch.finfo(torch.float32).eps, atol=0)
+    assert not torch.equal(y1[-1], x[-1]) and torch.equal(y1[0], x[0])   # the far row is clipped, a near one not

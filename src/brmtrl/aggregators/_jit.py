@@ -111,13 +111,13 @@ def _dot(a, b, w, zero):   # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def centred_gram(x, k, e, zero, g):   # pragma: no cover - compiled
+def centred_gram(x, k, e, buf, zero, g):   # pragma: no cover - compiled
     """g += the Gram matrix of the rows of [x; e] minus x[k] (e: one more row, or empty), in tiles of
-    ``TILE`` columns: each tile's rows are centred in x's precision into an L1 buffer and each pair's
-    dot product over the tile (x's precision) is added to g in float64."""
+    ``TILE`` columns: each tile's rows are centred in buf's precision (the working precision: x's, or
+    float64 for float32 rows) into buf (≥ rows, TILE) and each pair's dot product over the tile, in that
+    precision, is added to g in float64. ``zero``: 0 in buf's dtype."""
     n, d = x.shape
     m = n + (e.size > 0)
-    buf = np.empty((m, TILE), x.dtype)
     for j0 in range(0, d, TILE):
         w = min(TILE, d - j0)
         xk = x[k, j0:j0 + w]
@@ -125,7 +125,8 @@ def centred_gram(x, k, e, zero, g):   # pragma: no cover - compiled
             src = x[r, j0:j0 + w] if r < n else e[j0:j0 + w]
             dst = buf[r]
             for c in range(w):
-                dst[c] = src[c] - xk[c]
+                dst[c] = src[c]
+                dst[c] -= xk[c]
         for i in range(m):
             bi = buf[i]
             for j in range(i + 1):
@@ -153,3 +154,39 @@ def combine_rows(x, w, out):   # pragma: no cover - compiled
         dst = out[j0:j0 + wd]
         for c in range(wd):
             dst[c] = acc[c]
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def row_sq_norms(x, out):   # pragma: no cover - compiled
+    """out[i] = Σ_j x_ij² in float64: one partial sum per column of a tile (vectorised), added up at the end."""
+    n, d = x.shape
+    acc = np.empty(TILE)
+    for i in range(n):
+        for c in range(TILE):
+            acc[c] = 0.0
+        row = x[i]
+        for j0 in range(0, d, TILE):
+            w = min(TILE, d - j0)
+            for c in range(w):
+                v = np.float64(row[j0 + c])
+                acc[c] += v * v
+        s = 0.0
+        for c in range(TILE):
+            s += acc[c]
+        out[i] = s
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def scale_rows(x, scale, out):   # pragma: no cover - compiled
+    """out_i = x_i where scale_i is 1, else x_i · scale_i taken in float64 and rounded to out's dtype."""
+    n, d = x.shape
+    for i in range(n):
+        src = x[i]
+        dst = out[i]
+        s = scale[i]
+        if s == 1.0:
+            for c in range(d):
+                dst[c] = src[c]
+        else:
+            for c in range(d):
+                dst[c] = np.float64(src[c]) * s

@@ -16,7 +16,9 @@ the same work on tiles of 256 columns held in L1, in one pass over the input:
   values, and :func:`combine_rows` adds the rows one after the other in float64 instead of a GEMV: the
   same sums in another order, so these rules agree with the numpy path **to rounding** (the Gram's error is
   within the GEMM path's, ``tests/test_kernels.py``), not bit for bit. Same install, same machine: same
-  numbers.
+  numbers;
+* :func:`row_sq_norms` and :func:`scale_rows` (ARC: the rows' norms in one pass without a float64 copy,
+  then the clipped rows scaled in float64 as the numpy path scales them) — the norms' sums in another order.
 
 They run on C-contiguous float32/float64 CPU tensors of at least ``MIN_VALUES`` values (the Gram with at
 most ``GRAM_ROWS`` rows, where it beats the GEMM); below that a kernel's first call in a process (compiling
@@ -33,7 +35,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-__all__ = ["DISABLE_ENV", "GRAM_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median",
+__all__ = ["DISABLE_ENV", "GRAM_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median", "row_sq_norms", "scale_rows",
            "select_ranks", "status", "usable"]
 
 MIN_VALUES = 1 << 18       # rows × columns from which a kernel is used
@@ -91,17 +93,19 @@ def nearest_to_median(x: torch.Tensor, rows: np.ndarray, keep: int, pairs: np.nd
     return point, used, ok
 
 
-def centred_gram(x: torch.Tensor, k: int, extra: torch.Tensor | None = None) -> np.ndarray:
+def centred_gram(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
+                 work: torch.dtype | None = None) -> np.ndarray:
     """The Gram matrix of the rows of x (n, d), and of ``extra`` (d,) as row n if given, about x_k: (m, m)
-    float64, each entry a float64 sum of dot products over 256 columns of values centred in x's
-    precision. x as :func:`usable` asks; ``extra`` in x's dtype."""
+    float64, each entry a float64 sum of dot products over 256 columns of values centred in ``work``'s
+    precision (float32 or float64; default x's). x as :func:`usable` asks; ``extra`` in x's dtype."""
     jit = _load()[0]
     assert jit is not None
     a = x.numpy()
     e = np.empty(0, a.dtype) if extra is None else extra.contiguous().numpy()
     m = x.shape[0] + (extra is not None)
+    wd = np.float64 if (work or x.dtype) == torch.float64 else np.float32
     g = np.zeros((m, m))
-    jit.centred_gram(a, k, e, a.dtype.type(0), g)
+    jit.centred_gram(a, k, e, np.empty((m, jit.TILE), wd), wd(0), g)
     return g
 
 
@@ -112,4 +116,23 @@ def combine_rows(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.
     assert jit is not None
     out = torch.empty(x.shape[1], dtype=dtype)
     jit.combine_rows(x.numpy(), w.numpy(), out.numpy())
+    return out
+
+
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """‖x_i‖² (n,) float64, each a float64 sum of squares in one pass; x as :func:`usable` asks."""
+    jit = _load()[0]
+    assert jit is not None
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    jit.row_sq_norms(x.numpy(), out.numpy())
+    return out
+
+
+def scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x_i · scale_i (scale (n,) float64) in x's dtype, the product taken in float64; rows with scale 1
+    copied as they are. x as :func:`usable` asks."""
+    jit = _load()[0]
+    assert jit is not None
+    out = torch.empty_like(x)
+    jit.scale_rows(x.numpy(), scale.numpy(), out.numpy())
     return out

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .base import _check_f, _check_int, _rows, _safe_norms, combine_rows, largest_f
+from . import kernels
 from .columns import block_columns, column_blocks
 from .gram import _U64, _central_gram, _chunk, _first_centre, _Gram, _sq_distances, pairwise_sq_distances
 
@@ -226,9 +227,12 @@ def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     k = arc_count(n, f)
     if k == 0:
         return x, eye
-    ssq = torch.zeros(n, dtype=torch.float64, device=x.device)
-    for _, block in column_blocks(x, _chunk(n), torch.float64):    # float64 column blocks, in cache
-        ssq += torch.linalg.vector_norm(block, dim=1) ** 2
+    if kernels.usable(x):
+        ssq = kernels.row_sq_norms(x)                           # one compiled pass, no float64 copy
+    else:
+        ssq = torch.zeros(n, dtype=torch.float64, device=x.device)
+        for _, block in column_blocks(x, _chunk(n), torch.float64):    # float64 column blocks, in cache
+            ssq += torch.linalg.vector_norm(block, dim=1) ** 2
     norms = ssq.sqrt().cpu()
     if not bool(torch.isfinite(norms).all()):                # squares beyond float64's range
         norms = _safe_norms(x.to(torch.float64)).cpu()
@@ -236,6 +240,10 @@ def arc(x: torch.Tensor, *, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     bound = norms[order[k]]
     clip = order[:k]
     scale = torch.where(norms[clip] > bound, bound / norms[clip].clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+    if kernels.usable(x):                                     # one compiled pass, the same values
+        every = torch.ones(n, dtype=torch.float64)
+        every[clip] = scale
+        return kernels.scale_rows(x, every), eye
     clip, scale = clip.to(x.device), scale.to(x.device)[:, None]
     out = torch.empty_like(x)
     cols = _chunk(n)
