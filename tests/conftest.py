@@ -23,6 +23,15 @@ def need(path: Path) -> None:
 
 
 @pytest.fixture
+def numpy_path(monkeypatch):
+    """The aggregators' numpy/torch path even where Numba is installed (brmtrl.aggregators.kernels off):
+    for tests of that path's own column blocks. tests/test_kernels.py checks that the kernels agree with it."""
+    from brmtrl.aggregators import kernels
+
+    monkeypatch.setattr(kernels, "_load", lambda: (None, "off (test)"))
+
+
+@pytest.fixture
 def tiny_cfg():
     """A seconds-long synthetic configuration, as overrides."""
     from brmtrl.config import load_config

@@ -196,6 +196,7 @@ def test_arc_matches_the_plain_loop(n, f):
         assert (norms <= torch.sort(torch.linalg.vector_norm(x, dim=1), descending=True).values[k] + 1e-9).all()
 
 
+@pytest.mark.usefixtures("numpy_path")
 def test_arc_over_several_column_blocks_rounds_each_clipped_value_once():
     """Across several column blocks (and a last partial one), in float32: every clipped value is the row's
     value times the scale in float64, rounded once to float32; the other rows are copied bit for bit."""

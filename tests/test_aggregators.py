@@ -356,5 +356,5 @@ def test_median_of_even_n_averages_the_middle_two():
 
 def test_median_of_even_n_is_unbiased():
     # the lower median of 10 standard normal values has mean ≈ −0.12; the average of the two middle ones 0
-    x = torch.randn(10, 200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert abs(float(median(x).mean())) < 0.01
+    x = torch.randn(10, 20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(float(median(x).mean())) < 0.015    # 5 standard errors of the mean of 20 000 medians

@@ -122,6 +122,7 @@ def test_bulyan_needs_4f_plus_3_and_float32_stays_float32():
     assert out.dtype == torch.float32 and out.shape == (4,)
 
 
+@pytest.mark.usefixtures("numpy_path")
 @pytest.mark.parametrize("n", [5, 8, 9, 52])
 def test_column_blocks_select_as_a_stable_sort_of_the_whole_matrix(n):
     """The coordinate-wise selections run in column blocks (brmtrl.aggregators.columns): over many blocks
