@@ -110,7 +110,7 @@ def _gram_about(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
     n, d = x.shape
     step = _chunk(n)
     work = x.dtype if work is None else work
-    if work in (torch.float32, torch.float64) and n <= kernels.GRAM_ROWS and kernels.usable(x):   # compiled
+    if work in (torch.float32, torch.float64) and kernels.usable(x):   # few rows: compiled
         full = kernels.centred_gram(x, k, None if extra is None else extra.to(x.dtype), work)
         gh, hh = np.ascontiguousarray(full[:n, :n]), None if extra is None else full[:n, n].copy()
         # its error is within the GEMM path's (tests/test_kernels.py): the same γ, so the same decisions

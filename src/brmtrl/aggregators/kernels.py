@@ -20,10 +20,11 @@ the same work on tiles of 256 columns held in L1, in one pass over the input:
 * :func:`row_sq_norms` and :func:`scale_rows` (ARC: the rows' norms in one pass without a float64 copy,
   then the clipped rows scaled in float64 as the numpy path scales them) — the norms' sums in another order.
 
-They run on C-contiguous float32/float64 CPU tensors of at least ``MIN_VALUES`` values (the Gram with at
-most ``GRAM_ROWS`` rows, where it beats the GEMM); below that a kernel's first call in a process (compiling
-it, or loading it from Numba's disk cache: 0.3–2 s) costs more than it saves. ``BRMTRL_KERNELS=0`` turns
-them off; without Numba the numpy path runs.
+They run on C-contiguous float32/float64 CPU tensors of at most ``MAX_ROWS`` rows and at least
+``MIN_VALUES`` values. With more rows the work per column grows and torch's passes, on two threads, and the
+BLAS GEMM win (ARC at n = 100, d = 1e6: 427 ms in the single-threaded kernels against 299 ms); with fewer
+values a kernel's first call in a process (compiling it, or loading it from Numba's disk cache: 0.3–2 s)
+costs more than it saves. ``BRMTRL_KERNELS=0`` turns them off; without Numba the numpy path runs.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from types import ModuleType
 import numpy as np
 import torch
 
-__all__ = ["DISABLE_ENV", "GRAM_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median", "row_sq_norms", "scale_rows",
+__all__ = ["DISABLE_ENV", "MAX_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median", "row_sq_norms", "scale_rows",
            "select_ranks", "status", "usable"]
 
 MIN_VALUES = 1 << 18       # rows × columns from which a kernel is used
-GRAM_ROWS = 16             # up to this many rows the Gram kernel beats the BLAS GEMM of a centred copy
+MAX_ROWS = 16              # up to this many rows (above, torch's two-thread passes and BLAS win)
 DISABLE_ENV = "BRMTRL_KERNELS"
 
 
@@ -61,10 +62,10 @@ def status() -> str:
 
 
 def usable(x: torch.Tensor, values: int | None = None) -> bool:
-    """Whether a kernel takes x (n, d): a C-contiguous float32/float64 CPU tensor, ``values`` (default n·d)
-    at least ``MIN_VALUES``, Numba importable and not turned off."""
+    """Whether a kernel takes x (n, d): a C-contiguous float32/float64 CPU tensor of at most ``MAX_ROWS``
+    rows, ``values`` (default n·d) at least ``MIN_VALUES``, Numba importable and not turned off."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 2
-            and x.is_contiguous() and not x.requires_grad
+            and x.shape[0] <= MAX_ROWS and x.is_contiguous() and not x.requires_grad
             and (x.numel() if values is None else values) >= MIN_VALUES and _load()[0] is not None)
 
 
