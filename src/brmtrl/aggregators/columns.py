@@ -27,7 +27,7 @@ import torch
 from . import kernels
 
 __all__ = ["NETWORK_ROWS", "block_columns", "column_blocks", "combine_rows", "median_columns", "nearest_to_median_mean",
-           "network_pairs", "network_pairs_for", "network_sort", "rank_work", "select_ranks", "selected_ranks",
+           "network_pairs", "network_pairs_for", "network_sort", "rank_work", "select_ranks",
            "SORT_VALUES", "block_ranks", "compiled_rows", "sort_columns"]
 
 

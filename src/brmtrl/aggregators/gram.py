@@ -82,7 +82,7 @@ def _first_centre(x: torch.Tensor) -> int:
     if n <= 2 or d == 0:
         return 0
     s = x if d <= _SAMPLE_BLOCKS * _SAMPLE_WIDTH else x[:, _sample_columns(d).to(x.device)]
-    s = s.cpu().numpy().astype(np.float64) * 0.5       # halves: no difference overflows; numpy: small arrays
+    s = s.to(torch.float64).cpu().numpy() * 0.5        # halves: no difference overflows; numpy: small arrays
     diff = s - np.partition(s, (n - 1) // 2, axis=0)[(n - 1) // 2]       # the lower median
     big = np.abs(diff).max(axis=1)
     r = np.linalg.norm(diff / np.where(big > 0, big, 1.0)[:, None], axis=1)
