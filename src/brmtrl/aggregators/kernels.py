@@ -36,8 +36,8 @@ from types import ModuleType
 import numpy as np
 import torch
 
-__all__ = ["DISABLE_ENV", "MAX_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median", "row_sq_norms", "scale_rows",
-           "select_ranks", "status", "usable"]
+__all__ = ["DISABLE_ENV", "MAX_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median",
+           "row_sq_norms", "scale_rows", "select_ranks", "status", "usable"]
 
 MIN_VALUES = 1 << 18       # rows × columns from which a kernel is used
 MAX_ROWS = 16              # up to this many rows (above, torch's two-thread passes and BLAS win)
