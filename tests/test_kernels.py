@@ -1,5 +1,7 @@
-"""The compiled column kernels (brmtrl.aggregators.kernels, Numba) give the same bits as the numpy path they
-replace, for every row count they take, both dtypes, with ties and without, across tile boundaries."""
+"""The compiled kernels (brmtrl.aggregators.kernels, Numba) against the numpy path they replace: the
+selections give the same bits for every row count they take, both dtypes, with ties and without, across
+tile boundaries; the Gram matrix, the weighted sums of rows and ARC's norms agree to rounding (the Gram
+within the GEMM path's error); and where the kernels do not run."""
 
 from __future__ import annotations
 
