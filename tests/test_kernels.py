@@ -121,3 +121,29 @@ def test_arc_rows_agree_with_the_numpy_path(paths):
     assert torch.equal(m1, m0)
     torch.testing.assert_close(y1, y0, rtol=2 * torch.finfo(torch.float32).eps, atol=0)
     assert not torch.equal(y1[-1], x[-1]) and torch.equal(y1[0], x[0])   # the far row is clipped, a near one not
+
+
+@pytest.mark.parametrize("error", [ImportError("No module named 'numba'"),
+                                   RuntimeError("cannot cache function: no locator available")])
+def test_kernels_that_do_not_load_leave_the_numpy_path(monkeypatch, error):
+    """Numba missing, or failing as it loads (no writable cache folder for ``cache=True``): the rules run the
+    numpy path and ``status()`` says why, instead of an error from inside a rule."""
+    import builtins
+
+    real = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "numba":
+            raise error
+        return real(name, *args, **kwargs)
+
+    x = data(10, 30_000, torch.float32, False, seed=1)
+    monkeypatch.setattr(builtins, "__import__", failing)
+    kernels._load.cache_clear()
+    try:
+        assert kernels.status().startswith("not used") and str(error) in kernels.status()
+        assert not kernels.usable(x)
+        assert torch.isfinite(aggregate("bulyan", x, f=1).point).all()
+    finally:
+        monkeypatch.undo()
+        kernels._load.cache_clear()

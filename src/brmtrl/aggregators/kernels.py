@@ -53,6 +53,8 @@ def _load() -> tuple[ModuleType | None, str]:
         import numba
     except ImportError as exc:
         return None, f"not used: Numba is not importable ({exc})"
+    except Exception as exc:  # noqa: BLE001 - e.g. no writable cache folder for cache=True: the numpy path
+        return None, f"not used: the kernels did not load ({type(exc).__name__}: {exc})"
     return _jit, f"Numba {numba.__version__}"
 
 
