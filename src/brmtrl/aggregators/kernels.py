@@ -58,6 +58,13 @@ def _load() -> tuple[ModuleType | None, str]:
     return _jit, f"Numba {numba.__version__}"
 
 
+def _compiled() -> ModuleType:
+    """The compiled module, for a caller that checked :func:`usable`."""
+    jit = _load()[0]
+    assert jit is not None, "a kernel was called where usable() is False"
+    return jit
+
+
 def status() -> str:
     """Whether the kernels are used here, in words (for benchmark reports)."""
     return _load()[1]
@@ -76,8 +83,7 @@ def select_ranks(x: torch.Tensor, rows: np.ndarray, pairs: np.ndarray, ranks: sl
     """out[:, at : at + len(cols)] ← ranks ``ranks`` (a slice with step 1) of x[rows, cols]'s columns,
     sorted by the network ``pairs`` ((p, 2) int64; it must put those ranks in place). x as :func:`usable`
     asks; out (≥ len(ranks), ≥ at + len(cols)) C-contiguous, in x's dtype."""
-    jit = _load()[0]
-    assert jit is not None
+    jit = _compiled()
     jit.select_ranks(x.numpy(), rows, pairs, ranks.start, ranks.stop, cols.start, cols.stop, out.numpy(), at)
 
 
@@ -86,8 +92,7 @@ def nearest_to_median(x: torch.Tensor, rows: np.ndarray, keep: int, pairs: np.nd
     """Bulyan's coordinate stage without ties (``columns.nearest_to_median_mean``): the point (d,) in x's
     dtype, valid where ``ok``; each selected row's count of kept coordinates among the ok ones (float64);
     ``ok`` (d,) bool, False where more than ``keep`` values tie within the band (the caller's exact path)."""
-    jit = _load()[0]
-    assert jit is not None
+    jit = _compiled()
     d = x.shape[1]
     point = torch.empty(d, dtype=x.dtype)
     used = np.zeros(len(rows))
@@ -101,8 +106,7 @@ def centred_gram(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
     """The Gram matrix of the rows of x (n, d), and of ``extra`` (d,) as row n if given, about x_k: (m, m)
     float64, each entry a float64 sum of dot products over 256 columns of values centred in ``work``'s
     precision (float32 or float64; default x's). x as :func:`usable` asks; ``extra`` in x's dtype."""
-    jit = _load()[0]
-    assert jit is not None
+    jit = _compiled()
     a = x.numpy()
     e = np.empty(0, a.dtype) if extra is None else extra.contiguous().numpy()
     m = x.shape[0] + (extra is not None)
@@ -115,8 +119,7 @@ def centred_gram(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
 def combine_rows(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Σ_i w_i x_i (d,) in ``dtype`` (float32 or float64), accumulated in float64 row after row; x as
     :func:`usable` asks, w (n,) float64."""
-    jit = _load()[0]
-    assert jit is not None
+    jit = _compiled()
     out = torch.empty(x.shape[1], dtype=dtype)
     jit.combine_rows(x.numpy(), w.numpy(), out.numpy())
     return out
@@ -124,8 +127,7 @@ def combine_rows(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.
 
 def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
     """‖x_i‖² (n,) float64, each a float64 sum of squares in one pass; x as :func:`usable` asks."""
-    jit = _load()[0]
-    assert jit is not None
+    jit = _compiled()
     out = torch.empty(x.shape[0], dtype=torch.float64)
     jit.row_sq_norms(x.numpy(), out.numpy())
     return out
@@ -134,8 +136,7 @@ def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
 def scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x_i · scale_i (scale (n,) float64) in x's dtype, the product taken in float64; rows with scale 1
     copied as they are. x as :func:`usable` asks."""
-    jit = _load()[0]
-    assert jit is not None
+    jit = _compiled()
     out = torch.empty_like(x)
     jit.scale_rows(x.numpy(), scale.numpy(), out.numpy())
     return out
