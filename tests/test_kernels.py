@@ -5,16 +5,18 @@ within the GEMM path's error); and where the kernels do not run."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("numba")
 
-from brmtrl.aggregators import aggregate, kernels  # noqa: E402
+from brmtrl.aggregators import aggregate, columns, kernels  # noqa: E402
 from brmtrl.aggregators._jit import TILE  # noqa: E402
 from brmtrl.aggregators.averages import trimmed_mean_trusted  # noqa: E402
-from brmtrl.aggregators.columns import compiled_rows, median_columns, nearest_to_median_mean  # noqa: E402
+from brmtrl.aggregators.columns import block_runs, compiled_rows, median_columns, nearest_to_median_mean  # noqa: E402
 
 
 @pytest.fixture
@@ -44,9 +46,12 @@ def data(n: int, d: int, dtype: torch.dtype, ties: bool, seed: int) -> torch.Ten
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", [False, True])
-def test_kernels_give_the_numpy_paths_bits(paths, dtype, ties):
+@pytest.mark.parametrize("sizes", [range(2, 17), (17, 40, 100)], ids=["network-rows", "more-rows"])
+def test_kernels_give_the_numpy_paths_bits(paths, dtype, ties, sizes):
+    """Up to 16 rows the numpy path sorts by the same network; above, by numpy's sort of transposed
+    sub-blocks: exact selections either way, so the same values (±0 compare equal)."""
     d = 3 * TILE + 37                                                 # three tiles and a partial one
-    for n in range(2, 17):
+    for n in sizes:
         x = data(n, d, dtype, ties, seed=n)
         with pytest.MonkeyPatch.context() as m:
             m.setattr(kernels, "MIN_VALUES", 0)
@@ -147,3 +152,54 @@ def test_kernels_that_do_not_load_leave_the_numpy_path(monkeypatch, error):
     finally:
         monkeypatch.undo()
         kernels._load.cache_clear()
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_block_runs_share_the_blocks_among_threads_once_each(two_threads, monkeypatch):
+    x = torch.zeros(4, 10_000)
+    calls: list[tuple[range, int]] = []
+
+    def body(starts: range) -> None:
+        calls.append((starts, threading.get_ident()))
+
+    block_runs(x, 1000, 1 << 30, body)                                # one contiguous run per thread, in a pool
+    assert sorted((r.start, r.stop) for r, _ in calls) == [(0, 5000), (5000, 10_000)]
+    assert all(r.step == 1000 for r, _ in calls) and threading.get_ident() not in {t for _, t in calls}
+    calls.clear()
+    block_runs(x, 1000, columns.PARALLEL_VALUES - 1, body)           # below the threshold: here, in one call
+    assert calls == [(range(0, 10_000, 1000), threading.get_ident())]
+
+    def failing(starts: range) -> None:
+        if 0 in starts:
+            raise ValueError("block 0")
+    with pytest.raises(ValueError, match="block 0"):
+        block_runs(x, 1000, 1 << 30, failing)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernels", "numpy"])
+@pytest.mark.parametrize("n", [10, 40])
+def test_selections_shared_among_threads_give_the_same_bits(two_threads, monkeypatch, kernel, n):
+    """Median, trimmed mean and Bulyan's coordinate stage (their trust included) split among two threads
+    (the threshold lowered to split this small input) give the single thread's bits."""
+    if not kernel:
+        monkeypatch.setattr(kernels, "_load", lambda: (None, "off"))
+    x = data(n, 20_000, torch.float32, False, seed=7)
+    x[:, ::5] = x[:, ::5].round()                                   # ties in some columns: the exact path too
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:n - 2]
+
+    def results():
+        return [median_columns(x), trimmed_mean_trusted(x, f=n // 4), nearest_to_median_mean(x, rows, 3)]
+
+    one = results()
+    monkeypatch.setattr(columns, "PARALLEL_VALUES", 1)
+    two = results()
+    assert torch.equal(one[0][0], two[0][0]) and torch.equal(one[0][1], two[0][1])
+    assert torch.equal(one[1].point, two[1].point) and torch.equal(one[1].trust, two[1].trust)
+    assert torch.equal(one[2][0], two[2][0]) and torch.equal(one[2][1], two[2][1])

@@ -51,14 +51,14 @@ def select_ranks(x, rows, pairs, r0, r1, c0, c1, out, o0):   # pragma: no cover 
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def nearest_to_median(x, rows, keep, pairs, point, used, ok):   # pragma: no cover - compiled
-    """Bulyan's coordinate stage where it has no ties (see ``columns.nearest_to_median_mean``): per column j,
+def nearest_to_median(x, rows, keep, pairs, c0, c1, point, used, ok):   # pragma: no cover - compiled
+    """Bulyan's coordinate stage where it has no ties (see ``columns.nearest_to_median_mean``): per column j
+    (c0 ≤ j < c1),
     m_j = ½ v_(k) + ½ v_(k') (float64), t_j = the least over the windows of ``keep`` consecutive sorted values
     that hold the middle of their farther end's distance to m_j, and the rows with |x_ij − m_j| ≤ t_j. Where
     exactly ``keep`` rows are within t_j (ok[j]), point[j] = their sum in row order / keep and each of them
     counts 1 in ``used``; elsewhere ok[j] is False and the caller takes the exact path."""
     m = rows.size
-    d = x.shape[1]
     k = (m - 1) // 2
     kk = k + 1 - m % 2
     s_lo = max(0, k - keep + 1)
@@ -68,8 +68,8 @@ def nearest_to_median(x, rows, keep, pairs, point, used, ok):   # pragma: no cov
     t = np.empty(TILE)
     acc = np.empty(TILE)
     cnt = np.empty(TILE, np.int64)
-    for j0 in range(0, d, TILE):
-        w = min(TILE, d - j0)
+    for j0 in range(c0, c1, TILE):
+        w = min(TILE, c1 - j0)
         _load_sorted(x, rows, pairs, j0, w, buf)
         bk = buf[k]
         bkk = buf[kk]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AggregateResult, _band_used, _check_f, _rows, _share_trust
-from .columns import block_columns, block_ranks, combine_rows, compiled_rows, median_columns, rank_work
+from .columns import block_columns, block_ranks, block_runs, combine_rows, compiled_rows, median_columns, rank_work
 
 __all__ = ["mean", "mean_trusted", "median", "median_trusted", "trimmed_mean", "trimmed_mean_trusted"]
 
@@ -65,13 +65,17 @@ def trimmed_mean_trusted(x: torch.Tensor, *, f: int = 0) -> AggregateResult:
     lo = torch.empty(d, dtype=x.dtype, device=x.device)      # the band's edges: values of x
     hi = torch.empty_like(lo)
     cols = block_columns(n)
-    kept = torch.empty(n - 2 * f, min(cols, d), dtype=x.dtype, device=x.device)   # reused: no page faults
     compiled = compiled_rows(x, n)
-    work = None if compiled else rank_work(x, cols)
-    for c in range(0, d, cols):                    # column blocks, in cache: the kept ranks f … n − f − 1
-        w = min(cols, d - c)
-        s = block_ranks(x, slice(c, c + w), slice(f, n - f), kept, work=work, compiled=compiled)
-        point[c:c + w] = (s.sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
-        lo[c:c + w], hi[c:c + w] = s[0], s[-1]
+
+    def run(starts: range) -> None:                # column blocks, in cache: the kept ranks f … n − f − 1
+        kept = torch.empty(n - 2 * f, min(cols, d), dtype=x.dtype, device=x.device)   # reused: no page faults
+        work = None if compiled else rank_work(x, cols)
+        for c in starts:
+            w = min(cols, d - c)
+            s = block_ranks(x, slice(c, c + w), slice(f, n - f), kept, work=work, compiled=compiled)
+            point[c:c + w] = (s.sum(dim=0, dtype=torch.float64) / (n - 2 * f)).to(x.dtype)
+            lo[c:c + w], hi[c:c + w] = s[0], s[-1]
+
+    block_runs(x, cols, n * d, run)                # the blocks shared among torch's threads on large x
     used = _band_used(x, lo, hi, n - 2 * f)
     return AggregateResult(point, _share_trust(used, n - 2 * f, n), {"f_used": f})

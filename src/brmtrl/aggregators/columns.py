@@ -18,7 +18,8 @@ n = 100, d = 1e6: 330.0 → 309.8 ms, fastest of 8, old and new interleaved). Ot
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 
 from . import kernels
 
-__all__ = ["NETWORK_ROWS", "block_columns", "column_blocks", "combine_rows", "median_columns", "nearest_to_median_mean",
+__all__ = ["NETWORK_ROWS", "PARALLEL_VALUES", "block_columns", "block_runs", "column_blocks", "combine_rows", "median_columns", "nearest_to_median_mean",
            "network_pairs", "network_pairs_for", "network_sort", "rank_work", "select_ranks",
            "SORT_VALUES", "block_ranks", "compiled_rows", "sort_columns"]
 
@@ -34,6 +35,29 @@ __all__ = ["NETWORK_ROWS", "block_columns", "column_blocks", "combine_rows", "me
 def block_columns(n: int) -> int:
     """Columns per block: ~2¹⁸ values (2 MiB in float64), at least 256."""
     return max(256, (1 << 18) // max(n, 1))
+
+
+PARALLEL_VALUES = 1 << 21   # from this many values a CPU selection splits its columns among torch's threads
+
+
+def block_runs(x: torch.Tensor, cols: int, values: int, body: Callable[[range], None]) -> None:
+    """Call ``body`` on the first columns 0, cols, 2·cols, … < d of x (n, d)'s blocks: in one call, or,
+    on the CPU from ``PARALLEL_VALUES`` selected ``values`` and with torch allowed more than one thread
+    (``torch.get_num_threads()``, which the ``threads`` setting sets), in one contiguous run of blocks per
+    thread, all at once. A selection's blocks are independent and its work (numpy's sorts and copies, the
+    compiled kernels) runs without the GIL, so the threads share the cores as the bound's GEMM does; the
+    selected values do not depend on the split. Each call of ``body`` owns its buffers; an exception in
+    one is raised here after all have ended."""
+    starts = range(0, x.shape[1], max(cols, 1))
+    threads = min(torch.get_num_threads(), len(starts))
+    if threads < 2 or values < PARALLEL_VALUES or x.device.type != "cpu":
+        body(starts)
+        return
+    size = -(-len(starts) // threads)
+    with ThreadPoolExecutor(threads, thread_name_prefix="brmtrl-columns") as pool:
+        runs = [pool.submit(body, starts[i:i + size]) for i in range(0, len(starts), size)]
+    for run in runs:
+        run.result()
 
 
 def combine_rows(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -221,9 +245,17 @@ def select_ranks(src: torch.Tensor, ranks: slice, *, out: torch.Tensor | None = 
 
 
 def compiled_rows(x: torch.Tensor, m: int) -> bool:
-    """Whether selections among m rows of x (n, d) run in the compiled kernels (:mod:`.kernels`): 2 ≤ m ≤
-    ``NETWORK_ROWS`` and x a CPU tensor they take, of at least ``kernels.MIN_VALUES`` selected values."""
-    return 2 <= m <= NETWORK_ROWS and kernels.usable(x, m * x.shape[1])
+    """Whether selections among m rows of x (n, d) run in the compiled kernels (:func:`kernels.selects`:
+    2 ≤ m ≤ ``kernels.SELECT_ROWS``, x a CPU tensor they take, at least ``kernels.MIN_VALUES`` selected
+    values)."""
+    return kernels.selects(x, m)
+
+
+def _runs_of_columns(d: int, values: int) -> int:
+    """Columns per call of a compiled selection that takes all its columns at once: all d, or d split
+    evenly among torch's threads from ``PARALLEL_VALUES`` values (:func:`block_runs` then runs one call per
+    thread)."""
+    return -(-d // max(1, min(torch.get_num_threads(), values // PARALLEL_VALUES)))
 
 
 def block_ranks(x: torch.Tensor, cols: slice, ranks: slice, out: torch.Tensor, at: int = 0, *,
@@ -248,16 +280,21 @@ def median_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The coordinate-wise median of x (n, d), in x's dtype (for even n the average of the two middle values,
     taken in float64 and rounded once), and the values it takes, (1, d) for odd n and (2, d) for even n:
     the two middle ranks v_(⌈n/2⌉) and v_(⌊n/2⌋+1) of each column, by :func:`block_ranks` (column blocks;
-    all columns in one call of the compiled kernel where it runs)."""
+    where the compiled kernel runs, one call for all columns, or one per thread for large x), the blocks
+    shared among torch's threads from ``PARALLEL_VALUES`` values (:func:`block_runs`)."""
     n, d = x.shape
     k = (n - 1) // 2
     mid = torch.empty(1 if n % 2 else 2, d, dtype=x.dtype, device=x.device)
     compiled = compiled_rows(x, n)
-    cols = d if compiled else block_columns(n)
-    work = None if compiled else rank_work(x, cols)
-    for c in range(0, d, max(cols, 1)):
-        w = min(cols, d - c)
-        block_ranks(x, slice(c, c + w), slice(k, k + 2 - n % 2), mid, c, work=work, compiled=compiled)
+    cols = _runs_of_columns(d, n * d) if compiled else block_columns(n)
+
+    def run(starts: range) -> None:
+        work = None if compiled else rank_work(x, cols)
+        for c in starts:
+            w = min(cols, d - c)
+            block_ranks(x, slice(c, c + w), slice(k, k + 2 - n % 2), mid, c, work=work, compiled=compiled)
+
+    block_runs(x, cols, n * d, run)
     if n % 2:
         return mid[0].clone(), mid
     return (0.5 * mid[0].to(torch.float64) + 0.5 * mid[1].to(torch.float64)).to(x.dtype), mid
@@ -286,9 +323,19 @@ def nearest_to_median_mean(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tu
         point, used = _nearest_blocks(x, rows, keep)
         return point, used / d
     _, _, window = _windows(m, keep)
-    point, counts, ok = kernels.nearest_to_median(x, rows.cpu().numpy().astype(np.int64), keep,
-                                                  _pairs_array(m, window.start, window.stop))
-    used = torch.from_numpy(counts)
+    point = torch.empty(d, dtype=x.dtype)
+    ok = np.empty(d, dtype=np.bool_)
+    cols = _runs_of_columns(d, m * d)
+    counts = np.zeros((-(-d // cols), m))            # per call: whole counts, so any order adds them exactly
+    picked, pairs = rows.cpu().numpy().astype(np.int64), _pairs_array(m, window.start, window.stop)
+
+    def run(starts: range) -> None:
+        for c in starts:
+            counts[c // cols] = kernels.nearest_to_median(x, picked, keep, pairs, slice(c, min(c + cols, d)),
+                                                          point, ok)
+
+    block_runs(x, cols, m * d, run)
+    used = torch.from_numpy(counts.sum(axis=0))
     rest = torch.from_numpy(np.flatnonzero(~ok))
     if len(rest):
         point[rest], more = _nearest_blocks(x.index_select(1, rest), rows, keep)
@@ -307,53 +354,59 @@ def _rows_in_order(a: torch.Tensor) -> torch.Tensor:
 
 def _nearest_blocks(x: torch.Tensor, rows: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`nearest_to_median_mean` over column blocks (d > 0), any device; the uses as counts of
-    coordinates (not yet divided by d)."""
+    coordinates (not yet divided by d). Each block's uses are kept apart and added in block order at the
+    end, so that the sum does not depend on how :func:`block_runs` shares the blocks among threads."""
     m, d = len(rows), x.shape[1]
     point = torch.empty(d, dtype=x.dtype, device=x.device)
-    used = torch.zeros(m, dtype=torch.float64, device=x.device)
     cols = block_columns(m)
+    used = torch.zeros(-(-d // cols), m, dtype=torch.float64, device=x.device)   # per block
     inf = float("inf")
     f64 = dict(dtype=torch.float64, device=x.device)
     k, starts, window = _windows(m, keep)                # k: the lower middle rank
-    # reused buffers (no page faults): the values sorted in x's dtype (sorting moves them exactly, and a
-    # narrower sort is faster), everything else in float64, the sorted ranks the windows read included
     width = min(cols, d)
     like = dict(dtype=x.dtype, device=x.device)
-    sel_buf = torch.empty(m, width, **like)
-    work_buf = rank_work(sel_buf, width)
-    part_buf = torch.empty(window.stop - window.start, width, **like)
-    s_buf, dist_buf = torch.empty(m, width, **f64), torch.empty(m, width, **f64)
-    ends_buf = torch.empty(window.stop - window.start, width, **f64)
-    kept_buf = torch.empty(m, width, dtype=torch.bool, device=x.device)
-    for c in range(0, d, cols):
-        w = min(cols, d - c)
-        sel, s, dist, kept = sel_buf[:, :w], s_buf[:, :w], dist_buf[:, :w], kept_buf[:, :w]
-        torch.index_select(x[:, c:c + w], 0, rows, out=sel)
-        part = select_ranks(sel, window, out=part_buf[:, :w], work=work_buf)   # the middle ranks, windows' ends
-        s.copy_(sel)
-        ends = ends_buf[:, :w].copy_(part)              # ranks window.start … window.stop − 1, float64
-        lo, hi = ends[k - window.start], ends[k + 1 - m % 2 - window.start]
-        med = 0.5 * lo + 0.5 * hi
-        torch.sub(s, med, out=dist).abs_()
-        # the keep-th smallest distance t: the keep values nearest m_j are consecutive in sorted order and
-        # hold a middle value, so t is the least over those windows of their farther end's distance. That
-        # t is never below the true one; where it is above (m_j rounded outside [lo, hi], subnormals) or
-        # where ties reach past keep values, more than keep values fall within it: the exact path below
-        lo_end = ends[starts[0] - window.start:starts[-1] + 1 - window.start]     # each window's first
-        hi_end = ends[starts[0] + keep - 1 - window.start:starts[-1] + keep - window.start]   # and last
-        t = torch.maximum(med - lo_end, hi_end - med).amin(dim=0)
-        torch.le(dist, t, out=kept)
-        if int(kept.sum()) == keep * w:        # ≥ keep per column, so keep in each: no tie at t beyond the
-            point[c:c + w] = (_rows_in_order(torch.mul(s, kept, out=dist)) / keep).to(x.dtype)   # keep values:
-            used += kept.sum(dim=1)                                                         # the band
-            continue
-        t = select_ranks(dist, slice(keep - 1, keep))[0]                                       # exact: a sort
-        below, tied = dist < t, dist == t
-        kept = below | (tied & (tied.cumsum(dim=0) <= keep - below.sum(dim=0)))
-        point[c:c + w] = (_rows_in_order(torch.where(kept, s, 0.0)) / keep).to(x.dtype)
-        low = torch.where(kept, s, inf).amin(dim=0)
-        high = torch.where(kept, s, -inf).amax(dim=0)
-        inband = (s >= low) & (s <= high)
-        share = keep / inband.sum(dim=0).clamp_min(1).to(torch.float64)
-        used += torch.mv(inband.to(torch.float64), share)
-    return point, used
+
+    def run(firsts: range) -> None:
+        # reused buffers (no page faults): the values sorted in x's dtype (sorting moves them exactly, and a
+        # narrower sort is faster), everything else in float64, the sorted ranks the windows read included
+        sel_buf = torch.empty(m, width, **like)
+        work_buf = rank_work(sel_buf, width)
+        part_buf = torch.empty(window.stop - window.start, width, **like)
+        s_buf, dist_buf = torch.empty(m, width, **f64), torch.empty(m, width, **f64)
+        ends_buf = torch.empty(window.stop - window.start, width, **f64)
+        kept_buf = torch.empty(m, width, dtype=torch.bool, device=x.device)
+        for c in firsts:
+            w = min(cols, d - c)
+            sel, s, dist, kept = sel_buf[:, :w], s_buf[:, :w], dist_buf[:, :w], kept_buf[:, :w]
+            torch.index_select(x[:, c:c + w], 0, rows, out=sel)
+            part = select_ranks(sel, window, out=part_buf[:, :w], work=work_buf)   # the middle ranks
+            s.copy_(sel)
+            ends = ends_buf[:, :w].copy_(part)          # ranks window.start … window.stop − 1, float64
+            lo, hi = ends[k - window.start], ends[k + 1 - m % 2 - window.start]
+            med = 0.5 * lo + 0.5 * hi
+            torch.sub(s, med, out=dist).abs_()
+            # the keep-th smallest distance t: the keep values nearest m_j are consecutive in sorted order
+            # and hold a middle value, so t is the least over those windows of their farther end's distance.
+            # That t is never below the true one; where it is above (m_j rounded outside [lo, hi],
+            # subnormals) or where ties reach past keep values, more than keep values fall within it: the
+            # exact path below
+            lo_end = ends[starts[0] - window.start:starts[-1] + 1 - window.start]     # each window's first
+            hi_end = ends[starts[0] + keep - 1 - window.start:starts[-1] + keep - window.start]   # and last
+            t = torch.maximum(med - lo_end, hi_end - med).amin(dim=0)
+            torch.le(dist, t, out=kept)
+            if int(kept.sum()) == keep * w:    # ≥ keep per column, so keep in each: no tie at t beyond the
+                point[c:c + w] = (_rows_in_order(torch.mul(s, kept, out=dist)) / keep).to(x.dtype)   # keep
+                used[c // cols] = kept.sum(dim=1)                                         # values: the band
+                continue
+            t = select_ranks(dist, slice(keep - 1, keep))[0]                                   # exact: a sort
+            below, tied = dist < t, dist == t
+            kept = below | (tied & (tied.cumsum(dim=0) <= keep - below.sum(dim=0)))
+            point[c:c + w] = (_rows_in_order(torch.where(kept, s, 0.0)) / keep).to(x.dtype)
+            low = torch.where(kept, s, inf).amin(dim=0)
+            high = torch.where(kept, s, -inf).amax(dim=0)
+            inband = (s >= low) & (s <= high)
+            share = keep / inband.sum(dim=0).clamp_min(1).to(torch.float64)
+            used[c // cols] = torch.mv(inband.to(torch.float64), share)
+
+    block_runs(x, cols, m * d, run)
+    return point, _rows_in_order(used)

@@ -20,11 +20,16 @@ the same work on tiles of 256 columns held in L1, in one pass over the input:
 * :func:`row_sq_norms` and :func:`scale_rows` (ARC: the rows' norms in one pass without a float64 copy,
   then the clipped rows scaled in float64 as the numpy path scales them) — the norms' sums in another order.
 
-They run on C-contiguous float32/float64 CPU tensors of at most ``MAX_ROWS`` rows and at least
-``MIN_VALUES`` values. With more rows the work per column grows and torch's passes, on two threads, and the
-BLAS GEMM win (ARC at n = 100, d = 1e6: 427 ms in the single-threaded kernels against 299 ms); with fewer
-values a kernel's first call in a process (compiling it, or loading it from Numba's disk cache: 0.3–2 s)
-costs more than it saves. ``BRMTRL_KERNELS=0`` turns them off; without Numba the numpy path runs.
+They run on C-contiguous float32/float64 CPU tensors of at least ``MIN_VALUES`` values: with fewer, a
+kernel's first call in a process (compiling it, or loading it from Numba's disk cache: 0.3–2 s) costs more
+than it saves. The passes over rows (the Gram matrix, the sums, ARC) take at most ``MAX_ROWS`` rows
+(:func:`usable`): with more, torch's passes on two threads and the BLAS GEMM win (ARC at n = 100, d = 1e6:
+427 ms in the single-threaded kernels against 299 ms). The selections take up to ``SELECT_ROWS`` rows
+(:func:`selects`): a comparator network on tiles in cache stays faster than numpy's sort of transposed
+sub-blocks well beyond 16 rows (the two middle ranks of d = 5·10⁷ / n columns, one thread each: 2.30× at
+n = 100, 1.70× at 200, 1.19× at 400, 2.43× at 1000, ``benchmarks/aggregator_parts.py``); the callers split
+large selections among torch's threads (``columns.block_runs``; the kernels release the GIL).
+``BRMTRL_KERNELS=0`` turns them off; without Numba the numpy path runs.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from types import ModuleType
 import numpy as np
 import torch
 
-__all__ = ["DISABLE_ENV", "MAX_ROWS", "MIN_VALUES", "centred_gram", "combine_rows", "nearest_to_median",
-           "row_sq_norms", "scale_rows", "select_ranks", "status", "usable"]
+__all__ = ["DISABLE_ENV", "MAX_ROWS", "MIN_VALUES", "SELECT_ROWS", "centred_gram", "combine_rows", "nearest_to_median",
+           "row_sq_norms", "scale_rows", "select_ranks", "selects", "status", "usable"]
 
 MIN_VALUES = 1 << 18       # rows × columns from which a kernel is used
-MAX_ROWS = 16              # up to this many rows (above, torch's two-thread passes and BLAS win)
+MAX_ROWS = 16              # passes over rows: up to this many (above, torch's two-thread passes and BLAS win)
+SELECT_ROWS = 1024         # selections: among up to this many rows (measured faster up to 1000)
 DISABLE_ENV = "BRMTRL_KERNELS"
 
 
@@ -70,12 +76,22 @@ def status() -> str:
     return _load()[1]
 
 
-def usable(x: torch.Tensor, values: int | None = None) -> bool:
-    """Whether a kernel takes x (n, d): a C-contiguous float32/float64 CPU tensor of at most ``MAX_ROWS``
-    rows, ``values`` (default n·d) at least ``MIN_VALUES``, Numba importable and not turned off."""
+def _takes(x: torch.Tensor, values: int) -> bool:
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 2
-            and x.shape[0] <= MAX_ROWS and x.is_contiguous() and not x.requires_grad
-            and (x.numel() if values is None else values) >= MIN_VALUES and _load()[0] is not None)
+            and x.is_contiguous() and not x.requires_grad and values >= MIN_VALUES and _load()[0] is not None)
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the passes over rows (:func:`centred_gram`, :func:`combine_rows`, ARC's) take x (n, d): a
+    C-contiguous float32/float64 CPU tensor of at most ``MAX_ROWS`` rows and at least ``MIN_VALUES`` values,
+    Numba importable and not turned off."""
+    return x.dim() == 2 and x.shape[0] <= MAX_ROWS and _takes(x, x.numel())
+
+
+def selects(x: torch.Tensor, m: int) -> bool:
+    """Whether the selections (:func:`select_ranks`, :func:`nearest_to_median`) take m of x (n, d)'s rows:
+    2 ≤ m ≤ ``SELECT_ROWS``, m·d at least ``MIN_VALUES``, x as :func:`usable` asks (any n)."""
+    return x.dim() == 2 and 2 <= m <= SELECT_ROWS and _takes(x, m * x.shape[1])
 
 
 def select_ranks(x: torch.Tensor, rows: np.ndarray, pairs: np.ndarray, ranks: slice, cols: slice,
@@ -87,18 +103,16 @@ def select_ranks(x: torch.Tensor, rows: np.ndarray, pairs: np.ndarray, ranks: sl
     jit.select_ranks(x.numpy(), rows, pairs, ranks.start, ranks.stop, cols.start, cols.stop, out.numpy(), at)
 
 
-def nearest_to_median(x: torch.Tensor, rows: np.ndarray, keep: int, pairs: np.ndarray
-                      ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Bulyan's coordinate stage without ties (``columns.nearest_to_median_mean``): the point (d,) in x's
-    dtype, valid where ``ok``; each selected row's count of kept coordinates among the ok ones (float64);
-    ``ok`` (d,) bool, False where more than ``keep`` values tie within the band (the caller's exact path)."""
+def nearest_to_median(x: torch.Tensor, rows: np.ndarray, keep: int, pairs: np.ndarray, cols: slice,
+                      point: torch.Tensor, ok: np.ndarray) -> np.ndarray:
+    """Bulyan's coordinate stage without ties (``columns.nearest_to_median_mean``) on the columns ``cols``:
+    into point (d,) (x's dtype, C-contiguous) the value, valid where ``ok``; into ok (d,) bool False where
+    more than ``keep`` values tie within the band (the caller's exact path); returned, each selected row's
+    count of kept coordinates among the ok ones of ``cols`` (float64)."""
     jit = _compiled()
-    d = x.shape[1]
-    point = torch.empty(d, dtype=x.dtype)
     used = np.zeros(len(rows))
-    ok = np.empty(d, dtype=np.bool_)
-    jit.nearest_to_median(x.numpy(), rows, keep, pairs, point.numpy(), used, ok)
-    return point, used, ok
+    jit.nearest_to_median(x.numpy(), rows, keep, pairs, cols.start, cols.stop, point.numpy(), used, ok)
+    return used
 
 
 def centred_gram(x: torch.Tensor, k: int, extra: torch.Tensor | None = None,
