@@ -1,6 +1,7 @@
 """The compiled kernels (Numba ``njit``), imported only through :mod:`.kernels`, which says when each runs.
 
-Each kernel walks the columns in tiles of ``TILE`` columns held in L1, in one pass over its input. The
+Each kernel walks the columns in tiles of ``TILE`` columns held in cache (L1 for 16 rows of float64, L2 for
+the selections' up to 1024 rows), in one pass over its input. The
 selections (:func:`select_ranks`, :func:`nearest_to_median`) copy a tile's rows in, sort each column by the
 same comparator network as :func:`brmtrl.aggregators.columns.network_sort` (each comparator a min and a max
 of two tile rows, which LLVM turns into SIMD instructions) and compute everything a rule needs while the

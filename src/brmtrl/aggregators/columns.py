@@ -13,7 +13,9 @@ one introselect per column (``numpy.partition``, which needs a call per column a
 twice as fast where a rule needs two ranks (``benchmarks/aggregator_parts.py``); those sub-blocks are read
 straight from the input (:func:`select_ranks`), not from a copy of the block (``median_columns`` at
 n = 100, d = 1e6: 330.0 → 309.8 ms, fastest of 8, old and new interleaved). Other devices use
-``torch.sort``.
+``torch.sort``. Where Numba is installed, the compiled kernels (:mod:`.kernels`) run the same network on
+tiles in cache for up to ``kernels.SELECT_ROWS`` rows (:func:`compiled_rows`), the same values faster.
+On the CPU, large selections share their blocks among torch's threads (:func:`block_runs`).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ than it saves. The passes over rows (the Gram matrix, the sums, ARC) take at mos
 (:func:`usable`): with more, torch's passes on two threads and the BLAS GEMM win (ARC at n = 100, d = 1e6:
 427 ms in the single-threaded kernels against 299 ms). The selections take up to ``SELECT_ROWS`` rows
 (:func:`selects`): a comparator network on tiles in cache stays faster than numpy's sort of transposed
-sub-blocks well beyond 16 rows (the two middle ranks of d = 5·10⁷ / n columns, one thread each: 2.30× at
-n = 100, 1.70× at 200, 1.19× at 400, 2.43× at 1000, ``benchmarks/aggregator_parts.py``); the callers split
+sub-blocks well beyond 16 rows (the two middle ranks of d = 5·10⁷ / n columns, one thread each: 3.31× at
+n = 32, 2.13× at 100, 1.55× at 200 and 400, 2.91× at 1000, ``benchmarks/selections.py``); the callers split
 large selections among torch's threads (``columns.block_runs``; the kernels release the GIL).
 ``BRMTRL_KERNELS=0`` turns them off; without Numba the numpy path runs.
 """
