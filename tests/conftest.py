@@ -13,7 +13,7 @@ CIFAR = SHARED / "cifar10"
 FEMNIST = SHARED / "femnist"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# one torch thread per xdist worker (six share the cores), two in a plain run
+# one torch thread per xdist worker (four share the cores), two in a plain run
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 
