@@ -37,7 +37,8 @@ class _Control:
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """serve() with a scripted Runtime API; returns the script setter and the recorded sleeps and tasks."""
+    """serve() with a scripted Runtime API: a runner (script, serve's keywords -> tasks run), the recorded
+    sleeps and the tasks' tokens."""
     sleeps: list[float] = []
     tasks: list[str] = []
     fl = {"AcquireTaskRequest": lambda **kw: kw, "TaskType": SimpleNamespace(CLIENT_APP="clientapp")}
@@ -56,7 +57,7 @@ def test_an_idle_worker_asks_less_and_less_often_and_quickly_again_after_a_task(
     run, sleeps, tasks = stand_in
     idle, busy = [False] * 6, [True]
     assert run(idle + busy + [False, False] + busy, max_tasks=2) == 2 and tasks == ["t", "t"]
-    # 0.1 s after a task, doubled while none comes, never beyond 0.5 s; back to 0.1 s after each task
+    # 0.1 s when none came, doubled while none comes, never beyond 0.5 s; from 0.1 s again after each task
     assert sleeps == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.1, 0.2])
     sleeps.clear()
     assert run([False] * 4 + busy, max_tasks=1, poll_s=0.05, max_poll_s=0.05) == 1

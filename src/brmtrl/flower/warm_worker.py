@@ -104,8 +104,8 @@ def run_task(fl: dict[str, Any], app: Callable[..., Any], address: str, token: s
 def serve(address: str, *, insecure: bool = True, root_certificates: str | None = None, poll_s: float = 0.1,
           max_poll_s: float = 0.5, max_tasks: int | None = None) -> int:
     """Serve the SuperNode whose Runtime API is at ``address`` until killed (or ``max_tasks`` tasks);
-    returns the number of tasks run. It asks for a task ``poll_s`` seconds after the last one and, while
-    none comes, waits twice as long each time, up to ``max_poll_s`` (an idle worker asks twice a second
+    returns the number of tasks run. Right after a task it asks for the next one; while none comes it waits
+    ``poll_s``, then twice as long each time, up to ``max_poll_s`` (an idle worker asks twice a second
     rather than ten times: each request costs the worker and its SuperNode about 4 ms of CPU)."""
     if not 0 < poll_s <= max_poll_s:
         raise WarmWorkerError(f"poll intervals must satisfy 0 < --poll ({poll_s}) <= --max-poll ({max_poll_s})")
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--insecure", action="store_true", help="no TLS to the Runtime API (a SuperNode on this machine)")
     ap.add_argument("--root-certificates", help="the CA certificate of the Runtime API's TLS")
     ap.add_argument("--poll", type=float, default=0.1,
-                    help="seconds from a task to asking for the next one (default 0.1); doubled while none comes")
+                    help="seconds to wait when no task came (default 0.1); doubled while none comes")
     ap.add_argument("--max-poll", type=float, default=0.5,
                     help="the longest wait between two requests of an idle worker, in seconds (default 0.5)")
     args = ap.parse_args(argv)
