@@ -1,7 +1,8 @@
 """The CPU a command's processes use, summed by kind of process (pytest's workers, Flower's SuperLink,
 SuperNodes, ServerApps, ClientApps, brmtrl's CLIs and warm workers, Ray's daemons, ...): every process on
 the machine is sampled from /proc twice a second while the command runs, each one's last CPU time kept, so
-processes nobody reaps (Ray's, those a SuperNode starts) count too. Linux only; meaningful on an otherwise
+processes nobody reaps (Ray's, those a SuperNode starts) count too. Processes already running when it starts
+are not counted (their CPU meanwhile is printed on its own, as a measure of what else the machine did). Linux only; meaningful on an otherwise
 idle machine (the sampling itself costs about 1 % of a core). A process that lives under half a second may
 be missed.
 
@@ -82,13 +83,13 @@ def main() -> int:
     wall = time.perf_counter() - start
     per_kind: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
     for key, (cpu, k) in seen.items():
-        used = cpu - before.get(key, 0.0)
-        if used > 0.005:
-            per_kind[k][0] += used
-            per_kind[k][1] += key not in before
+        if key not in before:                                  # started while the command ran
+            per_kind[k][0] += cpu
+            per_kind[k][1] += 1
     total = sum(v[0] for v in per_kind.values())
-    print(f"\n`{' '.join(cmd)}`: exit {proc.returncode}, wall {wall:.1f} s, CPU of its processes {total:.1f} s "
-          f"({total / wall:.2f} cores busy on average)\n")
+    elsewhere = sum(cpu - before[key] for key, (cpu, _) in seen.items() if key in before)
+    print(f"\n`{' '.join(cmd)}`: exit {proc.returncode}, wall {wall:.1f} s, CPU of the processes started meanwhile "
+          f"{total:.1f} s ({total / wall:.2f} cores busy on average); processes already running used {elsewhere:.1f} s\n")
     print("| kind of process | processes | CPU (s) | share |")
     print("|---|---:|---:|---:|")
     for k, (cpu, n) in sorted(per_kind.items(), key=lambda kv: -kv[1][0]):
